@@ -1,0 +1,73 @@
+"""Findings and attestation status: the vocabulary every stage of appraisal speaks.
+
+A finding always says which condition demanded what, what was expected and what was seen, on which
+subject, under which citation, and how firm the figures behind it are (RULES.md confidence tags).
+
+Status follows the EAR tiers (EAT Attestation Results). Precedence, worst last:
+affirming < warning < none (cannot attest) < contraindicated. "Unknown is not compliant": a failed
+collector or a stale host yields ``none``, never ``affirming``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "cannot_attest", "violation"]
+Status = Literal["affirming", "warning", "none", "contraindicated"]
+
+SEVERITY_STATUS: dict[str, Status] = {
+    "info": "affirming",
+    "warning": "warning",
+    "cannot_attest": "none",
+    "violation": "contraindicated",
+}
+STATUS_RANK: dict[str, int] = {"affirming": 0, "warning": 1, "none": 2, "contraindicated": 3}
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "cannot_attest": 2, "violation": 3}
+
+
+@dataclass(frozen=True)
+class Finding:
+    condition_id: str  # e.g. "chain.gap" or "ai-diffusion-2025/site.authorized-tpp"
+    severity: Severity
+    subject: str  # "host:<key id>", "accelerator:<uuid>", "file:<path>", "site:<id>", "country:DE"
+    message: str
+    expected: str | None = None
+    seen: str | None = None
+    citation: str | None = None
+    confidence: tuple[str, ...] = field(default_factory=tuple)  # tags of figures used: P E S C U
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "condition_id": self.condition_id,
+            "severity": self.severity,
+            "subject": self.subject,
+            "message": self.message,
+            "expected": self.expected,
+            "seen": self.seen,
+            "citation": self.citation,
+            "confidence": list(self.confidence),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        return cls(
+            condition_id=str(data["condition_id"]),
+            severity=data["severity"],
+            subject=str(data["subject"]),
+            message=str(data["message"]),
+            expected=data.get("expected"),
+            seen=data.get("seen"),
+            citation=data.get("citation"),
+            confidence=tuple(data.get("confidence") or ()),
+        )
+
+
+def status_of(findings: list[Finding] | tuple[Finding, ...]) -> Status:
+    """The worst status any finding implies; no findings is affirming."""
+    worst: Status = "affirming"
+    for finding in findings:
+        candidate = SEVERITY_STATUS[finding.severity]
+        if STATUS_RANK[candidate] > STATUS_RANK[worst]:
+            worst = candidate
+    return worst

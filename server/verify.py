@@ -1,0 +1,862 @@
+"""Appraisal of one snapshot envelope: every trust decision the verifier makes about evidence.
+
+Pure, in the manner of python-tuf's ``trusted_metadata_set``: bytes and trusted state go in,
+:class:`Accepted` or :class:`Duplicate` comes out, or a :class:`Rejected` subclass says exactly
+what was wrong. No I/O, no SQL, no HTTP and no clock: the shell calls :func:`preparse`, looks up
+the records it names (host by key id, chain head, nonce, "already accepted?"), passes ``now`` to
+:func:`appraise`, and commits what comes back in one transaction.
+
+Rules, in the order they are checked; the first that fails decides:
+
+1. Size: the body is at most ``max_bytes`` (``too_large``), checked before anything is parsed.
+2. Strict JSON: UTF-8 (``bad_encoding``), valid JSON (``malformed_json``), no duplicate keys
+   (``duplicate_key``), no NaN or Infinity (``malformed_json``), integers within 2^53
+   (``number_out_of_range``), nesting at most ``max_depth`` (``json_too_deep``).
+3. DSSE shape: an object with exactly ``payloadType``, ``payload`` and ``signatures``
+   (``bad_envelope``); the in-toto payload type (``bad_payload_type``); 1 to ``max_signatures``
+   signatures (``no_signature``, ``bad_envelope``); the payload and every signature strict
+   standard base64 (``bad_base64``). Rules 1-3 are :func:`preparse`: they need no trusted state,
+   and what fails them is unauthenticated.
+4. Signature: one signature names an enrolled key id (``unknown_key``); that host is not revoked
+   (``revoked_key``) and is active (``key_not_active``); every signature under that key id
+   verifies over DSSE's PAE (``bad_signature``). Signatures by other key ids are ignored.
+5. Idempotence: a digest this key already had accepted is a :class:`Duplicate`, answered before
+   freshness because its nonce was consumed when it was first accepted.
+6. Payload: exactly its own RFC 8785 form (``non_canonical_payload``) and strict JSON (rule 2's
+   codes); an in-toto Statement v1 (``schema_invalid``) of a known predicate type
+   (``unsupported_predicate``) whose subject lists exactly its hashed weight files
+   (``subject_mismatch``) and whose ``agent.key_id`` is the signing key (``key_mismatch``).
+7. Binding: ``site_id`` is the site the host enrolled at (``site_mismatch``); when enrollment
+   recorded a machine id, ``host.machine_id`` is that one (``host_mismatch``).
+8. Freshness: a nonce in the snapshot was issued by this verifier (``nonce_unknown``) to this host
+   (``nonce_wrong_host``), is unused (``nonce_reused``) and unexpired at ``now``
+   (``nonce_expired``), and ``collected_at`` is not earlier than its issue time less
+   ``max_future_skew`` (``clock_skew``). ``collected_at`` is at most ``max_future_skew`` ahead of
+   ``now`` (``clock_skew``) and at most ``max_delay`` behind it (``evidence_too_old``); older than
+   ``late_after`` is accepted with the info finding ``chain.late-delivery``, because spooled
+   evidence delivered after an outage must not be lost.
+9. Chain, against the host's stored head:
+   ``seq = head + 1`` and ``prev = head digest`` (or the head has no digest): accept;
+   ``seq = head + 1`` with another ``prev``: a second child of the head (``fork``);
+   ``seq = head`` with a new digest: ``replay``; ``seq < head`` with a new digest: ``rollback``;
+   ``seq > head + 1``: accept with the warning finding ``chain.gap`` (evidence went missing).
+   With no head at all, ``seq = 1`` and ``prev = null`` is accepted as the start of the chain;
+   anything else is accepted with ``chain.gap``: earlier snapshots of this key were never seen.
+
+Every :class:`Rejected` is permanent: the same bytes fail the same way again, so the agent must not
+resend them. Failures worth retrying (the database is down) are the shell's 5xx, never raised
+here. ``authenticated`` is true when a valid signature of an enrolled key came with the bad
+evidence: the shell writes those to its audit log (a fork or replay is a security event) and only
+counts the rest. Details quote at most about 100 characters of what was received, escaped.
+
+Naive datetimes (as SQLite returns them) are taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
+
+from agent.evidence import (
+    MAX_ENVELOPE_BYTES,
+    MAX_JSON_DEPTH,
+    PAYLOAD_TYPE,
+    Envelope,
+    EvidenceError,
+    MalformedError,
+    SchemaError,
+    SignatureError,
+    SnapshotV1,
+    Statement,
+    b64decode_strict,
+    envelope_digest,
+    format_timestamp,
+    parse_json_strict,
+    parse_statement,
+    verify_envelope,
+)
+from server.findings import Finding
+
+__all__ = [
+    "Accepted",
+    "BadBase64",
+    "BadEncoding",
+    "BadEnvelope",
+    "BadPayloadType",
+    "BadSignature",
+    "ChainHead",
+    "ChainRejected",
+    "ClockSkew",
+    "Duplicate",
+    "DuplicateKey",
+    "EvidenceTooOld",
+    "Fork",
+    "FreshnessRejected",
+    "HostMismatch",
+    "HostRecord",
+    "InvalidStatement",
+    "JsonTooDeep",
+    "KeyMismatch",
+    "KeyNotActive",
+    "KeyRefused",
+    "Malformed",
+    "MalformedJson",
+    "NoSignature",
+    "NonCanonicalPayload",
+    "NonceExpired",
+    "NonceRecord",
+    "NonceReused",
+    "NonceUnknown",
+    "NonceWrongHost",
+    "NumberOutOfRange",
+    "Parsed",
+    "Rejected",
+    "Replay",
+    "RevokedKey",
+    "Rollback",
+    "SchemaInvalid",
+    "SiteMismatch",
+    "SubjectMismatch",
+    "TooLarge",
+    "Unauthenticated",
+    "UnknownKey",
+    "UnsupportedPredicate",
+    "VerifyConfig",
+    "appraise",
+    "preparse",
+]
+
+_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
+_MAX_NONCE_CHARS = 256
+_QUOTE_LIMIT = 100
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    max_bytes: int = MAX_ENVELOPE_BYTES
+    max_depth: int = MAX_JSON_DEPTH
+    #: ``collected_at`` later than ``now`` plus this is rejected (``clock_skew``).
+    max_future_skew: timedelta = timedelta(minutes=5)
+    #: ``collected_at`` older than this is no evidence of the present (``evidence_too_old``).
+    max_delay: timedelta = timedelta(days=30)
+    #: Older than this, but within ``max_delay``: accepted with ``chain.late-delivery`` (info).
+    late_after: timedelta = timedelta(minutes=5)
+    #: More signatures than this is not a snapshot but an attempt to make the shell look up keys.
+    max_signatures: int = 16
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class Rejected(Exception):
+    """Evidence that cannot be accepted, with a stable ``code`` and an actionable ``detail``."""
+
+    code: ClassVar[str] = "rejected"
+    http_status: ClassVar[int] = 400
+    permanent: ClassVar[bool] = True
+    authenticated: bool = False
+    #: What the sender should do about it; always the end of ``detail``.
+    hint: ClassVar[str] = "do not resend these bytes"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        authenticated: bool | None = None,
+        key_id: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.detail = f"{message}; {self.hint}"
+        super().__init__(self.detail)
+        if authenticated is not None:
+            self.authenticated = authenticated
+        #: The enrolled key whose valid signature came with the evidence, when ``authenticated``.
+        self.key_id = key_id
+        if code is not None:
+            # Only for an agent.evidence code this module has no class for (yet).
+            self.code = code  # type: ignore[misc]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "detail": self.detail}
+
+
+class Malformed(Rejected):
+    """Bytes that are not a well-formed envelope or payload."""
+
+    code = "malformed"
+    http_status = 400
+    hint = "the sender is not a conforming VEU Attest agent or the body was corrupted in transit"
+
+
+class TooLarge(Malformed):
+    code = "too_large"
+    http_status = 413
+    hint = "the verifier's body limit is configured; a snapshot this large is not an agent's"
+
+
+class BadEncoding(Malformed):
+    code = "bad_encoding"
+    hint = "send the envelope as UTF-8 JSON"
+
+
+class MalformedJson(Malformed):
+    code = "malformed_json"
+    hint = "send strict JSON (RFC 8259; no NaN or Infinity)"
+
+
+class DuplicateKey(Malformed):
+    code = "duplicate_key"
+    hint = "JSON objects must not repeat a key: parsers disagree on which one wins"
+
+
+class JsonTooDeep(Malformed):
+    code = "json_too_deep"
+    hint = "no snapshot nests this deep; the body is not an agent's"
+
+
+class NumberOutOfRange(Malformed):
+    code = "number_out_of_range"
+    hint = "integers must fit in an IEEE-754 double exactly (at most 2^53-1)"
+
+
+class BadEnvelope(Malformed):
+    code = "bad_envelope"
+    hint = "send a DSSE envelope: exactly payloadType, payload and signatures"
+
+
+class BadPayloadType(Malformed):
+    code = "bad_payload_type"
+    hint = f"snapshots are in-toto statements: payloadType must be {PAYLOAD_TYPE!r}"
+
+
+class BadBase64(Malformed):
+    code = "bad_base64"
+    hint = "payload and sig must be standard base64 with padding (RFC 4648 section 4)"
+
+
+class NonCanonicalPayload(Malformed):
+    code = "non_canonical_payload"
+    hint = "sign the RFC 8785 (JCS) bytes of the statement, as agent.evidence.statement_bytes does"
+
+
+class Unauthenticated(Rejected):
+    """No valid signature by an enrolled key."""
+
+    code = "unauthenticated"
+    http_status = 401
+    hint = "sign with the host key enrolled at this verifier"
+
+
+class NoSignature(Unauthenticated):
+    code = "no_signature"
+    hint = "sign the envelope with the host key (veu-agent snapshot signs it)"
+
+
+class UnknownKey(Unauthenticated):
+    code = "unknown_key"
+    hint = "enroll this host (veu-agent enroll) before submitting evidence, or sign with its key"
+
+
+class BadSignature(Unauthenticated):
+    code = "bad_signature"
+    hint = "the envelope was altered after signing or signed with another key; take a new snapshot"
+
+
+class KeyRefused(Rejected):
+    """An enrolled key that may not submit evidence now."""
+
+    code = "key_refused"
+    http_status = 403
+    hint = "ask the verifier's administrator about this host's enrollment"
+
+
+class RevokedKey(KeyRefused):
+    code = "revoked_key"
+    hint = "this host key was revoked; create a new key and enroll again (veu-agent init --force)"
+
+
+class KeyNotActive(KeyRefused):
+    code = "key_not_active"
+    hint = "the enrollment awaits approval; an administrator must activate the host"
+
+
+class InvalidStatement(Rejected):
+    """A signed, well-formed payload whose statement does not match the snapshot contract."""
+
+    code = "invalid_statement"
+    http_status = 422
+    hint = "upgrade the agent to a version that speaks this verifier's snapshot contract"
+
+
+class SchemaInvalid(InvalidStatement):
+    code = "schema_invalid"
+
+
+class UnsupportedPredicate(InvalidStatement):
+    code = "unsupported_predicate"
+
+
+class SubjectMismatch(InvalidStatement):
+    code = "subject_mismatch"
+    hint = "the statement subject must list exactly the hashed weight files of the predicate"
+
+
+class KeyMismatch(InvalidStatement):
+    code = "key_mismatch"
+    hint = "predicate agent.key_id must be the key id of the key that signs the envelope"
+
+
+class BindingMismatch(Rejected):
+    """Evidence about a site or machine the signing key was not enrolled for."""
+
+    code = "binding_mismatch"
+    http_status = 403
+    hint = "a host key speaks only for the site and machine it was enrolled on"
+
+
+class SiteMismatch(BindingMismatch):
+    code = "site_mismatch"
+    hint = (
+        "a host key speaks only for the site it was enrolled at; re-enroll the host at the "
+        "new site (veu-agent enroll) if it moved"
+    )
+
+
+class HostMismatch(BindingMismatch):
+    code = "host_mismatch"
+    hint = (
+        "a host key speaks only for the machine it was enrolled on; a copied key is refused. "
+        "Create a key on this machine and enroll it"
+    )
+
+
+class FreshnessRejected(Rejected):
+    """Evidence that cannot prove it describes the present."""
+
+    code = "not_fresh"
+    http_status = 409
+    hint = "take a new snapshot"
+
+
+class NonceUnknown(FreshnessRejected):
+    code = "nonce_unknown"
+    hint = "request a challenge (POST /v1/challenges) and bind a new snapshot to its nonce"
+
+
+class NonceWrongHost(FreshnessRejected):
+    code = "nonce_wrong_host"
+    hint = "a nonce binds only the host it was issued to; request a challenge with this host key"
+
+
+class NonceReused(FreshnessRejected):
+    code = "nonce_reused"
+    hint = "each nonce is good for one snapshot; request a new challenge"
+
+
+class NonceExpired(FreshnessRejected):
+    code = "nonce_expired"
+    hint = "request a new challenge and submit the snapshot before it expires"
+
+
+class ClockSkew(FreshnessRejected):
+    code = "clock_skew"
+    http_status = 422
+    hint = "synchronize the host clock (NTP) and take a new snapshot"
+
+
+class EvidenceTooOld(FreshnessRejected):
+    code = "evidence_too_old"
+    http_status = 422
+    hint = "it no longer describes the host; take a new snapshot"
+
+
+class ChainRejected(Rejected):
+    """Evidence that does not continue this host's hash chain."""
+
+    code = "chain_broken"
+    http_status = 409
+    hint = "take a new snapshot that continues the chain"
+
+
+class Replay(ChainRejected):
+    code = "replay"
+    hint = (
+        "two different snapshots carry the same seq: a replay or a restored agent state. "
+        "Investigate the host; its next snapshot must continue the accepted head"
+    )
+
+
+class Rollback(ChainRejected):
+    code = "rollback"
+    hint = (
+        "the agent's chain state went backwards (restored from a backup or a replay). "
+        "Investigate the host; its next snapshot must continue the accepted head"
+    )
+
+
+class Fork(ChainRejected):
+    code = "fork"
+    hint = (
+        "a second child of the accepted head: two agents hold this key, or its state was "
+        "restored. Investigate the host; only the first child is kept"
+    )
+
+
+_MALFORMED: tuple[type[Malformed], ...] = (
+    TooLarge,
+    BadEncoding,
+    MalformedJson,
+    DuplicateKey,
+    JsonTooDeep,
+    NumberOutOfRange,
+    BadEnvelope,
+    BadPayloadType,
+    BadBase64,
+    NonCanonicalPayload,
+)
+_FROM_EVIDENCE: tuple[type[Rejected], ...] = (
+    *_MALFORMED,
+    NoSignature,
+    UnknownKey,
+    BadSignature,
+    SchemaInvalid,
+    UnsupportedPredicate,
+    SubjectMismatch,
+    KeyMismatch,
+)
+_BY_CODE: dict[str, type[Rejected]] = {cls.code: cls for cls in _FROM_EVIDENCE}
+
+
+def _clip(text: str, limit: int = _QUOTE_LIMIT) -> str:
+    """Text that may hold received bytes, made safe for a detail: escaped and cut short."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return cut.encode("unicode_escape").decode("ascii")
+
+
+def _quote(value: object, limit: int = _QUOTE_LIMIT) -> str:
+    """A received value quoted for a detail: at most ``limit`` characters of it, escaped."""
+    if value is None:
+        return "null"
+    text = value if isinstance(value, str) else repr(value)
+    return ascii(text) if len(text) <= limit else ascii(text[:limit]) + "..."
+
+
+def _from_evidence(
+    exc: EvidenceError, *, authenticated: bool = False, key_id: str | None = None
+) -> Rejected:
+    """This module's class for an agent.evidence error, keeping its specific code."""
+    cls = _BY_CODE.get(exc.code)
+    message = _clip(exc.detail, 2 * _QUOTE_LIMIT)
+    if cls is not None:
+        return cls(message, authenticated=authenticated, key_id=key_id)
+    family: type[Rejected] = (
+        Malformed
+        if isinstance(exc, MalformedError)
+        else Unauthenticated
+        if isinstance(exc, SignatureError)
+        else InvalidStatement
+        if isinstance(exc, SchemaError)
+        else Rejected
+    )
+    return family(message, authenticated=authenticated, key_id=key_id, code=exc.code)
+
+
+# --------------------------------------------------------------------------- stage 1: bytes
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What the bytes alone say (no trust yet), and what the shell must look up for stage 2."""
+
+    envelope: Envelope
+    raw: bytes
+    digest: str
+    #: Well-formed key ids named by the signatures, distinct, in order.
+    key_ids: tuple[str, ...]
+    #: The unauthenticated payload's nonce, or None if it has none or cannot be read.
+    nonce: str | None
+    size: int
+
+
+def preparse(data: bytes, config: VerifyConfig = VerifyConfig()) -> Parsed:
+    """Rules 1-3: size, strict JSON, DSSE shape, payload type, base64."""
+    size = len(data)
+    if size > config.max_bytes:
+        raise TooLarge(f"the body is {size} bytes; the limit is {config.max_bytes}")
+    try:
+        value = parse_json_strict(data, max_depth=config.max_depth)
+    except EvidenceError as exc:
+        raise _from_evidence(exc) from None
+    if not isinstance(value, dict):
+        raise BadEnvelope(f"the body is a JSON {type(value).__name__}, not an object")
+    try:
+        envelope = Envelope.model_validate(value)
+    except ValidationError as exc:
+        raise BadEnvelope(_summarize(exc)) from None
+    if envelope.payloadType != PAYLOAD_TYPE:
+        raise BadPayloadType(f"payloadType is {_quote(envelope.payloadType)}")
+    if not envelope.signatures:
+        raise NoSignature("the envelope carries no signatures")
+    if len(envelope.signatures) > config.max_signatures:
+        raise BadEnvelope(
+            f"the envelope carries {len(envelope.signatures)} signatures; "
+            f"the limit is {config.max_signatures}"
+        )
+    try:
+        payload = b64decode_strict(envelope.payload, "payload")
+        for index, signature in enumerate(envelope.signatures):
+            b64decode_strict(signature.sig, f"signatures[{index}].sig")
+    except EvidenceError as exc:
+        raise _from_evidence(exc) from None
+    key_ids = tuple(dict.fromkeys(s.keyid for s in envelope.signatures if _KEY_ID.match(s.keyid)))
+    return Parsed(
+        envelope=envelope,
+        raw=data,
+        digest=envelope_digest(envelope),
+        key_ids=key_ids,
+        nonce=_peek_nonce(payload, config.max_depth),
+        size=size,
+    )
+
+
+def _summarize(exc: ValidationError, limit: int = 2) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(_clip(str(p), 40) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "envelope: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _peek_nonce(payload: bytes, max_depth: int) -> str | None:
+    try:
+        value = parse_json_strict(payload, max_depth=max_depth)
+    except EvidenceError:
+        return None
+    predicate = value.get("predicate") if isinstance(value, dict) else None
+    nonce = predicate.get("nonce") if isinstance(predicate, dict) else None
+    if isinstance(nonce, str) and 0 < len(nonce) <= _MAX_NONCE_CHARS:
+        return nonce
+    return None
+
+
+# --------------------------------------------------------------------------- stage 2: trust
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    key_id: str
+    public_key: Ed25519PublicKey
+    site_id: str
+    status: Literal["pending", "active", "revoked"]
+    #: Recorded at enrollment; None = not bound to a machine.
+    machine_id: str | None
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    seq: int
+    #: None only for a head recorded at enrollment, before any snapshot.
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class NonceRecord:
+    nonce: str
+    #: The host it was issued to.
+    key_id: str
+    issued_at: datetime
+    expires_at: datetime
+    used: bool
+
+
+@dataclass(frozen=True)
+class Accepted:
+    digest: str
+    key_id: str
+    snapshot: SnapshotV1
+    statement: Statement
+    seq: int
+    prev: str | None
+    #: The nonce this snapshot consumes; the shell marks it used in the same transaction.
+    nonce: str | None
+    #: ``chain.gap`` (warning), ``chain.late-delivery`` (info).
+    findings: tuple[Finding, ...]
+    collected_at: datetime
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An envelope already accepted for this key: answer its stored result again."""
+
+    digest: str
+    key_id: str
+
+
+def appraise(
+    parsed: Parsed,
+    *,
+    host: HostRecord | None,
+    head: ChainHead | None,
+    nonce: NonceRecord | None,
+    already_accepted: bool,
+    now: datetime,
+    config: VerifyConfig = VerifyConfig(),
+) -> Accepted | Duplicate:
+    """Rules 4-9 for one preparsed envelope against the trusted state the shell looked up.
+
+    ``host`` is the enrolled record of one of ``parsed.key_ids`` (None if none is enrolled);
+    ``head`` is that host's chain head, ``nonce`` the record of ``parsed.nonce`` (None if not
+    found), ``already_accepted`` whether this key already had ``parsed.digest`` accepted.
+    """
+    now = _utc(now)
+    payload = _check_signature(parsed.envelope, host)
+    assert host is not None  # _check_signature raised otherwise
+    key_id = host.key_id
+    if already_accepted:
+        return Duplicate(digest=parsed.digest, key_id=key_id)
+
+    def reject(cls: type[Rejected], message: str) -> Rejected:
+        return cls(message, authenticated=True, key_id=key_id)
+
+    try:
+        statement, snapshot = parse_statement(payload)
+    except EvidenceError as exc:
+        raise _from_evidence(exc, authenticated=True, key_id=key_id) from None
+    if snapshot.agent.key_id != key_id:
+        raise reject(
+            KeyMismatch,
+            f"predicate agent.key_id is {snapshot.agent.key_id}; "
+            f"the envelope is signed by {key_id}",
+        )
+
+    _check_binding(snapshot, host, reject)
+    collected_at = snapshot.collected_at_datetime()
+    findings = list(_check_freshness(snapshot, collected_at, host, nonce, now, config, reject))
+    findings.extend(_check_chain(snapshot, head, key_id, reject))
+    return Accepted(
+        digest=parsed.digest,
+        key_id=key_id,
+        snapshot=snapshot,
+        statement=statement,
+        seq=snapshot.seq,
+        prev=snapshot.prev,
+        nonce=snapshot.nonce,
+        findings=tuple(findings),
+        collected_at=collected_at,
+    )
+
+
+_Reject = Callable[[type[Rejected], str], Rejected]
+
+
+def _check_signature(envelope: Envelope, host: HostRecord | None) -> bytes:
+    """Rule 4. Returns the authenticated payload bytes."""
+    named = [s.keyid for s in envelope.signatures]
+    if host is None or host.key_id not in named:
+        shown = ", ".join(_quote(k, 16) for k in named[:4])
+        raise UnknownKey(f"no signature is by a key enrolled here (signed by {shown})")
+    keys = {host.key_id: host.public_key}
+    if host.status != "active":
+        try:
+            verify_envelope(envelope, keys)
+            valid = True
+        except EvidenceError:
+            valid = False
+        cls: type[KeyRefused] = RevokedKey if host.status == "revoked" else KeyNotActive
+        state = "revoked" if host.status == "revoked" else f"{_quote(host.status)}, not active"
+        raise cls(
+            f"host key {host.key_id} is {state}",
+            authenticated=valid,
+            key_id=host.key_id if valid else None,
+        )
+    try:
+        payload, _ = verify_envelope(envelope, keys)
+    except EvidenceError as exc:
+        if exc.code != "bad_signature":
+            raise _from_evidence(exc) from None
+        raise BadSignature(
+            f"a signature by enrolled key {host.key_id} does not verify over this payload"
+        ) from None
+    return payload
+
+
+def _check_binding(snapshot: SnapshotV1, host: HostRecord, reject: _Reject) -> None:
+    """Rule 7."""
+    if snapshot.site_id != host.site_id:
+        raise reject(
+            SiteMismatch,
+            f"the snapshot names site {_quote(snapshot.site_id)}; "
+            f"this key is enrolled at site {_quote(host.site_id)}",
+        )
+    if host.machine_id is not None and snapshot.host.machine_id != host.machine_id:
+        raise reject(
+            HostMismatch,
+            f"the snapshot names machine id {_quote(snapshot.host.machine_id)}; "
+            f"this key was enrolled on machine id {_quote(host.machine_id)}",
+        )
+
+
+def _check_freshness(
+    snapshot: SnapshotV1,
+    collected_at: datetime,
+    host: HostRecord,
+    nonce: NonceRecord | None,
+    now: datetime,
+    config: VerifyConfig,
+    reject: _Reject,
+) -> list[Finding]:
+    """Rule 8."""
+    if snapshot.nonce is not None:
+        if nonce is None or nonce.nonce != snapshot.nonce:
+            raise reject(
+                NonceUnknown,
+                f"nonce {_quote(snapshot.nonce, 40)} was never issued by this verifier",
+            )
+        if nonce.key_id != host.key_id:
+            raise reject(
+                NonceWrongHost,
+                f"nonce {_quote(snapshot.nonce, 40)} was issued to host key {nonce.key_id}, "
+                f"not to {host.key_id}",
+            )
+        if nonce.used:
+            raise reject(
+                NonceReused,
+                f"nonce {_quote(snapshot.nonce, 40)} was already consumed by an accepted snapshot",
+            )
+        expires_at = _utc(nonce.expires_at)
+        if now >= expires_at:
+            raise reject(
+                NonceExpired,
+                f"nonce {_quote(snapshot.nonce, 40)} expired at {format_timestamp(expires_at)}; "
+                f"it is now {format_timestamp(now)}",
+            )
+        issued_at = _utc(nonce.issued_at)
+        if collected_at < issued_at - config.max_future_skew:
+            raise reject(
+                ClockSkew,
+                f"collected_at {snapshot.collected_at} precedes the issue of its nonce at "
+                f"{format_timestamp(issued_at)} by more than {_span(config.max_future_skew)}",
+            )
+    if collected_at > now + config.max_future_skew:
+        raise reject(
+            ClockSkew,
+            f"collected_at {snapshot.collected_at} is {_span(collected_at - now)} ahead of the "
+            f"verifier's clock ({format_timestamp(now)}); at most "
+            f"{_span(config.max_future_skew)} is allowed",
+        )
+    age = now - collected_at
+    if age > config.max_delay:
+        raise reject(
+            EvidenceTooOld,
+            f"collected_at {snapshot.collected_at} is {_span(age)} old; evidence older than "
+            f"{_span(config.max_delay)} is not accepted",
+        )
+    if age > config.late_after:
+        return [
+            Finding(
+                condition_id="chain.late-delivery",
+                severity="info",
+                subject=f"host:{host.key_id}",
+                message=(
+                    f"snapshot seq {snapshot.seq} was delivered {_span(age)} after it was "
+                    "collected (spooled during an outage); it describes the host as it was then"
+                ),
+                expected=f"delivered within {_span(config.late_after)}",
+                seen=f"delivered after {_span(age)}",
+            )
+        ]
+    return []
+
+
+def _check_chain(
+    snapshot: SnapshotV1, head: ChainHead | None, key_id: str, reject: _Reject
+) -> list[Finding]:
+    """Rule 9."""
+    seq, prev = snapshot.seq, snapshot.prev
+    if head is None:
+        if seq == 1 and prev is None:
+            return []
+        if seq == 1:
+            lost = f"it names a predecessor {prev} that was never received"
+        else:
+            lost = f"{seq - 1} earlier snapshot(s) of its chain were never received"
+        return [
+            _gap(
+                key_id,
+                expected="seq 1 with prev null (the start of the chain)",
+                seen=f"seq {seq} with prev {prev or 'null'}",
+                message=f"the first snapshot received from this host is seq {seq}: {lost}",
+            )
+        ]
+    expected_seq = head.seq + 1
+    if seq == expected_seq:
+        if head.digest is None or prev == head.digest:
+            return []
+        raise reject(
+            Fork,
+            f"seq {seq} continues head seq {head.seq}, but its prev is {prev or 'null'}, "
+            f"not the head's digest {head.digest}",
+        )
+    if seq == head.seq:
+        raise reject(
+            Replay,
+            f"seq {seq} was already accepted with digest {head.digest or 'unknown'}; this is a "
+            f"different snapshot with the same seq (expected seq {expected_seq})",
+        )
+    if seq < head.seq:
+        raise reject(
+            Rollback,
+            f"seq {seq} is below the accepted head seq {head.seq} (expected seq {expected_seq})",
+        )
+    missing = seq - expected_seq
+    return [
+        _gap(
+            key_id,
+            expected=f"seq {expected_seq}",
+            seen=f"seq {seq}",
+            message=(
+                f"expected seq {expected_seq}, got seq {seq}: {missing} snapshot(s) of this "
+                "host's chain went missing"
+            ),
+        )
+    ]
+
+
+def _gap(key_id: str, *, expected: str, seen: str, message: str) -> Finding:
+    return Finding(
+        condition_id="chain.gap",
+        severity="warning",
+        subject=f"host:{key_id}",
+        message=message,
+        expected=expected,
+        seen=seen,
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _span(delta: timedelta) -> str:
+    """A duration for people: ``2d 3h``, ``5m 10s``, ``0s``."""
+    total = int(abs(delta.total_seconds()))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [
+        f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s"))
+    ]
+    shown = [p for p in parts if not p.startswith("0")][:2]
+    return " ".join(shown) or "0s"

@@ -1,0 +1,144 @@
+"""The audit log: every state change, appended to one SHA-256 hash chain.
+
+Each row is ``seq, at, actor, action, subject, details, prev_hash, hash`` where ``hash`` is the
+lowercase hex SHA-256 of the RFC 8785 (JCS) encoding of the row without ``hash``. Rows are appended
+inside the transaction that makes the change, so a change and its audit row commit together.
+
+Appending locks the single ``audit_head`` row (``UPDATE ... RETURNING``): concurrent writers on
+PostgreSQL queue there and extend one chain, never fork it. The lock is taken last in a transaction
+and held only until its commit.
+
+What is audited: enrollment, revocation, token and key creation, accepted evidence, and rejected
+evidence that carried a valid signature of an enrolled key (a security event). Unauthenticated junk
+is only counted in metrics, so nobody without a key can grow this log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from agent.evidence import canonical_bytes, format_timestamp
+from server.store.models import AuditEntry, AuditHead
+
+
+def row_hash(
+    *,
+    seq: int,
+    at: str,
+    actor: str,
+    action: str,
+    subject: str,
+    details: Any,
+    prev_hash: str | None,
+) -> str:
+    body = {
+        "seq": seq,
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_bytes(body)).hexdigest()
+
+
+def append(
+    session: Session,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    subject: str,
+    details: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one row to the chain in the caller's transaction."""
+    details = details or {}
+    text = canonical_bytes(details).decode("utf-8")
+    row = session.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(seq=AuditHead.seq + 1)
+        .returning(AuditHead.seq, AuditHead.hash)
+    ).one()
+    seq, prev_hash = int(row[0]), row[1]
+    stamp = format_timestamp(at)
+    digest = row_hash(
+        seq=seq,
+        at=stamp,
+        actor=actor,
+        action=action,
+        subject=subject,
+        details=json.loads(text),
+        prev_hash=prev_hash,
+    )
+    entry = AuditEntry(
+        seq=seq,
+        at=stamp,
+        actor=actor,
+        action=action,
+        subject=subject,
+        details=text,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+    session.add(entry)
+    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
+    return entry
+
+
+@dataclass(frozen=True)
+class AuditBreak:
+    """The first row where the chain does not hold, and why."""
+
+    seq: int
+    reason: str
+
+
+def verify_audit(session: Session, *, batch: int = 5000) -> AuditBreak | None:
+    """Walk the whole chain; ``None`` if it is unbroken, else the first bad row."""
+    expected_seq = 1
+    prev: str | None = None
+    last = 0
+    while True:
+        rows = session.scalars(
+            select(AuditEntry).where(AuditEntry.seq > last).order_by(AuditEntry.seq).limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            if row.seq != expected_seq:
+                return AuditBreak(
+                    expected_seq, f"row {expected_seq} is missing (next is {row.seq})"
+                )
+            if row.prev_hash != prev:
+                return AuditBreak(row.seq, "prev_hash does not match the previous row's hash")
+            try:
+                details = json.loads(row.details)
+            except ValueError:
+                return AuditBreak(row.seq, "details are not valid JSON")
+            digest = row_hash(
+                seq=row.seq,
+                at=row.at,
+                actor=row.actor,
+                action=row.action,
+                subject=row.subject,
+                details=details,
+                prev_hash=row.prev_hash,
+            )
+            if digest != row.hash:
+                return AuditBreak(row.seq, "hash does not match the row's content")
+            prev = row.hash
+            expected_seq += 1
+            last = row.seq
+    head = session.get(AuditHead, 1)
+    if head is not None and (head.seq != last or head.hash != prev):
+        return AuditBreak(last + 1, f"chain ends at row {last} but its head says {head.seq}")
+    return None

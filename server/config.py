@@ -1,0 +1,66 @@
+"""Verifier settings: one explicit object, built from flags or the environment, passed in.
+
+Nothing in the server reads the environment except :meth:`Settings.from_env`, so a test can run
+two differently configured servers in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+ENV_DATA_DIR = "VEU_DATA_DIR"
+ENV_DATABASE_URL = "VEU_DATABASE_URL"
+ENV_MAX_BODY = "VEU_MAX_BODY_BYTES"
+
+DEFAULT_DATA_DIR = Path("/var/lib/veu-server")
+SQLITE_NAME = "veu.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one verifier process runs. ``database_url`` ``None`` means SQLite in ``data_dir``."""
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    #: Largest request body read for a snapshot; larger bodies are refused with 413 unread.
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: How long a challenge nonce stays valid.
+    challenge_ttl: timedelta = timedelta(minutes=10)
+    #: How far a signed agent request's timestamp may be from the verifier's clock.
+    request_skew: timedelta = timedelta(minutes=5)
+    #: Identifies this verifier in results (``ear.verifier-id``).
+    verifier_id: str = "veu-attest-verifier"
+    #: PostgreSQL connection pool per process (see docs/verifier.md, "Connections").
+    pool_size: int = 5
+    pool_max_overflow: int = 5
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite:///{(self.data_dir / SQLITE_NAME).resolve()}"
+
+    @property
+    def verifier_key_path(self) -> Path:
+        return self.data_dir / "verifier.key"
+
+    @classmethod
+    def from_env(
+        cls, *, data_dir: str | Path | None = None, database_url: str | None = None
+    ) -> Settings:
+        """Flags win over the environment; the environment wins over defaults."""
+        dd = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+        url = database_url or os.environ.get(ENV_DATABASE_URL) or None
+        max_body = int(os.environ.get(ENV_MAX_BODY, str(16 * 1024 * 1024)))
+        return cls(data_dir=Path(dd), database_url=url, max_body_bytes=max_body)
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and route them to psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url

@@ -1,0 +1,1 @@
+"""Storage: typed models, migrations, and the queries the verifier runs."""

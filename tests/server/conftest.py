@@ -1,0 +1,167 @@
+"""Fixtures for verifier tests: databases on SQLite and PostgreSQL, and a live server.
+
+``db_url`` is parametrized over a fresh SQLite file and, when ``VEU_TEST_PG_URL`` is set (e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), a fresh PostgreSQL database created
+for the test and dropped afterwards. Without the variable the PostgreSQL case is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from server.config import normalize_database_url
+
+PG_ENV = "VEU_TEST_PG_URL"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pg_admin_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    return normalize_database_url(url) if url else None
+
+
+@pytest.fixture(scope="session")
+def pg_database_factory() -> Iterator[Callable[[], str]]:
+    """Creates fresh PostgreSQL databases on demand; drops them all at the end of the session."""
+    admin_url = _pg_admin_url()
+    created: list[str] = []
+    if admin_url is None:
+        yield lambda: pytest.skip(f"{PG_ENV} is not set")  # type: ignore[return-value]
+        return
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+
+    def make() -> str:
+        name = f"veu_test_{secrets.token_hex(6)}"
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    with admin.connect() as conn:
+        for name in created:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    pg_database_factory: Callable[[], str],
+) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'veu.sqlite3'}"
+    return pg_database_factory()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    database_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, "--data-dir", str(self.data_dir), db=self.database_url, check=check)
+
+
+def run_cli(
+    *args: str, db: str | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.pop("VEU_DATABASE_URL", None)
+    if db is not None and not db.startswith("sqlite"):
+        full_env["VEU_DATABASE_URL"] = db
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=120,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"veu-server {args} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def start_server(data_dir: Path, database_url: str, *extra: str) -> LiveServer:
+    port = free_port()
+    env = dict(os.environ)
+    env.pop("VEU_DATABASE_URL", None)
+    args = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
+    if not database_url.startswith("sqlite"):
+        args += ["--database-url", database_url]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / f"server-{port}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return LiveServer(url, data_dir, database_url, proc, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.terminate()
+    raise AssertionError(f"server did not become healthy: {log.read_text()}")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=5)
+
+
+@pytest.fixture
+def live_server(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """A real ``veu-server serve`` (uvicorn) on a free loopback port, SQLite or PostgreSQL."""
+    data_dir = tmp_path / "data"
+    if db_url.startswith("sqlite"):
+        db_url = f"sqlite:///{data_dir / 'veu.sqlite3'}"
+    server = start_server(data_dir, db_url)
+    try:
+        yield server
+    finally:
+        stop_server(server)

@@ -9,6 +9,7 @@ import pytest
 
 from agent.collect import CollectorFailure, run_collector
 from agent.collect.pci import collect, is_accelerator, normalize_bus_id
+from agent.evidence import Accelerator
 
 SYSFS = Path(__file__).resolve().parent.parent / "fixtures" / "sysfs"
 H100_BUSES = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
@@ -36,7 +37,7 @@ def test_nvswitches_nics_storage_and_bmc_vga_are_not_accelerators() -> None:
 
 def test_mixed_vendor_host_lists_every_accelerator_class_device() -> None:
     found = collect(SYSFS / "mixed-vendor")
-    by_bus = {a.pci_bus_id: a for a in found}
+    by_bus = {a.pci_bus_id or "": a for a in found}
     assert list(by_bus) == sorted(by_bus)
     assert set(by_bus) == {
         "0000:11:00.0",
@@ -87,7 +88,8 @@ def test_missing_sysfs_is_a_collector_failure_with_stable_code(tmp_path: Path) -
 
 
 def test_missing_sysfs_through_runner_becomes_an_error_entry(tmp_path: Path) -> None:
-    result, errors = run_collector("pci", lambda: collect(tmp_path), timeout_s=10, default=[])
+    default: list[Accelerator] = []
+    result, errors = run_collector("pci", lambda: collect(tmp_path), timeout_s=10, default=default)
     assert result == []
     assert [(e.collector, e.code) for e in errors] == [("pci", "pci_sysfs_unavailable")]
 

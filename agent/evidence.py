@@ -157,7 +157,9 @@ def canonical_bytes(value: Any) -> bytes:
     try:
         return bytes(rfc8785.dumps(value))
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-        raise MalformedError(f"value cannot be canonicalized: {exc}", code="malformed_json") from exc
+        raise MalformedError(
+            f"value cannot be canonicalized: {exc}", code="malformed_json"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- the predicate
@@ -335,7 +337,7 @@ class Statement(BaseModel):
         default="https://in-toto.io/Statement/v1", alias="_type"
     )
     subject: list[ResourceDescriptor]
-    predicateType: str  # noqa: N815  (in-toto's spelling)
+    predicateType: str  # in-toto spelling
     predicate: dict[str, Any]
 
 
@@ -427,7 +429,7 @@ class Signature(_Strict):
 
 
 class Envelope(_Strict):
-    payloadType: str  # noqa: N815  (DSSE's spelling)
+    payloadType: str  # DSSE spelling
     payload: str
     signatures: list[Signature]
 
@@ -467,7 +469,9 @@ def parse_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envel
     try:
         envelope = Envelope.model_validate(value)
     except ValidationError as exc:
-        raise MalformedError(_summarize(exc).replace("schema", "envelope"), code="bad_envelope")
+        raise MalformedError(
+            _summarize(exc).replace("schema", "envelope"), code="bad_envelope"
+        ) from exc
     if envelope.payloadType != PAYLOAD_TYPE:
         raise MalformedError(
             f"payloadType must be {PAYLOAD_TYPE!r}, got {envelope.payloadType[:80]!r}",
@@ -478,9 +482,7 @@ def parse_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envel
     return envelope
 
 
-def verify_envelope(
-    envelope: Envelope, keys: Mapping[str, Ed25519PublicKey]
-) -> tuple[bytes, str]:
+def verify_envelope(envelope: Envelope, keys: Mapping[str, Ed25519PublicKey]) -> tuple[bytes, str]:
     """Return (payload, keyid) for the first signature made by a key in ``keys``.
 
     Signatures by unknown key ids are skipped (DSSE allows several signers); at least one known

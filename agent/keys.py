@@ -90,9 +90,7 @@ def load(state_dir: Path) -> Ed25519PrivateKey:
     try:
         st = path.stat()
     except FileNotFoundError as exc:
-        raise KeyFileError(
-            "no_key", f"no host key at {path}; run `veu-agent init` first"
-        ) from exc
+        raise KeyFileError("no_key", f"no host key at {path}; run `veu-agent init` first") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
             "key_permissions",

@@ -75,5 +75,9 @@ def enroll_message(token: str, key_id: str) -> bytes:
     enrollment or another key.
     """
     return b"\n".join(
-        [ENROLL_CONTEXT, hashlib.sha256(token.encode("utf-8")).hexdigest().encode(), key_id.encode()]
+        [
+            ENROLL_CONTEXT,
+            hashlib.sha256(token.encode("utf-8")).hexdigest().encode(),
+            key_id.encode(),
+        ]
     )

@@ -37,14 +37,18 @@ def run_collector(
     A timed-out thread cannot be killed in Python; it is abandoned (daemon thread) and its result
     ignored. Collectors therefore must not hold locks the rest of the agent needs.
     """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"collect-{name}")
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=f"collect-{name}"
+    )
     future = pool.submit(fn)
     try:
         return future.result(timeout=timeout_s), []
     except concurrent.futures.TimeoutError:
         log.warning("collector %s timed out after %.1fs", name, timeout_s)
         return default, [
-            CollectorError(collector=name, code="timeout", detail=f"no answer within {timeout_s:g}s")
+            CollectorError(
+                collector=name, code="timeout", detail=f"no answer within {timeout_s:g}s"
+            )
         ]
     except CollectorFailure as exc:
         return default, [CollectorError(collector=name, code=exc.code, detail=exc.detail)]

@@ -1,0 +1,357 @@
+"""``veu-agent``: the command line of the attester.
+
+Exit codes are part of the interface:
+
+- ``attest``: 0 affirming, 1 warning, 2 contraindicated, 3 could not attest, 4 usage.
+- ``verify``: 0 valid, 1 signature or digest invalid, 2 malformed input.
+- everything else: 0 success, 1 failure (with an error code and a message), 4 usage.
+
+Errors are printed as ``error[code]: message`` on stderr; no traceback for anything a user did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent import __version__, keys
+from agent.config import AgentConfig, ConfigError, load_config
+
+EXIT_USAGE = 4
+
+
+class UsageError(Exception):
+    pass
+
+
+class AgentCommandError(Exception):
+    def __init__(self, code: str, detail: str, exit_code: int = 1) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.exit_code = exit_code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"error[usage]: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", type=Path, help="state directory (key, chain head, caches)")
+    p.add_argument("--config", type=Path, help="TOML config (default /etc/veu-agent/agent.toml)")
+
+
+def _add_collect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", dest="site_id", help="site id the evidence is for")
+    p.add_argument(
+        "--weights",
+        dest="weight_roots",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="a model-weight root to scan (repeatable)",
+    )
+    p.add_argument(
+        "--inventory",
+        type=Path,
+        help="declared accelerator list (JSON/YAML) replacing hardware probes (demos, tests)",
+    )
+    p.add_argument("--sys-root", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--proc-root", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--hash-workers", type=int, help="parallel hashing threads (default: CPUs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="veu-agent",
+        description="VEU Attest agent: signed, hash-chained inventory snapshots of AI "
+        "accelerators and model-weight storage.",
+    )
+    parser.add_argument("--version", action="version", version=f"veu-agent {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("init", help="create the host key")
+    _add_common(p)
+    p.add_argument("--force", action="store_true", help="replace an existing key")
+
+    p = sub.add_parser("snapshot", help="collect, sign and chain one snapshot")
+    _add_common(p)
+    _add_collect(p)
+    p.add_argument("--out", type=Path, help="write the envelope here (default: stdout)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+
+    p = sub.add_parser("verify", help="check an envelope's signature and show its contents")
+    p.add_argument("file", type=Path, help="envelope file ('-' for stdin)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--pubkey", type=Path, help="PEM public key of the signer")
+    g.add_argument("--state-dir", type=Path, help="use this state directory's agent.pub")
+    p.add_argument("--json", action="store_true", help="print the statement as JSON")
+
+    p = sub.add_parser("enroll", help="register this host with a verifier")
+    _add_common(p)
+    p.add_argument("--server", required=True, help="verifier URL, e.g. https://verifier:8443")
+    p.add_argument("--token", required=True, help="single-use enrollment token")
+    p.add_argument("--ca-file", type=Path, help="CA bundle for the verifier's TLS certificate")
+    p.add_argument("--allow-insecure-http", action="store_true", default=None)
+
+    p = sub.add_parser("attest", help="fresh nonce-bound attestation and the verdict")
+    _add_common(p)
+    _add_collect(p)
+    p.add_argument("--json", action="store_true", help="signed result and decoded claims")
+    p.add_argument("--timeout", type=float, default=60.0, help="overall seconds (default 60)")
+
+    p = sub.add_parser("run", help="the daemon: check in, snapshot, deliver")
+    _add_common(p)
+    _add_collect(p)
+    p.add_argument("--server", dest="server_url", help="verifier URL (default: from enroll)")
+    p.add_argument("--check-in-interval", help="e.g. 60, 30s (default 60s)")
+    p.add_argument("--report-interval", help="e.g. 900, 15m (default 15m)")
+    p.add_argument("--spool-max-bytes", help="outbox bound, e.g. 256MiB")
+
+    p = sub.add_parser("status", help="key, chain head, spool and last delivery")
+    _add_common(p)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    overrides: dict[str, Any] = {}
+    for name in (
+        "state_dir",
+        "site_id",
+        "weight_roots",
+        "inventory",
+        "sys_root",
+        "proc_root",
+        "hash_workers",
+        "server_url",
+        "check_in_interval",
+        "report_interval",
+        "spool_max_bytes",
+        "ca_file",
+        "allow_insecure_http",
+    ):
+        if hasattr(args, name):
+            overrides[name] = getattr(args, name)
+    return load_config(getattr(args, "config", None), overrides)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = _config(args)
+    key = keys.create(config.state_dir, force=args.force)
+    print(
+        f"Host key written to {config.state_dir / keys.PRIVATE_NAME} (mode 0600).", file=sys.stderr
+    )
+    print(keys.key_id(key.public_key()))
+    return 0
+
+
+def summarize(snapshot: Any) -> dict[str, Any]:
+    by_model = Counter(
+        (a.model or f"unknown {a.pci_vendor_id}:{a.pci_device_id}") for a in snapshot.accelerators
+    )
+    files = [f for root in snapshot.storage for f in root.files]
+    return {
+        "seq": snapshot.seq,
+        "site_id": snapshot.site_id,
+        "key_id": snapshot.agent.key_id,
+        "collected_at": snapshot.collected_at,
+        "accelerators": dict(sorted(by_model.items())),
+        "weight_files": len(files),
+        "weight_bytes": sum(f.size for f in files),
+        "errors": [f"{e.collector}: {e.code}: {e.detail}" for e in snapshot.errors],
+    }
+
+
+def _print_summary(summary: dict[str, Any], digest: str, stream: Any) -> None:
+    print(f"snapshot seq {summary['seq']}  digest {digest}", file=stream)
+    accs = summary["accelerators"]
+    total = sum(accs.values())
+    print(f"accelerators: {total}", file=stream)
+    for model, count in accs.items():
+        print(f"  {count} x {model}", file=stream)
+    print(
+        f"weight files: {summary['weight_files']} ({summary['weight_bytes']:,} bytes)", file=stream
+    )
+    if summary["errors"]:
+        print(f"collector errors: {len(summary['errors'])}", file=stream)
+        for line in summary["errors"]:
+            print(f"  {line}", file=stream)
+    else:
+        print("collector errors: none", file=stream)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from agent.snapshot import take_snapshot
+
+    config = _config(args)
+    key = keys.load(config.state_dir)
+    taken = take_snapshot(config, key, progress=sys.stderr.isatty())
+    summary = summarize(taken.snapshot)
+    if args.out is not None:
+        from agent.fsutil import atomic_write
+
+        atomic_write(args.out, taken.raw, mode=0o644)
+    else:
+        sys.stdout.buffer.write(taken.raw + b"\n")
+        sys.stdout.flush()
+    if args.json:
+        out = sys.stdout if args.out is not None else sys.stderr
+        print(json.dumps({"digest": taken.digest, **summary}, indent=2), file=out)
+    else:
+        _print_summary(summary, taken.digest, sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.evidence import (
+        EvidenceError,
+        SignatureError,
+        envelope_digest,
+        open_envelope,
+    )
+
+    try:
+        data = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
+    except OSError as exc:
+        raise AgentCommandError(
+            "unreadable", f"cannot read {args.file}: {exc.strerror}", 2
+        ) from exc
+    if args.pubkey is not None:
+        pem = args.pubkey.read_bytes()
+    else:
+        state_dir = args.state_dir or load_config(None, {}).state_dir
+        try:
+            pem = (state_dir / keys.PUBLIC_NAME).read_bytes()
+        except FileNotFoundError as exc:
+            raise AgentCommandError(
+                "no_pubkey", f"no {keys.PUBLIC_NAME} in {state_dir}; pass --pubkey FILE", 2
+            ) from exc
+    public = keys.load_public_pem(pem)
+    try:
+        envelope, _, statement, snapshot = open_envelope(
+            data.strip(), {keys.key_id(public): public}
+        )
+    except SignatureError as exc:
+        raise AgentCommandError(exc.code, exc.detail, 1) from exc
+    except EvidenceError as exc:
+        raise AgentCommandError(exc.code, exc.detail, 2) from exc
+    digest = envelope_digest(envelope)
+    if args.json:
+        print(
+            json.dumps(
+                {"valid": True, "digest": digest, "statement": statement.model_dump(by_alias=True)},
+                indent=2,
+            )
+        )
+    else:
+        print(f"valid signature by {snapshot.agent.key_id}")
+        _print_summary(summarize(snapshot), digest, sys.stdout)
+    return 0
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from agent.enroll import enroll
+
+    config = _config(args)
+    enrollment = enroll(
+        config,
+        server=args.server,
+        token=args.token,
+        ca_file=args.ca_file,
+        allow_insecure_http=bool(args.allow_insecure_http),
+    )
+    print(f"Enrolled at {enrollment.server_url} for site {enrollment.site_id}.", file=sys.stderr)
+    print(enrollment.host_id)
+    return 0
+
+
+def cmd_attest(args: argparse.Namespace) -> int:
+    from agent.attest import attest
+
+    config = _config(args)
+    return attest(config, as_json=args.json, timeout=args.timeout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+
+    from agent import daemon
+
+    config = _config(args)
+    return daemon.run(config, stop_event=threading.Event(), config_path=args.config, overrides=args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent import status
+
+    config = _config(args)
+    text, code = status.render(config.state_dir, args.json)
+    print(text)
+    return code
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "snapshot": cmd_snapshot,
+    "verify": cmd_verify,
+    "enroll": cmd_enroll,
+    "attest": cmd_attest,
+    "run": cmd_run,
+    "status": cmd_status,
+}
+
+
+def _error_code(exc: BaseException) -> tuple[str, str] | None:
+    code = getattr(exc, "code", None)
+    detail = getattr(exc, "detail", None)
+    if isinstance(code, str) and isinstance(detail, str):
+        return code, detail
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except AgentCommandError as exc:
+        print(f"error[{exc.code}]: {exc.detail}", file=sys.stderr)
+        return exc.exit_code
+    except ConfigError as exc:
+        print(f"error[{exc.code}]: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        coded = _error_code(exc)
+        if coded is None:
+            raise
+        code, detail = coded
+        print(f"error[{code}]: {detail}", file=sys.stderr)
+        return 3 if args.command == "attest" else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

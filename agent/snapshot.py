@@ -1,0 +1,167 @@
+"""Snapshot assembly: run every collector (each bounded in time), build the predicate, chain it.
+
+Which probes run:
+
+- PCI (sysfs) always, unless an inventory file is given: it is the cross-check that sees every
+  device on the bus.
+- NVML only when PCI shows at least one NVIDIA device (or PCI itself failed): NVML details the
+  devices PCI found; on a host with no NVIDIA device there is nothing for it to report, and a
+  missing driver there is not a failure.
+- An inventory file *replaces* the hardware probes (demos, tests, hosts without the hardware);
+  its entries say ``source: inventory-file`` and ``assurance: declared``.
+- Host facts, posture and the weight-storage scan always.
+
+Every failure becomes an entry in ``errors``; the verifier turns those into "cannot attest".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent import __version__, keys
+from agent.chain import Chain, Outbox, Taken
+from agent.collect import run_collector
+from agent.config import AgentConfig
+from agent.evidence import (
+    Accelerator,
+    AgentInfo,
+    CollectorError,
+    HostInfo,
+    Posture,
+    SnapshotV1,
+    StorageRoot,
+    format_timestamp,
+)
+
+log = logging.getLogger(__name__)
+
+NVIDIA_VENDOR_ID = "0x10de"
+HASH_CACHE_NAME = "hashcache.bin"
+
+
+def collect_accelerators(config: AgentConfig) -> tuple[list[Accelerator], list[CollectorError]]:
+    from agent.collect import accelerators, inventory, nvml, pci
+
+    timeout = config.collector_timeout
+    if config.inventory is not None:
+        inventory_path = config.inventory
+        declared, errors = run_collector(
+            "inventory", lambda: inventory.load(inventory_path), timeout_s=timeout, default=[]
+        )
+        return declared, errors
+    errors: list[CollectorError] = []
+    sys_root = config.sys_root
+    on_bus, pci_errors = run_collector(
+        "pci", lambda: pci.collect(sys_root), timeout_s=timeout, default=[]
+    )
+    errors.extend(pci_errors)
+    from_nvml: list[Accelerator] = []
+    wants_nvml = bool(pci_errors) or any(a.pci_vendor_id == NVIDIA_VENDOR_ID for a in on_bus)
+    if config.nvml and wants_nvml:
+        (from_nvml, nvml_partial), nvml_errors = run_collector(
+            "nvml", nvml.collect_with_errors, timeout_s=timeout, default=([], [])
+        )
+        errors.extend(nvml_partial)
+        errors.extend(nvml_errors)
+    return accelerators.merge(from_nvml, on_bus), errors
+
+
+def accelerator_fingerprint(config: AgentConfig) -> str:
+    """A cheap digest of the accelerator inventory (no weight hashing), to notice changes."""
+    found, errors = collect_accelerators(config)
+    h = hashlib.sha256()
+    for acc in found:
+        h.update(f"{acc.pci_bus_id}|{acc.uuid}|{acc.serial}|{acc.pci_device_id}\n".encode())
+    for err in errors:
+        h.update(f"error|{err.collector}|{err.code}\n".encode())
+    return h.hexdigest()
+
+
+def collect_host(config: AgentConfig) -> tuple[HostInfo, Posture, list[CollectorError]]:
+    from agent.collect import host
+
+    proc_root, sys_root = config.proc_root, config.sys_root
+    info, errors = run_collector(
+        "host",
+        lambda: host.collect_host(proc_root=proc_root, sys_root=sys_root),
+        timeout_s=config.collector_timeout,
+        default=HostInfo(),
+    )
+    posture, posture_errors = run_collector(
+        "posture",
+        lambda: host.collect_posture(sys_root=sys_root),
+        timeout_s=config.collector_timeout,
+        default=Posture(),
+    )
+    return info, posture, errors + posture_errors
+
+
+def collect_storage(
+    config: AgentConfig, *, progress: bool, low_priority: bool
+) -> tuple[list[StorageRoot], list[CollectorError]]:
+    if not config.weight_roots:
+        return [], []
+    from agent.collect import storage
+
+    roots = list(config.weight_roots)
+    cache = config.state_dir / HASH_CACHE_NAME
+    (found, partial), errors = run_collector(
+        "storage",
+        lambda: storage.scan_weight_roots(
+            roots,
+            cache_path=cache,
+            workers=config.hash_workers,
+            progress=progress,
+            low_priority=low_priority,
+            proc_root=config.proc_root,
+            sys_root=config.sys_root,
+        ),
+        timeout_s=config.scan_timeout,
+        default=([], []),
+    )
+    return found, partial + errors
+
+
+def take_snapshot(
+    config: AgentConfig,
+    key: Ed25519PrivateKey,
+    *,
+    nonce: str | None = None,
+    outbox: Outbox | None = None,
+    progress: bool = False,
+    low_priority: bool = False,
+    site_id: str | None = None,
+) -> Taken:
+    """Collect everything, then sign and chain one snapshot (durable before the head moves)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    accelerators, acc_errors = collect_accelerators(config)
+    host, posture, host_errors = collect_host(config)
+    storage, storage_errors = collect_storage(config, progress=progress, low_priority=low_priority)
+    collected_at = format_timestamp(datetime.now(UTC))
+    key_id = keys.key_id(key.public_key())
+
+    def build(seq: int, prev: str | None) -> SnapshotV1:
+        return SnapshotV1(
+            agent=AgentInfo(key_id=key_id, version=__version__),
+            site_id=site_id if site_id is not None else config.site_id,
+            host=host,
+            seq=seq,
+            prev=prev,
+            nonce=nonce,
+            collected_at=collected_at,
+            accelerators=accelerators,
+            storage=storage,
+            posture=posture,
+            errors=acc_errors + host_errors + storage_errors,
+        )
+
+    return Chain(config.state_dir, key, outbox=outbox).advance(build)
+
+
+def default_cache_path(state_dir: Path) -> Path:
+    return state_dir / HASH_CACHE_NAME

@@ -67,6 +67,7 @@ from agent.evidence import (
     MAX_ENVELOPE_BYTES,
     MAX_JSON_DEPTH,
     PAYLOAD_TYPE,
+    PREDICATE_MODELS,
     Envelope,
     EvidenceError,
     MalformedError,
@@ -135,6 +136,8 @@ __all__ = [
 _KEY_ID = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NONCE_CHARS = 256
 _QUOTE_LIMIT = 100
+#: agent.evidence details quote received text after a short lead-in of their own.
+_EVIDENCE_DETAIL_LIMIT = 120
 
 
 # --------------------------------------------------------------------------- configuration
@@ -200,7 +203,7 @@ class Malformed(Rejected):
 class TooLarge(Malformed):
     code = "too_large"
     http_status = 413
-    hint = "the verifier's body limit is configured; a snapshot this large is not an agent's"
+    hint = "no conforming agent sends a snapshot this large; the limit is the verifier's max_bytes"
 
 
 class BadEncoding(Malformed):
@@ -303,6 +306,10 @@ class SchemaInvalid(InvalidStatement):
 
 class UnsupportedPredicate(InvalidStatement):
     code = "unsupported_predicate"
+    hint = (
+        f"this verifier knows the predicate types {sorted(PREDICATE_MODELS)}; upgrade the "
+        "verifier, or send a snapshot version it knows"
+    )
 
 
 class SubjectMismatch(InvalidStatement):
@@ -455,7 +462,7 @@ def _from_evidence(
 ) -> Rejected:
     """This module's class for an agent.evidence error, keeping its specific code."""
     cls = _BY_CODE.get(exc.code)
-    message = _clip(exc.detail, 2 * _QUOTE_LIMIT)
+    message = _clip(exc.detail, _EVIDENCE_DETAIL_LIMIT)
     if cls is not None:
         return cls(message, authenticated=authenticated, key_id=key_id)
     family: type[Rejected] = (

@@ -583,6 +583,23 @@ def test_an_unknown_predicate_type_is_unsupported() -> None:
     assert "snapshot/v1" in exc.detail
 
 
+def test_a_long_unknown_predicate_type_is_not_echoed_in_full() -> None:
+    value = statement_dict()
+    value["predicateType"] = "https://example.com/" + "p" * 10_000
+    exc = rejected(
+        verify.UnsupportedPredicate, app(sign(canonical_bytes(value))), authenticated=True
+    )
+    assert "p" * 101 not in exc.detail
+    assert "snapshot/v1" in exc.detail
+
+
+def test_a_long_duplicate_key_is_not_echoed_in_full() -> None:
+    key = "k" * 10_000
+    data = b'{"%s": 1, "%s": 2}' % (key.encode(), key.encode())
+    exc = rejected(verify.DuplicateKey, pre(data))
+    assert "k" * 101 not in exc.detail
+
+
 def test_a_subject_that_differs_from_the_weight_files_is_a_subject_mismatch() -> None:
     value = statement_dict()
     value["subject"][0]["digest"]["sha256"] = "00" * 32
@@ -862,3 +879,37 @@ def test_a_hand_built_parsed_with_a_non_base64_signature_is_still_rejected() -> 
     bad = replace(parsed, envelope=parsed.envelope.model_copy(update={"signatures": [sig]}))
     with pytest.raises(verify.BadBase64):
         appraise(bad, host=_DEFAULT_HOST, head=None, nonce=None, already_accepted=False, now=NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=512))
+def test_arbitrary_bytes_are_parsed_or_rejected_never_crash(data: bytes) -> None:
+    try:
+        preparse(data)
+    except Rejected as exc:
+        assert exc.code and not exc.authenticated
+
+
+PAYLOAD = statement_bytes(make_snapshot())
+SIGNATURES = envelope_dict(sign(PAYLOAD))["signatures"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(index=st.integers(min_value=0, max_value=len(PAYLOAD) - 1), bit=st.integers(0, 7))
+def test_any_flipped_payload_bit_under_the_original_signature_is_a_bad_signature(
+    index: int, bit: int
+) -> None:
+    payload = bytearray(PAYLOAD)
+    payload[index] ^= 1 << bit
+    value = {
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(bytes(payload)).decode(),
+        "signatures": SIGNATURES,
+    }
+    rejected(verify.BadSignature, app(to_bytes(value)))
+
+
+def test_the_digest_ignores_how_the_envelope_itself_is_formatted() -> None:
+    data = envelope()
+    pretty = json.dumps(envelope_dict(data), indent=4).encode()
+    assert accepted(pretty).digest == accepted(data).digest

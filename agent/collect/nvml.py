@@ -4,10 +4,12 @@ It owns:
 
 1. :func:`collect_with_errors` — the walk. Per GPU: name, UUID (the identity), serial, board part
    number, PCI bus and device id, VBIOS, driver version, memory, architecture. A field the board
-   does not support (``NVML_ERROR_NOT_SUPPORTED``) is null. A GPU that fails (lost, no permission)
-   becomes a :class:`~agent.evidence.CollectorError` for that GPU and the others are still
-   reported. **The snapshot assembler should call this one** (through ``run_collector`` with
-   default ``([], [])``) and add the per-GPU errors to the snapshot's ``errors``.
+   does not support (``NVML_ERROR_NOT_SUPPORTED``) is null. A GPU whose identity (handle, PCI
+   info, UUID) cannot be read, or that is lost, becomes a :class:`~agent.evidence.CollectorError`
+   for that GPU and the others are still reported; any other field that fails is null plus an
+   error naming the GPU and the field. **The snapshot assembler should call this one**
+   (through ``run_collector`` with default ``([], [])``) and add the per-GPU errors to the
+   snapshot's ``errors``.
 2. :func:`collect` — the same walk for callers that want all or nothing: any per-GPU error raises.
 3. Stable error codes (:data:`ERROR_CODES`): ``nvml_library_not_found``, ``nvml_driver_not_loaded``,
    ``nvml_no_permission``, ``nvml_gpu_lost``, ... and ``nvml_error`` for the rest.
@@ -103,28 +105,60 @@ def _optional(fn: Callable[[], Any]) -> Any:
         raise
 
 
-def _device(nvml: Any, index: int, driver: str | None) -> Accelerator:
+class _Fields:
+    """Reads optional per-GPU fields; a field that fails is null plus an error, not a lost GPU."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.errors: list[CollectorError] = []
+
+    def get(self, name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return _optional(fn)
+        except pynvml.NVMLError as exc:
+            if exc.value == pynvml.NVML_ERROR_GPU_IS_LOST:
+                raise
+            self.errors.append(
+                CollectorError(
+                    collector=COLLECTOR,
+                    code=error_code(exc),
+                    detail=f"{self.where}: {name}: {_describe(exc)}",
+                )
+            )
+            return None
+
+
+def _device(nvml: Any, index: int, driver: str | None) -> tuple[Accelerator, list[CollectorError]]:
+    """One GPU. Handle, PCI info and UUID are its identity: if one fails, the GPU fails."""
     handle = nvml.nvmlDeviceGetHandleByIndex(index)
     pci = nvml.nvmlDeviceGetPciInfo(handle)
-    bus_id = _text(pci.busId)
+    bus_text = _text(pci.busId)
+    bus_id = normalize_bus_id(bus_text) if bus_text else None
     pci_device = int(pci.pciDeviceId)
-    memory = _optional(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
-    arch = _optional(lambda: nvml.nvmlDeviceGetArchitecture(handle))
-    return Accelerator(
+    uuid = _text(_optional(partial(nvml.nvmlDeviceGetUUID, handle)))
+    fields = _Fields(f"GPU index {index} ({bus_id or 'no bus id'})")
+    memory = fields.get("memory", partial(nvml.nvmlDeviceGetMemoryInfo, handle))
+    arch = fields.get("architecture", partial(nvml.nvmlDeviceGetArchitecture, handle))
+    accelerator = Accelerator(
         vendor="NVIDIA",
-        model=_text(_optional(lambda: nvml.nvmlDeviceGetName(handle))),
+        model=_text(fields.get("name", partial(nvml.nvmlDeviceGetName, handle))),
         pci_vendor_id=f"0x{pci_device & 0xFFFF:04x}",
         pci_device_id=f"0x{pci_device >> 16 & 0xFFFF:04x}",
-        pci_bus_id=normalize_bus_id(bus_id) if bus_id else None,
-        uuid=_text(_optional(lambda: nvml.nvmlDeviceGetUUID(handle))),
-        serial=_text(_optional(lambda: nvml.nvmlDeviceGetSerial(handle))),
-        board_part_number=_text(_optional(lambda: nvml.nvmlDeviceGetBoardPartNumber(handle))),
-        vbios_version=_text(_optional(lambda: nvml.nvmlDeviceGetVbiosVersion(handle))),
+        pci_bus_id=bus_id,
+        uuid=uuid,
+        serial=_text(fields.get("serial", partial(nvml.nvmlDeviceGetSerial, handle))),
+        board_part_number=_text(
+            fields.get("board_part_number", partial(nvml.nvmlDeviceGetBoardPartNumber, handle))
+        ),
+        vbios_version=_text(
+            fields.get("vbios_version", partial(nvml.nvmlDeviceGetVbiosVersion, handle))
+        ),
         driver_version=driver,
         memory_mib=int(memory.total) // (1024 * 1024) if memory is not None else None,
         architecture=ARCHITECTURES.get(int(arch)) if arch is not None else None,
         source="nvml",
     )
+    return accelerator, fields.errors
 
 
 def collect_with_errors(nvml: Any | None = None) -> tuple[list[Accelerator], list[CollectorError]]:
@@ -148,16 +182,17 @@ def collect_with_errors(nvml: Any | None = None) -> tuple[list[Accelerator], lis
 
 
 def _walk(lib: Any) -> tuple[list[Accelerator], list[CollectorError]]:
+    system = _Fields("system")
+    driver = _text(system.get("driver_version", lib.nvmlSystemGetDriverVersion))
     try:
-        driver = _text(_optional(lib.nvmlSystemGetDriverVersion))
         count = int(lib.nvmlDeviceGetCount())
     except pynvml.NVMLError as exc:
         raise CollectorFailure(error_code(exc), f"cannot enumerate GPUs: {_describe(exc)}") from exc
     devices: list[Accelerator] = []
-    errors: list[CollectorError] = []
+    errors: list[CollectorError] = list(system.errors)
     for index in range(count):
         try:
-            devices.append(_device(lib, index, driver))
+            device, field_errors = _device(lib, index, driver)
         except pynvml.NVMLError as exc:
             errors.append(
                 CollectorError(
@@ -166,13 +201,17 @@ def _walk(lib: Any) -> tuple[list[Accelerator], list[CollectorError]]:
                     detail=f"GPU index {index}: {_describe(exc)}",
                 )
             )
+            continue
         except ValueError as exc:  # a bus id NVML should never produce
             errors.append(
                 CollectorError(
                     collector=COLLECTOR, code="nvml_bad_answer", detail=f"GPU index {index}: {exc}"
                 )
             )
-    if errors and not devices:
+            continue
+        devices.append(device)
+        errors.extend(field_errors)
+    if count > 0 and not devices:
         raise CollectorFailure(
             errors[0].code,
             f"none of {count} GPUs could be read: " + "; ".join(e.detail for e in errors),

@@ -205,3 +205,38 @@ def test_unreadable_recording_file_is_a_recording_error(tmp_path: Path) -> None:
 
 def test_fixture_loads_from_file() -> None:
     assert len(collect(RecordedNvml.from_file(FIXTURE))) == 8
+
+
+def test_failed_optional_field_is_null_with_an_error_and_the_gpu_is_kept(
+    recording: dict[str, Any],
+) -> None:
+    recording["devices"][4]["serial"] = _err("NVML_ERROR_NO_PERMISSION")
+    found, errors = collect_with_errors(RecordedNvml(recording))
+    assert len(found) == 8
+    assert found[4].serial is None and found[4].uuid is not None
+    assert [e.code for e in errors] == ["nvml_no_permission"]
+    assert "0000:9a:00.0" in errors[0].detail and "serial" in errors[0].detail
+
+
+def test_gpu_lost_while_reading_an_optional_field_loses_that_gpu(
+    recording: dict[str, Any],
+) -> None:
+    recording["devices"][7]["memory_total_bytes"] = _err("NVML_ERROR_GPU_IS_LOST")
+    found, errors = collect_with_errors(RecordedNvml(recording))
+    assert len(found) == 7
+    assert "0000:db:00.0" not in {a.pci_bus_id for a in found}
+    assert [e.code for e in errors] == ["nvml_gpu_lost"]
+
+
+def test_driver_version_failure_is_recorded_and_gpus_still_reported(
+    recording: dict[str, Any],
+) -> None:
+    recording["driver_version"] = _err("NVML_ERROR_UNKNOWN")
+    found, errors = collect_with_errors(RecordedNvml(recording))
+    assert len(found) == 8 and all(a.driver_version is None for a in found)
+    assert [(e.code, e.detail.split(":")[0]) for e in errors] == [("nvml_error", "system")]
+
+
+def test_host_with_no_gpus_reports_an_empty_list(recording: dict[str, Any]) -> None:
+    recording["devices"] = []
+    assert collect_with_errors(RecordedNvml(recording)) == ([], [])

@@ -1,0 +1,698 @@
+"""Model-weight storage: where each weight root lives, whether it is encrypted, and its files.
+
+This collector owns, per weight root:
+
+1. **Mount**: mount point, device and filesystem from ``/proc/self/mountinfo`` (longest prefix
+   of the root's real path; the last of several mounts on one point wins, as the kernel's does).
+2. **Encryption at rest**, decided from what the kernel exposes, never guessed:
+
+   - device-mapper: the block device's ``dm/uuid`` in sysfs; ``CRYPT-LUKS2-``/``CRYPT-LUKS1-``/
+     ``CRYPT-PLAIN-`` (and other ``CRYPT-`` kinds except VERITY and INTEGRITY) are dm-crypt.
+     Other dm targets (LVM, multipath) and md RAID are followed through ``slaves/`` down to the
+     devices that hold the data: encrypted only if every one of them is.
+   - fscrypt: ``FS_IOC_GETFLAGS`` on the root directory has ``FS_ENCRYPT_FL`` (0x800).
+   - a plain disk or partition with neither: ``unencrypted`` (self-encrypting drives cannot be
+     seen from here; ``determined_by`` says so).
+   - anything else (tmpfs, overlay, network and FUSE filesystems, loop devices, a device sysfs
+     does not show): ``unknown`` with the reason.
+
+3. **Weight files**: every regular file under the root whose bytes say it is a weight file
+   (:mod:`agent.collect.weights`), with its stat facts, SHA-256 and header facts. Files are
+   hashed in parallel by a thread pool; :class:`agent.hashing.ScanCache` lets an unchanged file go
+   unopened on the next scan.
+
+Walking rules (each is a decision, tested):
+
+- Symlinks are never followed, to directories or to files. A symlink whose target lies inside a
+  scanned root is skipped silently (the target is found where it lives; Hugging Face caches link
+  ``snapshots/`` to ``blobs/`` this way). A symlink to a weight file or a directory *outside* every
+  root is reported as a collector error, because the bytes it points at are not attested.
+  Symlink loops and dangling links are therefore harmless.
+- Other filesystems mounted below a root are not entered (their encryption may differ); each is
+  reported as ``nested_mount_not_scanned`` so the operator can list it as a root of its own.
+- A file that cannot be opened is a :class:`~agent.evidence.WeightFile` with ``error`` when its
+  name says it is a weight file, and a collector error otherwise (its format cannot be known).
+- Names that are not valid UTF-8 or contain control characters carry ``path_b64`` (the raw bytes);
+  ``path`` shows undecodable bytes as ``\\xNN``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import functools
+import os
+import pwd
+import stat
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.collect import weights
+from agent.evidence import (
+    CollectorError,
+    Encryption,
+    FileError,
+    HeaderFacts,
+    StorageRoot,
+    WeightFile,
+    WeightFormat,
+    format_timestamp,
+)
+from agent.hashing import (
+    CHUNK_SIZE,
+    CacheEntry,
+    ChangedWhileHashingError,
+    ScanCache,
+    cache_key,
+    hash_fd,
+    lower_priority,
+)
+
+COLLECTOR = "storage"
+#: Collector errors kept per root for individual files and directories; the rest are counted.
+MAX_ERRORS_PER_ROOT = 50
+#: ``_IOR('f', 1, long)`` in the asm-generic ioctl encoding (x86-64, arm64, riscv64).
+FS_IOC_GETFLAGS = 0x80086601
+FS_ENCRYPT_FL = 0x800
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"}
+_NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "lustre"}
+_NAME_FORMATS: dict[bytes, WeightFormat] = {
+    b".safetensors": "safetensors",
+    b".gguf": "gguf",
+    b".pt": "pytorch-zip",
+    b".pth": "pytorch-zip",
+    b".bin": "pytorch-zip",
+    b".ckpt": "pytorch-zip",
+    b".onnx": "onnx",
+}
+
+
+# --------------------------------------------------------------------------- mounts
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    mount_point: str
+    major: int
+    minor: int
+    fstype: str
+    source: str
+    super_options: str
+
+
+def _unescape(field_: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as ``\\ooo``."""
+    if "\\" not in field_:
+        return field_
+    raw = field_.encode("utf-8", "surrogateescape")
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        octal = raw[i + 1 : i + 4]
+        if raw[i] == 0x5C and len(octal) == 3 and octal.isdigit():
+            out.append(int(octal, 8) & 0xFF)
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def read_mountinfo(proc_root: Path) -> list[Mount]:
+    """Parse ``proc_root/self/mountinfo``; raises OSError if it cannot be read."""
+    mounts = []
+    text = (proc_root / "self" / "mountinfo").read_bytes().decode("utf-8", "surrogateescape")
+    for line in text.splitlines():
+        parts = line.split(" ")
+        try:
+            sep = parts.index("-", 6)
+            major, minor = (int(x) for x in parts[2].split(":"))
+            mounts.append(
+                Mount(
+                    mount_point=_unescape(parts[4]),
+                    major=major,
+                    minor=minor,
+                    fstype=parts[sep + 1],
+                    source=_unescape(parts[sep + 2]),
+                    super_options=parts[sep + 3] if len(parts) > sep + 3 else "",
+                )
+            )
+        except (ValueError, IndexError):
+            continue  # a line we do not understand describes some other mount
+    return mounts
+
+
+def find_mount(path: str, mounts: list[Mount]) -> Mount | None:
+    """The mount holding ``path`` (absolute, resolved): longest mount point prefix, last wins."""
+    best: Mount | None = None
+    for mount in mounts:
+        mp = mount.mount_point
+        inside = path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/")
+        if inside and (best is None or len(mp) >= len(best.mount_point)):
+            best = mount
+    return best
+
+
+# --------------------------------------------------------------------------- encryption
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def _block_dir(sys_root: Path, mount: Mount) -> Path | None:
+    """The sysfs directory of the block device behind ``mount``, if sysfs shows one."""
+    class_block = sys_root / "class" / "block"
+    if mount.major != 0:
+        majmin = f"{mount.major}:{mount.minor}"
+        link = sys_root / "dev" / "block" / majmin
+        if link.exists():
+            return link.resolve()
+        try:
+            for candidate in sorted(class_block.iterdir()):
+                if _read_text(candidate / "dev") == majmin:
+                    return candidate
+        except OSError:
+            return None
+        return None
+    # Filesystems with anonymous device numbers (btrfs) name their device in the source field.
+    if not mount.source.startswith("/dev/"):
+        return None
+    name = os.path.basename(mount.source)
+    if (class_block / name).exists():
+        return class_block / name
+    try:
+        for candidate in sorted(class_block.iterdir()):
+            if _read_text(candidate / "dm" / "name") == name:
+                return candidate
+    except OSError:
+        return None
+    return None
+
+
+def _combine(name: str, parts: list[Encryption], how: str) -> Encryption:
+    if not parts:
+        return Encryption(
+            status="unknown", reason=f"{name} is {how} but sysfs lists no underlying device"
+        )
+    if all(p.status == "encrypted" for p in parts):
+        methods = sorted({p.method or "?" for p in parts})
+        return Encryption(
+            status="encrypted",
+            method=methods[0] if len(methods) == 1 else "+".join(methods),
+            determined_by=f"{name} ({how}) -> " + "; ".join(p.determined_by or "" for p in parts),
+        )
+    plain = [p for p in parts if p.status == "unencrypted"]
+    if plain:
+        return Encryption(
+            status="unencrypted",
+            determined_by=f"{name} ({how}) -> " + "; ".join(p.determined_by or "" for p in plain),
+        )
+    return Encryption(
+        status="unknown",
+        reason=f"{name} ({how}) -> " + "; ".join(p.reason or "" for p in parts),
+    )
+
+
+def block_encryption(device_dir: Path, sys_root: Path, _depth: int = 0) -> Encryption:
+    """Encryption of a block device, following device-mapper and md stacks through ``slaves/``."""
+    name = device_dir.name
+    if _depth > 8:
+        return Encryption(status="unknown", reason=f"device stack deeper than 8 at {name}")
+    slaves_dir = device_dir / "slaves"
+    try:
+        slaves = sorted(p.name for p in slaves_dir.iterdir())
+    except OSError:
+        slaves = []
+    below = [
+        block_encryption(sys_root / "class" / "block" / s, sys_root, _depth + 1) for s in slaves
+    ]
+    uuid = _read_text(device_dir / "dm" / "uuid")
+    if uuid is not None:
+        kind = uuid.split("-", 2)[1] if uuid.startswith("CRYPT-") and uuid.count("-") >= 1 else ""
+        if uuid.startswith("CRYPT-") and kind not in ("VERITY", "INTEGRITY", ""):
+            method = {"LUKS2": "dm-crypt/LUKS2", "LUKS1": "dm-crypt/LUKS1"}.get(kind, "dm-crypt")
+            return Encryption(
+                status="encrypted",
+                method=method,
+                determined_by=f"sysfs {name}/dm/uuid = {uuid[:48]}",
+            )
+        target = uuid.split("-", 1)[0] or "device-mapper"
+        return _combine(name, below, f"dm {target}")
+    if (device_dir / "md").exists():
+        return _combine(name, below, "md RAID")
+    backing = _read_text(device_dir / "loop" / "backing_file")
+    if backing is not None or name.startswith("loop"):
+        return Encryption(
+            status="unknown",
+            reason=f"{name} is a loop device backed by {backing or 'an unknown file'}",
+        )
+    if not device_dir.exists():
+        return Encryption(status="unknown", reason=f"sysfs has no block device {name}")
+    if slaves:
+        return _combine(name, below, "stacked device")
+    return Encryption(
+        status="unencrypted",
+        determined_by=(
+            f"sysfs {name}: plain block device, no dm-crypt layer and no fscrypt "
+            "(drive self-encryption is not visible here)"
+        ),
+    )
+
+
+def fscrypt_flag(path: str) -> bool | None:
+    """Whether ``path`` (a directory) has FS_ENCRYPT_FL; None if the flags cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf, True)
+        return bool(int.from_bytes(buf[:4], sys.byteorder) & FS_ENCRYPT_FL)
+    except OSError:  # ENOTTY/EOPNOTSUPP: this filesystem has no such flags
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_encryption(
+    path: str, mount: Mount | None, sys_root: Path, fscrypt: bool | None
+) -> Encryption:
+    """Encryption at rest of ``path``, given its mount and its fscrypt flag."""
+    if mount is None:
+        return Encryption(status="unknown", reason=f"no mount in mountinfo holds {path}")
+    fs = mount.fstype
+    if fscrypt:
+        return Encryption(
+            status="encrypted",
+            method="fscrypt",
+            determined_by=f"FS_IOC_GETFLAGS on {path}: FS_ENCRYPT_FL set",
+        )
+    if fs in _MEMORY_FS:
+        return Encryption(
+            status="unknown",
+            reason=f"{fs} is memory-backed: nothing at rest, but pages may reach unchecked swap",
+        )
+    if fs == "overlay":
+        upper = [o for o in mount.super_options.split(",") if o.startswith("upperdir=")]
+        where = upper[0] if upper else "layers on other mounts"
+        return Encryption(
+            status="unknown", reason=f"overlay filesystem ({where[:200]}); layers not inspected"
+        )
+    if fs in _NETWORK_FS or fs.startswith("fuse"):
+        return Encryption(
+            status="unknown",
+            reason=f"{fs} keeps data on another machine; its encryption is not visible here",
+        )
+    device_dir = _block_dir(sys_root, mount)
+    if device_dir is None:
+        return Encryption(
+            status="unknown",
+            reason=f"no block device in sysfs for {mount.source} ({mount.major}:{mount.minor})",
+        )
+    return block_encryption(device_dir, sys_root)
+
+
+# --------------------------------------------------------------------------- files
+
+
+@dataclass(slots=True)
+class _Candidate:
+    root_index: int
+    raw: bytes
+    st: os.stat_result
+    entry: CacheEntry | None = None
+    future: Future[CacheEntry | None] | None = None
+
+
+@dataclass(slots=True)
+class _RootScan:
+    root: str
+    real: bytes | None
+    errors: list[CollectorError] = field(default_factory=list)
+    dropped_errors: int = 0
+
+    def error(self, code: str, detail: str) -> None:
+        if len(self.errors) < MAX_ERRORS_PER_ROOT:
+            self.errors.append(CollectorError(collector=COLLECTOR, code=code, detail=detail))
+        else:
+            self.dropped_errors += 1
+
+
+def show_path(raw: bytes) -> tuple[str, str | None]:
+    """(display path, base64 of the raw bytes or None) for a file name as the kernel has it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode("ascii")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return text, base64.b64encode(raw).decode("ascii")
+    return text, None
+
+
+def _open_file(raw: bytes) -> int:
+    return os.open(raw, _OPEN_FLAGS)
+
+
+_local = threading.local()
+
+
+def _buffer() -> bytearray:
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = bytearray(CHUNK_SIZE)
+        _local.buf = buf
+    return buf
+
+
+def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> CacheEntry | None:
+    """Open, identify, parse and hash one file. None: it is not a weight file.
+
+    OSError from opening propagates (the caller decides how to report it); every other failure
+    is an entry with ``error``.
+    """
+    fd = _open_file(raw)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        try:
+            found = weights.inspect(fd, before.st_size, os.path.basename(raw))
+        except OSError as exc:
+            fmt = _format_by_name(raw)
+            if fmt is None:
+                raise
+            return CacheEntry(fmt, error=("read_error", f"reading the header: {exc.strerror}"))
+        if found is None:
+            return CacheEntry(None)
+        header = found.header.model_dump() if found.header is not None else None
+        error = (found.error.code, found.error.detail) if found.error is not None else None
+        try:
+            digest, _ = hash_fd(fd, buffer=_buffer(), on_bytes=on_bytes, before=before)
+        except ChangedWhileHashingError as exc:
+            return CacheEntry(found.format, None, header, ("changed_while_hashing", str(exc)))
+        except OSError as exc:
+            return CacheEntry(found.format, None, header, ("read_error", str(exc.strerror)))
+        return CacheEntry(found.format, digest, header, error)
+    finally:
+        os.close(fd)
+
+
+def _format_by_name(raw: bytes) -> WeightFormat | None:
+    _, ext = os.path.splitext(raw.lower())
+    return _NAME_FORMATS.get(ext)
+
+
+@functools.lru_cache(maxsize=1024)
+def _owner(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _mtime(ns: int) -> str:
+    try:
+        moment = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    except (OverflowError, OSError, ValueError):
+        moment = datetime.max.replace(tzinfo=UTC) if ns > 0 else datetime.min.replace(tzinfo=UTC)
+        return format_timestamp(moment)
+    return format_timestamp(moment.replace(microsecond=(ns // 1000) % 1_000_000))
+
+
+def _weight_file(raw: bytes, st: os.stat_result, entry: CacheEntry) -> WeightFile:
+    path, path_b64 = show_path(raw)
+    header: dict[str, Any] | None = entry.header
+    return WeightFile(
+        path=path,
+        path_b64=path_b64,
+        size=st.st_size,
+        mtime=_mtime(st.st_mtime_ns),
+        mode=f"{stat.S_IMODE(st.st_mode):04o}",
+        uid=st.st_uid,
+        gid=st.st_gid,
+        owner=_owner(st.st_uid),
+        sha256=entry.sha256,
+        format=entry.format,  # checked by pydantic
+        header=HeaderFacts(**header) if header is not None else None,
+        error=FileError(code=entry.error[0], detail=entry.error[1]) if entry.error else None,
+    )
+
+
+def _inside(target: bytes, roots: list[bytes]) -> bool:
+    return any(target == r or target.startswith(r.rstrip(b"/") + b"/") for r in roots)
+
+
+def _walk(index: int, scan: _RootScan, real_roots: list[bytes], out: list[_Candidate]) -> None:
+    """Collect the regular files under one root (see the module docstring for the rules)."""
+    assert scan.real is not None
+    top = os.lstat(scan.real)
+    if stat.S_ISREG(top.st_mode):
+        out.append(_Candidate(index, scan.real, top))
+        return
+    stack = [scan.real]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+        except OSError as exc:
+            scan.error("dir_unreadable", f"{show_path(directory)[0]}: {exc.strerror}")
+            continue
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    _symlink(entry.path, scan, real_roots)
+                elif entry.is_dir(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    if st.st_dev != top.st_dev:
+                        scan.error(
+                            "nested_mount_not_scanned",
+                            f"{show_path(entry.path)[0]} is another filesystem; "
+                            "list it as a weight root of its own",
+                        )
+                    else:
+                        stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    out.append(_Candidate(index, entry.path, entry.stat(follow_symlinks=False)))
+            except OSError as exc:  # vanished between readdir and stat
+                scan.error("stat_failed", f"{show_path(entry.path)[0]}: {exc.strerror}")
+
+
+def _symlink(raw: bytes, scan: _RootScan, real_roots: list[bytes]) -> None:
+    try:
+        target = os.path.realpath(raw)
+        st = os.stat(target)
+    except OSError:
+        return  # dangling or a loop: nothing to attest behind it
+    if _inside(target, real_roots):
+        return
+    shown = f"{show_path(raw)[0]} -> {show_path(target)[0]}"
+    if stat.S_ISDIR(st.st_mode):
+        scan.error("symlink_outside_roots", f"{shown}: directory outside the roots not followed")
+    elif stat.S_ISREG(st.st_mode):
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                prefix = os.pread(fd, weights.PREFIX_LEN, 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            prefix = b""
+        if weights.sniff(prefix, os.path.basename(target)) or _format_by_name(target):
+            scan.error("symlink_outside_roots", f"{shown}: weight file outside the roots")
+
+
+def _progress_bar(total: int) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("hashing weights"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task("hash", total=total)
+    bar.start()
+    return (lambda n: bar.advance(task, n)), bar.stop
+
+
+def _fill(
+    candidates: list[_Candidate],
+    cache: ScanCache,
+    workers: int,
+    on_bytes: Callable[[int], None] | None,
+) -> None:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veu-hash") as pool:
+        for cand in candidates:
+            if cand.entry is None:
+                cand.future = pool.submit(examine, cand.raw, on_bytes)
+        for cand in candidates:
+            if cand.future is None:
+                continue
+            try:
+                cand.entry = cand.future.result()
+            except OSError as exc:
+                cand.entry = CacheEntry(None, error=("unreadable", str(exc.strerror)))
+                continue
+            except Exception as exc:  # a parser bug on one file must not lose the whole scan
+                cand.entry = CacheEntry(
+                    None, error=("internal_error", f"{type(exc).__name__}: {exc}"[:300])
+                )
+                continue
+            if cand.entry is not None and (
+                cand.entry.error is None or cand.entry.error[0] not in _TRANSIENT
+            ):
+                cache.put(cache_key(cand.st), cand.entry)
+
+
+_TRANSIENT = {"changed_while_hashing", "read_error", "unreadable", "internal_error"}
+
+
+def scan_weight_roots(
+    roots: list[Path],
+    *,
+    cache_path: Path | None,
+    workers: int | None = None,
+    progress: bool = False,
+    low_priority: bool = False,
+    proc_root: Path = Path("/proc"),
+    sys_root: Path = Path("/sys"),
+) -> tuple[list[StorageRoot], list[CollectorError]]:
+    """Describe each weight root and every weight file under it.
+
+    A root that does not exist or cannot be read gives a collector error and no entry; the other
+    roots are still scanned. Individual bad files never stop the scan.
+    """
+    if low_priority:
+        lower_priority()
+    cache = ScanCache(cache_path)
+    cache.load()
+    errors: list[CollectorError] = []
+    try:
+        mounts = read_mountinfo(proc_root)
+    except OSError as exc:
+        mounts = []
+        errors.append(
+            CollectorError(
+                collector=COLLECTOR,
+                code="mountinfo_unreadable",
+                detail=f"{proc_root}/self/mountinfo: {exc.strerror}",
+            )
+        )
+
+    scans: list[_RootScan] = []
+    for root in roots:
+        try:
+            real: bytes | None = os.path.realpath(os.fsencode(root), strict=True)
+        except OSError as exc:
+            real = None
+            code = "root_not_found" if isinstance(exc, FileNotFoundError) else "root_unreadable"
+            errors.append(
+                CollectorError(collector=COLLECTOR, code=code, detail=f"{root}: {exc.strerror}")
+            )
+        scans.append(_RootScan(str(root), real))
+    real_roots = [s.real for s in scans if s.real is not None]
+
+    candidates: list[_Candidate] = []
+    for index, scan in enumerate(scans):
+        if scan.real is None:
+            continue
+        try:
+            _walk(index, scan, real_roots, candidates)
+        except OSError as exc:
+            scan.error("root_unreadable", f"{scan.root}: {exc.strerror}")
+    candidates.sort(key=lambda c: (c.root_index, c.raw))
+
+    pending = 0
+    for cand in candidates:
+        cand.entry = cache.get(cache_key(cand.st))
+        if cand.entry is None:
+            pending += cand.st.st_size
+
+    advance: Callable[[int], None] | None = None
+    stop: Callable[[], None] = _noop
+    if progress and pending and sys.stderr.isatty():
+        advance, stop = _progress_bar(pending)
+    try:
+        _fill(candidates, cache, max(1, workers or min(8, os.cpu_count() or 1)), advance)
+    finally:
+        stop()
+    cache.save()
+
+    results: list[StorageRoot] = []
+    by_root: dict[int, list[WeightFile]] = {}
+    for cand in candidates:
+        entry = cand.entry
+        scan = scans[cand.root_index]
+        if entry is None or entry.format is None:
+            if entry is not None and entry.error is not None:
+                fmt = _format_by_name(cand.raw)
+                if fmt is None:
+                    scan.error("file_unreadable", f"{show_path(cand.raw)[0]}: {entry.error[1]}")
+                    continue
+                entry = CacheEntry(fmt, error=entry.error)
+            else:
+                continue
+        by_root.setdefault(cand.root_index, []).append(_weight_file(cand.raw, cand.st, entry))
+
+    for index, scan in enumerate(scans):
+        if scan.real is None:
+            continue
+        real_text = os.fsdecode(scan.real)
+        mount = find_mount(real_text, mounts) if mounts else None
+        fscrypt = fscrypt_flag(real_text) if os.path.isdir(scan.real) else None
+        files = by_root.get(index, [])
+        results.append(
+            StorageRoot(
+                root=scan.root,
+                mount_point=mount.mount_point if mount else None,
+                device=mount.source if mount and mount.source.startswith("/dev/") else None,
+                filesystem=mount.fstype if mount else None,
+                encryption=(
+                    describe_encryption(real_text, mount, sys_root, fscrypt)
+                    if mounts
+                    else Encryption(status="unknown", reason="mountinfo could not be read")
+                ),
+                file_count=len(files),
+                total_bytes=sum(f.size for f in files),
+                files=files,
+            )
+        )
+        errors.extend(scan.errors)
+        if scan.dropped_errors:
+            errors.append(
+                CollectorError(
+                    collector=COLLECTOR,
+                    code="more_errors",
+                    detail=f"{scan.dropped_errors} more errors under {scan.root} not listed",
+                )
+            )
+    return results, errors
+
+
+def _noop() -> None:
+    return None

@@ -1,0 +1,352 @@
+"""Storage collector: mounts and encryption from recorded /proc and /sys, and the file scan."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import pwd
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.collect import storage
+from agent.collect.storage import (
+    block_encryption,
+    describe_encryption,
+    find_mount,
+    read_mountinfo,
+    scan_weight_roots,
+)
+from agent.evidence import CollectorError, StorageRoot, WeightFile
+from tests.agent.weights_fixtures import (
+    FIXTURES,
+    safetensors_bytes,
+    torch_zip,
+    write_gguf,
+    write_safetensors,
+)
+
+PROC = FIXTURES / "proc"
+SYS = FIXTURES / "sys"
+
+
+def encryption_of(path: str) -> tuple[str, str | None, str]:
+    mount = find_mount(path, read_mountinfo(PROC))
+    enc = describe_encryption(path, mount, SYS, fscrypt=None)
+    return enc.status, enc.method, enc.determined_by or enc.reason or ""
+
+
+# --------------------------------------------------------------------------- mounts, encryption
+
+
+def test_mount_is_longest_prefix_and_unescaped() -> None:
+    mounts = read_mountinfo(PROC)
+    hit = find_mount("/srv/models/llama/model.safetensors", mounts)
+    assert hit is not None and hit.mount_point == "/srv/models" and hit.fstype == "ext4"
+    assert hit.source == "/dev/mapper/luks-1234"
+    spaced = find_mount("/mnt/with space/x", mounts)
+    assert spaced is not None and spaced.mount_point == "/mnt/with space"
+    sibling = find_mount("/srv/models2", mounts)
+    assert sibling is not None and sibling.mount_point == "/"
+
+
+def test_last_mount_on_the_same_point_wins() -> None:
+    hit = find_mount("/srv/models/scratch/a", read_mountinfo(PROC))
+    assert hit is not None and hit.fstype == "ext4"  # tmpfs was mounted over by ext4
+
+
+def test_luks2_device_mapper_is_encrypted() -> None:
+    status, method, why = encryption_of("/srv/models/llama")
+    assert (status, method) == ("encrypted", "dm-crypt/LUKS2")
+    assert "dm-0/dm/uuid = CRYPT-LUKS2-" in why
+
+
+def test_lvm_on_luks_is_encrypted_through_slaves() -> None:
+    status, method, why = encryption_of("/data/models")
+    assert (status, method) == ("encrypted", "dm-crypt/LUKS1")
+    assert why.startswith("dm-2 (dm LVM) -> ") and "dm-1/dm/uuid" in why
+
+
+def test_lvm_spanning_encrypted_and_plain_devices_is_unencrypted() -> None:
+    status, _, why = encryption_of("/mixed")
+    assert status == "unencrypted" and "sdb1" in why
+
+
+def test_plain_partition_is_unencrypted_and_says_what_was_read() -> None:
+    status, method, why = encryption_of("/home/user/models")
+    assert (status, method) == ("unencrypted", None)
+    assert "sda2" in why and "plain block device" in why
+
+
+def test_dm_verity_is_not_mistaken_for_encryption() -> None:
+    status, _, _ = encryption_of("/mnt/verity")
+    assert status == "unencrypted"
+
+
+def test_btrfs_anonymous_device_is_found_by_dm_name() -> None:
+    status, method, _ = encryption_of("/btr/models")
+    assert (status, method) == ("encrypted", "dm-crypt")
+
+
+@pytest.mark.parametrize(
+    ("path", "reason_part"),
+    [
+        ("/tmp/models", "memory-backed"),
+        ("/var/lib/docker/overlay2/abc/merged/m", "upperdir=/var/lib/docker/overlay2/abc/diff"),
+        ("/mnt/nfs/m", "another machine"),
+        ("/mnt/loop/m", "loop device backed by /var/lib/images/x.img"),
+    ],
+)
+def test_filesystems_without_a_verdict_are_unknown_with_reason(path: str, reason_part: str) -> None:
+    status, method, why = encryption_of(path)
+    assert status == "unknown" and method is None
+    assert reason_part in why
+
+
+def test_fscrypt_flag_makes_a_plain_partition_encrypted() -> None:
+    mount = find_mount("/home/u", read_mountinfo(PROC))
+    enc = describe_encryption("/home/u", mount, SYS, fscrypt=True)
+    assert (enc.status, enc.method) == ("encrypted", "fscrypt")
+
+
+def test_device_missing_from_sysfs_is_unknown(tmp_path: Path) -> None:
+    enc = block_encryption(tmp_path / "class" / "block" / "sdz", tmp_path)
+    assert enc.status == "unknown" and "sdz" in (enc.reason or "")
+
+
+def test_fscrypt_flag_reads_without_error_on_this_filesystem(tmp_path: Path) -> None:
+    assert storage.fscrypt_flag(str(tmp_path)) in (None, False)
+    assert storage.fscrypt_flag(str(tmp_path / "missing")) is None
+
+
+# --------------------------------------------------------------------------- scanning
+
+
+def proc_with_mount(tmp_path: Path, mount_point: Path, line: str) -> Path:
+    """A proc tree whose mountinfo puts ``mount_point`` on the fixture's LUKS2 device."""
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    text = (PROC / "self" / "mountinfo").read_text()
+    (proc / "self" / "mountinfo").write_text(text + line.format(mp=mount_point) + "\n")
+    return proc
+
+
+def scan(
+    roots: list[Path], tmp_path: Path, cache: bool = True, **kwargs: object
+) -> tuple[list[StorageRoot], list[CollectorError]]:
+    return scan_weight_roots(
+        roots,
+        cache_path=tmp_path / "state" / "scan-cache.json" if cache else None,
+        proc_root=PROC,
+        sys_root=SYS,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def files_by_name(root: StorageRoot) -> dict[str, WeightFile]:
+    return {os.path.basename(f.path): f for f in root.files}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    (root / "llama").mkdir(parents=True)
+    write_safetensors(root / "llama" / "model.safetensors", {"format": "pt"})
+    write_gguf(root / "llama" / "q4.gguf")
+    torch_zip(root / "llama" / "pytorch_model.bin")
+    (root / "llama" / "config.json").write_text('{"hidden": 8}')
+    (root / "README.md").write_text("# hi\n")
+    return root
+
+
+def test_scan_reports_every_weight_file_with_facts(tree: Path, tmp_path: Path) -> None:
+    proc = proc_with_mount(tmp_path, tree, "99 22 8:2 / {mp} rw - ext4 /dev/sda2 rw")
+    roots, errors = scan_weight_roots([tree], cache_path=None, proc_root=proc, sys_root=SYS)
+    assert errors == []
+    [root] = roots
+    files = files_by_name(root)
+    assert set(files) == {"model.safetensors", "q4.gguf", "pytorch_model.bin"}
+    st = files["model.safetensors"]
+    raw = (tree / "llama" / "model.safetensors").read_bytes()
+    assert st.sha256 == hashlib.sha256(raw).hexdigest()
+    assert st.size == len(raw) and st.format == "safetensors"
+    assert st.header is not None and st.header.tensor_count == 2
+    info = os.stat(tree / "llama" / "model.safetensors")
+    assert st.mode == f"{info.st_mode & 0o7777:04o}" and st.uid == info.st_uid
+    assert st.owner == pwd.getpwuid(info.st_uid).pw_name
+    assert st.mtime.endswith("Z") and st.mtime[:4].isdigit()
+    assert files["q4.gguf"].header is not None and files["pytorch_model.bin"].header is None
+    assert root.file_count == 3 and root.total_bytes == sum(f.size for f in root.files)
+    assert root.root == str(tree) and root.mount_point == str(tree)
+    assert (root.device, root.filesystem) == ("/dev/sda2", "ext4")
+    assert root.encryption.status == "unencrypted"
+
+
+def test_root_on_luks_mount_reports_device_and_encryption(tree: Path, tmp_path: Path) -> None:
+    line = "99 22 253:0 / {mp} rw,relatime - ext4 /dev/mapper/luks-1234 rw"
+    proc = proc_with_mount(tmp_path, tree, line)
+    roots, _ = scan_weight_roots([tree], cache_path=None, proc_root=proc, sys_root=SYS)
+    assert roots[0].mount_point == str(tree) and roots[0].device == "/dev/mapper/luks-1234"
+    assert roots[0].encryption.method == "dm-crypt/LUKS2"
+
+
+def test_missing_root_is_an_error_and_other_roots_are_scanned(tree: Path, tmp_path: Path) -> None:
+    roots, errors = scan([tmp_path / "nope", tree], tmp_path)
+    assert [r.root for r in roots] == [str(tree)]
+    assert [(e.collector, e.code) for e in errors] == [("storage", "root_not_found")]
+
+
+def test_unreadable_mountinfo_is_an_error_not_a_crash(tree: Path, tmp_path: Path) -> None:
+    roots, errors = scan_weight_roots([tree], cache_path=None, proc_root=tmp_path / "noproc")
+    assert [e.code for e in errors] == ["mountinfo_unreadable"]
+    assert roots[0].encryption.status == "unknown" and roots[0].file_count == 3
+
+
+def test_hostile_header_is_recorded_on_the_file_and_still_hashed(
+    tree: Path, tmp_path: Path
+) -> None:
+    data = safetensors_bytes(b'{"a":1}', length=2**63)
+    (tree / "evil.safetensors").write_bytes(data)
+    roots, errors = scan([tree], tmp_path)
+    evil = files_by_name(roots[0])["evil.safetensors"]
+    assert evil.error is not None and evil.error.code == "header_too_large"
+    assert evil.sha256 == hashlib.sha256(data).hexdigest()
+    assert len(roots[0].files) == 4 and errors == []
+
+
+def test_file_symlinks_inside_roots_are_skipped_and_loops_are_harmless(
+    tree: Path, tmp_path: Path
+) -> None:
+    blob = tree / "llama" / "model.safetensors"
+    os.symlink(blob, tree / "link.safetensors")
+    os.symlink(tree, tree / "llama" / "loop")  # directory loop
+    os.symlink("self", tree / "self")  # a link to itself
+    os.symlink(tree / "gone", tree / "dangling")
+    roots, errors = scan([tree], tmp_path)
+    assert set(files_by_name(roots[0])) == {"model.safetensors", "q4.gguf", "pytorch_model.bin"}
+    assert errors == []
+
+
+def test_symlinks_to_weights_outside_roots_are_reported(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    write_safetensors(outside / "secret.safetensors")
+    (outside / "notes.txt").write_text("x")
+    os.symlink(outside / "secret.safetensors", tree / "secret")
+    os.symlink(outside / "notes.txt", tree / "notes")
+    os.symlink(outside, tree / "more")
+    roots, errors = scan([tree], tmp_path)
+    assert "secret" not in files_by_name(roots[0])
+    codes = sorted((e.code, e.detail.split(":")[-1].strip()) for e in errors)
+    assert codes == [
+        ("symlink_outside_roots", "directory outside the roots not followed"),
+        ("symlink_outside_roots", "weight file outside the roots"),
+    ]
+
+
+def test_names_with_newlines_and_invalid_utf8_keep_their_raw_bytes(
+    tree: Path, tmp_path: Path
+) -> None:
+    raw_dir = os.fsencode(tree)
+    bad = raw_dir + b"/caf\xe9\nmodel.safetensors"
+    shutil.copyfile(tree / "llama" / "model.safetensors", bad)
+    roots, _ = scan([tree], tmp_path)
+    [entry] = [f for f in roots[0].files if f.path_b64 is not None]
+    assert base64.b64decode(entry.path_b64 or "") == bad
+    assert entry.path.endswith("caf\\xe9\nmodel.safetensors")
+    assert entry.path.encode("utf-8")  # always encodable: safe to sign as JSON
+
+
+def test_unreadable_weight_file_is_an_error_on_the_file(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = storage._open_file
+
+    def deny(raw: bytes) -> int:
+        if raw.endswith((b"q4.gguf", b"config.json")):
+            raise PermissionError(13, "Permission denied")
+        return real_open(raw)
+
+    monkeypatch.setattr(storage, "_open_file", deny)
+    roots, errors = scan([tree], tmp_path)
+    q4 = files_by_name(roots[0])["q4.gguf"]
+    assert q4.sha256 is None and q4.format == "gguf"
+    assert q4.error is not None and q4.error.code == "unreadable"
+    assert [(e.code, os.path.basename(e.detail.split(":")[0])) for e in errors] == [
+        ("file_unreadable", "config.json")
+    ]
+
+
+def test_file_changing_while_hashed_has_no_digest(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tree / "llama" / "model.safetensors"
+    real_hash = storage.hash_fd
+
+    def grow_then_hash(fd: int, **kwargs: object) -> tuple[str, int]:
+        if os.fstat(fd).st_ino == os.stat(target).st_ino:
+            with open(target, "ab") as fh:
+                fh.write(b"\0" * 10)
+        return real_hash(fd, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "hash_fd", grow_then_hash)
+    roots, _ = scan([tree], tmp_path)
+    model = files_by_name(roots[0])["model.safetensors"]
+    assert model.sha256 is None
+    assert model.error is not None and model.error.code == "changed_while_hashing"
+    monkeypatch.setattr(storage, "hash_fd", real_hash)
+    again, _ = scan([tree], tmp_path)  # not cached: the next scan hashes it properly
+    assert files_by_name(again[0])["model.safetensors"].sha256 is not None
+
+
+def test_unchanged_files_are_not_opened_on_rescan(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = scan([tree], tmp_path)
+    opened: list[bytes] = []
+    real_open = storage._open_file
+
+    def spy(raw: bytes) -> int:
+        opened.append(raw)
+        return real_open(raw)
+
+    monkeypatch.setattr(storage, "_open_file", spy)
+    second, _ = scan([tree], tmp_path)
+    assert opened == [] and second == first
+    (tree / "llama" / "q4.gguf").write_bytes(b"GGUF" + b"\0" * 30)
+    third, _ = scan([tree], tmp_path)
+    assert [os.path.basename(p) for p in opened] == [b"q4.gguf"]
+    assert files_by_name(third[0])["q4.gguf"].error is not None
+
+
+def test_corrupt_cache_is_ignored_and_rebuilt(tree: Path, tmp_path: Path) -> None:
+    first, _ = scan([tree], tmp_path)
+    cache_file = tmp_path / "state" / "scan-cache.json"
+    cache_file.write_bytes(b"\x00garbage{")
+    second, errors = scan([tree], tmp_path)
+    assert second == first and errors == []
+    assert cache_file.read_bytes().startswith(b'{"v":1')
+
+
+def test_nested_mounts_are_not_entered_but_reported(tmp_path: Path) -> None:
+    dev_shm = Path("/dev/shm")
+    if not dev_shm.is_dir() or os.stat(dev_shm).st_dev == os.stat("/dev").st_dev:
+        pytest.skip("needs /dev/shm as a separate filesystem")
+    roots, errors = scan([Path("/dev")], tmp_path, cache=False)
+    assert any(e.code == "nested_mount_not_scanned" and "/dev/shm" in e.detail for e in errors)
+    assert roots[0].root == "/dev"
+
+
+def test_single_file_root_is_scanned(tree: Path, tmp_path: Path) -> None:
+    roots, errors = scan([tree / "llama" / "q4.gguf"], tmp_path)
+    assert errors == [] and [f.format for f in roots[0].files] == ["gguf"]
+
+
+def test_parallel_workers_give_the_same_result_as_one(tree: Path, tmp_path: Path) -> None:
+    for i in range(12):
+        write_safetensors(tree / f"shard-{i}.safetensors", {"i": str(i)})
+    one, _ = scan([tree], tmp_path, cache=False, workers=1)
+    four, _ = scan([tree], tmp_path, cache=False, workers=4)
+    assert one == four and one[0].file_count == 15

@@ -29,7 +29,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -45,8 +45,8 @@ from agent.fsutil import atomic_write, fsync_dir
 log = logging.getLogger(__name__)
 
 SUFFIX = ".dsse.json"
-REJECTED = "rejected"
-CORRUPT = "corrupt"
+REJECTED: Final = "rejected"
+CORRUPT: Final = "corrupt"
 QuarantineFolder = Literal["rejected", "corrupt"]
 
 _NAME = re.compile(r"^(\d{20})\.dsse\.json$")

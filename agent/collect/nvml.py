@@ -13,7 +13,8 @@ It owns:
 2. :func:`collect` — the same walk for callers that want all or nothing: any per-GPU error raises.
 3. Stable error codes (:data:`ERROR_CODES`): ``nvml_library_not_found``, ``nvml_driver_not_loaded``,
    ``nvml_no_permission``, ``nvml_gpu_lost``, ... and ``nvml_error`` for the rest.
-4. :class:`RecordedNvml` / :func:`record` — a recorded NVML session (JSON) and its replay.
+4. :class:`RecordedNvml` / :func:`record` — a recorded NVML session (JSON) and its replay
+   (``python -m agent.collect.nvml --out FILE --redact`` records a host with GPUs).
    ``record`` runs on a host with real GPUs and saves every answer (errors included);
    ``RecordedNvml`` answers the same calls from the file and raises the real ``pynvml``
    exceptions, so the collector code runs unchanged where there is no GPU (tests, demos). Only
@@ -24,8 +25,13 @@ It owns:
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import logging
+import sys
+import time
+import uuid as uuid_mod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -406,3 +412,43 @@ class RecordedNvml:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RecordingError(f"GPU {handle}: bad 'pci' entry in recording: {exc}") from exc
+
+
+def redact(recording: dict[str, Any]) -> dict[str, Any]:
+    """A copy with UUIDs and serials replaced by stable look-alikes (same input, same output)."""
+    out: dict[str, Any] = json.loads(json.dumps(recording))
+    for device in out.get("devices", []):
+        for key in ("uuid", "serial"):
+            value = device.get(key)
+            if not isinstance(value, str):
+                continue
+            digest = hashlib.sha256(f"{key}:{value}".encode()).hexdigest()
+            if key == "uuid":
+                device[key] = f"GPU-{uuid_mod.UUID(digest[:32])}"
+            else:
+                device[key] = str(int(digest[:12], 16))[: max(len(value), 1)].rjust(len(value), "0")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agent.collect.nvml --out FILE [--redact]``: record this host's NVML answers."""
+    parser = argparse.ArgumentParser(prog="python -m agent.collect.nvml", description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the recording")
+    parser.add_argument("--redact", action="store_true", help="replace UUIDs and serials")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    data = record()
+    data["walk_seconds"] = round(time.perf_counter() - started, 4)
+    if args.redact:
+        data = redact(data)
+    args.out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    devices = len(data.get("devices", []))
+    print(f"recorded {devices} GPU(s) in {data['walk_seconds']}s to {args.out}", file=sys.stderr)
+    if "init" in data:
+        print(f"nvmlInit failed: {data['init']['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,7 +22,9 @@ from agent.collect.nvml import (
     RecordingError,
     collect,
     collect_with_errors,
+    main,
     record,
+    redact,
 )
 from agent.evidence import Accelerator, CollectorError
 
@@ -153,14 +155,19 @@ def test_driver_failure_through_runner_becomes_an_error_entry(recording: dict[st
     assert [(e.collector, e.code) for e in errors] == [("nvml", "nvml_driver_not_loaded")]
 
 
-def test_real_nvml_on_this_gpu_less_machine_reports_library_not_found() -> None:
+def _skip_if_nvml_library_present() -> None:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError_LibraryNotFound:
-        pass
-    else:
-        pynvml.nvmlShutdown()
-        pytest.skip("this machine has an NVIDIA driver")
+        return
+    except pynvml.NVMLError:
+        pytest.skip("this machine has the NVML library")
+    pynvml.nvmlShutdown()
+    pytest.skip("this machine has an NVIDIA driver")
+
+
+def test_real_nvml_on_this_gpu_less_machine_reports_library_not_found() -> None:
+    _skip_if_nvml_library_present()
     with pytest.raises(CollectorFailure) as info:
         collect()
     assert info.value.code == "nvml_library_not_found"
@@ -240,3 +247,27 @@ def test_driver_version_failure_is_recorded_and_gpus_still_reported(
 def test_host_with_no_gpus_reports_an_empty_list(recording: dict[str, Any]) -> None:
     recording["devices"] = []
     assert collect_with_errors(RecordedNvml(recording)) == ([], [])
+
+
+def test_redaction_replaces_identifiers_stably_and_keeps_their_shape(
+    recording: dict[str, Any],
+) -> None:
+    redacted = redact(recording)
+    again = redact(recording)
+    assert redacted == again
+    before, after = recording["devices"][0], redacted["devices"][0]
+    assert after["uuid"] != before["uuid"] and after["uuid"].startswith("GPU-")
+    assert len(after["uuid"]) == len(before["uuid"])
+    assert after["serial"] != before["serial"] and len(after["serial"]) == len(before["serial"])
+    assert after["serial"].isdigit()
+    assert after["pci"] == before["pci"]
+    assert len({d["uuid"] for d in redacted["devices"]}) == 8
+    assert len(collect(RecordedNvml(redacted))) == 8
+
+
+def test_recording_command_on_a_gpu_less_machine_saves_the_init_error(tmp_path: Path) -> None:
+    _skip_if_nvml_library_present()
+    out = tmp_path / "rec.json"
+    assert main(["--out", str(out)]) == 1
+    data = json.loads(out.read_text())
+    assert data["init"] == {"error": "NVML_ERROR_LIBRARY_NOT_FOUND"}

@@ -45,6 +45,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.config import AgentConfig
 from agent.fsutil import atomic_write
 from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt, SpoolFull
@@ -482,6 +484,9 @@ class Daemon:
             old.client_key,
             old.allow_insecure_http,
         ):
+            close = getattr(self.verifier, "close", None)
+            if callable(close):
+                close()
             self.verifier = self._verifier_factory(config)
         self._next_report = self._last_report_mono + config.report_interval
         self._next_checkin = self._clock()
@@ -630,7 +635,9 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
 class HttpVerifier:
     """:class:`Verifier` over :class:`agent.client.VerifierClient` (signed check-ins)."""
 
-    def __init__(self, config: AgentConfig, key: Any, key_id: str, server_url: str) -> None:
+    def __init__(
+        self, config: AgentConfig, key: Ed25519PrivateKey, key_id: str, server_url: str
+    ) -> None:
         from agent.client import VerifierClient
 
         cert: tuple[str, str] | str | None = None
@@ -641,7 +648,8 @@ class HttpVerifier:
                 else str(config.client_cert)
             )
         verify: bool | str = str(config.ca_file) if config.ca_file is not None else True
-        timeout = max(5.0, min(30.0, config.check_in_interval))
+        # Long enough for a busy verifier, short enough that a hung one does not stall the loop.
+        timeout = max(2.0, min(30.0, config.check_in_interval * 5))
         self._client = VerifierClient(
             server_url,
             verify=verify,
@@ -651,6 +659,9 @@ class HttpVerifier:
         )
         self._key = key
         self._key_id = key_id
+
+    def close(self) -> None:
+        self._client.close()
 
     def checkin(self) -> str | None:
         from agent.client import ClientError

@@ -165,3 +165,103 @@ def live_server(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         stop_server(server)
+
+
+# --------------------------------------------------------------------------- in-process app
+
+
+@dataclass
+class Api:
+    """An app on a fresh database with an org, a site, and one admin and one auditor key."""
+
+    client: object  # fastapi.testclient.TestClient
+    services: object  # server.api.deps.Services
+    site_id: str
+    admin_key: str
+    auditor_key: str
+
+    @property
+    def http(self) -> object:
+        return self.client
+
+    def token(self, ttl_hours: float = 1.0, site_id: str | None = None) -> str:
+        from datetime import UTC, datetime, timedelta
+
+        from server.store import repo
+
+        svc = self.services
+        with svc.db.write() as s:  # type: ignore[attr-defined]
+            token, _ = repo.create_enroll_token(
+                s, site_id or self.site_id, timedelta(hours=ttl_hours), datetime.now(UTC)
+            )
+        return token
+
+    def enroll(self, kit: object) -> object:
+        from tests.server.builders import HostKit
+
+        assert isinstance(kit, HostKit)
+        response = self.client.post("/v1/enroll", json=kit.enroll_body(self.token()))  # type: ignore[attr-defined]
+        assert response.status_code == 200, response.text
+        return response
+
+    def submit(self, data: bytes) -> object:
+        return self.client.post(  # type: ignore[attr-defined]
+            "/v1/snapshots", content=data, headers={"Content-Type": "application/json"}
+        )
+
+    def counts(self) -> dict[str, int]:
+        from server.store import repo
+        from server.store.models import EVIDENCE_TABLES
+
+        with self.services.db.read() as s:  # type: ignore[attr-defined]
+            return repo.row_counts(s, EVIDENCE_TABLES)
+
+    def audit_count(self) -> int:
+        from server.store import repo
+
+        with self.services.db.read() as s:  # type: ignore[attr-defined]
+            return repo.row_counts(s, ["audit_log"])["audit_log"]
+
+    def as_admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+    def as_auditor(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.auditor_key}"}
+
+
+def seed(svc: object) -> tuple[str, str, str]:
+    """Org, site, admin and auditor keys; returns (site_id, admin_key, auditor_key)."""
+    from datetime import UTC, datetime
+
+    from server.store import repo
+
+    now = datetime.now(UTC)
+    with svc.db.write() as s:  # type: ignore[attr-defined]
+        repo.add_org(s, "Acme Compute", "universal", "US", None, now)
+        site = repo.add_site(
+            s, "Acme Compute", "Frankfurt-1", "DE", 5e6, "VEU-2026-001", False, now
+        )
+        admin, _ = repo.create_api_key(s, "admin", "ops", now)
+        auditor, _ = repo.create_api_key(s, "auditor", "audit", now)
+        return site.id, admin, auditor
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from server.api.app import create_app
+    from server.config import Settings
+
+    database_url = None if db_url.startswith("sqlite") else db_url
+    data_dir = tmp_path / "data"
+    if database_url is None:
+        settings = Settings(data_dir=data_dir)
+    else:
+        settings = Settings(data_dir=data_dir, database_url=database_url)
+    app = create_app(settings)
+    svc = app.state.veu
+    site_id, admin, auditor = seed(svc)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(client, svc, site_id, admin, auditor)
+    svc.db.dispose()

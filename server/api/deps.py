@@ -1,0 +1,65 @@
+"""What every route needs, built once per app: settings, database, verifier key, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from server.config import Settings
+from server.db import Database
+from server.results import VerifierKey
+from server.verify import VerifyConfig
+
+
+class Metrics:
+    """Per-app registry, so several apps in one test process do not collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.accepted = Counter(
+            "veu_snapshots_accepted_total",
+            "Snapshots accepted (new rows; duplicates not counted)",
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "veu_snapshots_duplicate_total",
+            "Snapshots already accepted, answered again idempotently",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "veu_snapshots_rejected_total",
+            "Snapshots rejected, by stable code",
+            ["code", "authenticated"],
+            registry=self.registry,
+        )
+        self.ingest_seconds = Histogram(
+            "veu_ingest_seconds",
+            "Time from request body read to answer for POST /v1/snapshots",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    key: VerifierKey
+    verify: VerifyConfig
+    metrics: Metrics
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def services(request: Request) -> Services:
+    svc = request.app.state.veu
+    assert isinstance(svc, Services)
+    return svc
+
+
+SvcDep = Annotated[Services, Depends(services)]

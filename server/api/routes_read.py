@@ -1,0 +1,196 @@
+"""What compliance users read (auditor or admin), admin actions on hosts, and public endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from agent.evidence import format_timestamp
+from server.api import auth
+from server.api.deps import SvcDep
+from server.api.errors import APIError
+from server.results import ALG
+from server.store import repo
+from server.store.models import ChainHead, Host, Site, Snapshot
+
+router = APIRouter(tags=["read"])
+
+HOST_ID = r"^[0-9a-f]{64}$"
+LIMIT = Query(100, ge=1, le=1000, description="page size")
+CURSOR = Query(None, max_length=100, description="next_cursor of the previous page")
+
+
+class Page(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class VerifierKeyOut(BaseModel):
+    key_id: str
+    alg: str
+    public_key: str
+
+
+def _ts(value: Any) -> str | None:
+    return format_timestamp(value) if value is not None else None
+
+
+def _host(h: Host, head: ChainHead | None) -> dict[str, Any]:
+    return {
+        "host_id": h.key_id,
+        "key_id": h.key_id,
+        "site_id": h.site_id,
+        "status": h.status,
+        "hostname": h.hostname,
+        "machine_id": h.machine_id,
+        "enrolled_at": _ts(h.enrolled_at),
+        "revoked_at": _ts(h.revoked_at),
+        "last_seen_at": _ts(h.last_seen_at),
+        "chain_head": {"seq": head.seq, "digest": head.digest} if head is not None else None,
+    }
+
+
+def _snapshot(s: Snapshot) -> dict[str, Any]:
+    return {
+        "digest": s.digest,
+        "host_id": s.key_id,
+        "site_id": s.site_id,
+        "seq": s.seq,
+        "prev": s.prev,
+        "nonce": s.nonce,
+        "collected_at": _ts(s.collected_at),
+        "received_at": _ts(s.received_at),
+        "status": s.status,
+        "size": s.size,
+        "findings": json.loads(s.findings),
+    }
+
+
+def _site(s: Site) -> dict[str, Any]:
+    return {
+        "site_id": s.id,
+        "org_id": s.org_id,
+        "name": s.name,
+        "country": s.country,
+        "authorized_tpp": s.authorized_tpp,
+        "authorization_ref": s.authorization_ref,
+        "test_site": s.test_site,
+    }
+
+
+@router.get("/v1/hosts", response_model=Page)
+def hosts(
+    svc: SvcDep,
+    request: Request,
+    site: str | None = Query(None, max_length=100),
+    limit: int = LIMIT,
+    cursor: str | None = CURSOR,
+) -> Page:
+    auth.reader(svc, request)
+    with svc.db.read() as session:
+        rows = repo.list_hosts(session, site_id=site, limit=limit, cursor=cursor)
+        items = [_host(h, c) for h, c in rows]
+    nxt = items[-1]["host_id"] if len(items) == limit else None
+    return Page(items=items, next_cursor=nxt)
+
+
+@router.get("/v1/hosts/{host_id}")
+def host(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
+    auth.reader(svc, request)
+    with svc.db.read() as session:
+        h = session.get(Host, host_id) if len(host_id) == 64 else None
+        if h is None:
+            raise APIError(404, "not_found", "no host with that id")
+        head = session.get(ChainHead, host_id)
+        acc, weights = repo.host_inventory(session, host_id)
+        latest = repo.latest_snapshot(session, host_id)
+        out = _host(h, head)
+        out["facts"] = json.loads(h.facts)
+        out["latest_snapshot"] = _snapshot(latest) if latest is not None else None
+        out["accelerators"] = [
+            {
+                "uuid": a.uuid,
+                "serial": a.serial,
+                "vendor": a.vendor,
+                "model": a.model,
+                "pci_device_id": a.pci_device_id,
+                "pci_bus_id": a.pci_bus_id,
+                "memory_mib": a.memory_mib,
+                "source": a.source,
+            }
+            for a in acc
+        ]
+        out["weights"] = [
+            {
+                "sha256": w.sha256,
+                "path": w.path,
+                "size": w.size,
+                "format": w.format,
+                "root": w.root,
+                "encryption": w.encryption,
+            }
+            for w in weights
+        ]
+    return out
+
+
+@router.get("/v1/hosts/{host_id}/snapshots", response_model=Page)
+def host_snapshots(
+    svc: SvcDep, request: Request, host_id: str, limit: int = LIMIT, cursor: str | None = CURSOR
+) -> Page:
+    auth.reader(svc, request)
+    before: int | None = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 17:
+            raise APIError(400, "bad_cursor", "cursor must be a next_cursor from a previous page")
+        before = int(cursor)
+    with svc.db.read() as session:
+        if session.get(Host, host_id) is None:
+            raise APIError(404, "not_found", "no host with that id")
+        rows = repo.list_snapshots(session, host_id, limit=limit, before_seq=before)
+        items = [_snapshot(s) for s in rows]
+    nxt = str(items[-1]["seq"]) if len(items) == limit else None
+    return Page(items=items, next_cursor=nxt)
+
+
+@router.post("/v1/hosts/{host_id}/revoke")
+def revoke(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
+    user = auth.admin(svc, request)
+    with svc.db.write() as session:
+        h = repo.revoke_host(session, host_id, svc.now(), user.actor)
+        return {"host_id": h.key_id, "status": h.status}
+
+
+@router.get("/v1/sites", response_model=Page)
+def sites(svc: SvcDep, request: Request, limit: int = LIMIT, cursor: str | None = CURSOR) -> Page:
+    auth.reader(svc, request)
+    with svc.db.read() as session:
+        items = [_site(s) for s in repo.list_sites(session, limit=limit, cursor=cursor)]
+    nxt = items[-1]["site_id"] if len(items) == limit else None
+    return Page(items=items, next_cursor=nxt)
+
+
+@router.get("/v1/verifier-key", response_model=VerifierKeyOut)
+def verifier_key(svc: SvcDep) -> VerifierKeyOut:
+    """The public key that signs attestation results (public: relying parties need it)."""
+    return VerifierKeyOut(key_id=svc.key.key_id, alg=ALG, public_key=svc.key.public_pem())
+
+
+@router.get("/healthz")
+def healthz(svc: SvcDep) -> dict[str, str]:
+    try:
+        with svc.db.read() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise APIError(503, "unavailable", "the database is not reachable") from exc
+    return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(svc: SvcDep) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

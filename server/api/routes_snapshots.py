@@ -1,0 +1,252 @@
+"""Evidence in (``POST /v1/snapshots``) and evidence out (raw envelopes, signed results).
+
+Ingest is the thin shell around :mod:`server.verify`: read the body under a cap, preparse, look up
+the trusted state, appraise, then commit the snapshot, the new chain head, the spent nonce, the
+host's inventory and the audit row in ONE transaction, and answer 2xx only after that commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Path, Request, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from server.api import auth
+from server.api.deps import Services, SvcDep
+from server.api.errors import APIError
+from server.findings import Finding, status_of
+from server.results import sign_result
+from server.store import repo
+from server.store.ingest import (
+    AlreadyStored,
+    HeadMoved,
+    NonceSpent,
+    audit_rejection,
+    commit_accepted,
+    lookup,
+)
+from server.verify import Accepted, Fork, NonceReused, Rejected, appraise, preparse
+
+log = logging.getLogger("veu.ingest")
+router = APIRouter(prefix="/v1", tags=["evidence"])
+
+ACCEPTED_TYPES = ("application/json", "application/vnd.dsse.envelope.v1+json")
+DIGEST = Path(pattern=r"^[0-9a-f]{64}$", description="envelope digest (hex SHA-256 of payload)")
+
+
+class SubmitResponse(BaseModel):
+    digest: str
+    status: str
+    duplicate: bool
+    result: str
+
+
+class ResultResponse(BaseModel):
+    digest: str
+    status: str
+    result: str
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    digest: str
+    status: str
+    result: str
+    duplicate: bool
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "digest": self.digest,
+            "status": self.status,
+            "duplicate": self.duplicate,
+            "result": self.result,
+        }
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    """The body, refusing (413) a declared or streamed size over ``cap`` without buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise APIError(400, "bad_request", "Content-Length is not a number") from None
+        if size > cap:
+            raise APIError(413, "too_large", f"the body is {size} bytes; the limit is {cap}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > cap:
+            raise APIError(413, "too_large", f"the body is over the limit of {cap} bytes")
+    return bytes(body)
+
+
+@router.post(
+    "/snapshots",
+    response_model=SubmitResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def submit(svc: SvcDep, request: Request) -> SubmitResponse:
+    """Appraise one DSSE snapshot envelope; answer the signed attestation result."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ACCEPTED_TYPES:
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            f"send the envelope as one of {', '.join(ACCEPTED_TYPES)}",
+        )
+    data = await read_capped(request, svc.settings.max_body_bytes)
+    started = time.perf_counter()
+    try:
+        outcome = await run_in_threadpool(ingest, svc, data)
+    finally:
+        svc.metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return SubmitResponse(**outcome.body())
+
+
+def ingest(svc: Services, data: bytes) -> IngestOutcome:
+    """The whole appraisal of one body; raises APIError for every refusal."""
+    try:
+        parsed = preparse(data, svc.verify)
+        with svc.db.read() as session:
+            state = lookup(session, parsed.key_ids, parsed.digest, parsed.nonce)
+            stored = (
+                IngestOutcome(state.stored.digest, state.stored.status, state.stored.result, True)
+                if state.stored is not None
+                else None
+            )
+        now = svc.now()
+        verdict = appraise(
+            parsed,
+            host=state.host,
+            head=state.head,
+            nonce=state.nonce,
+            already_accepted=stored is not None,
+            now=now,
+            config=svc.verify,
+        )
+        if not isinstance(verdict, Accepted):
+            assert stored is not None
+            svc.metrics.duplicates.inc()
+            return stored
+        assert state.host is not None
+        return _commit(svc, verdict, state.host.site_id, state.head, data, now)
+    except Rejected as exc:
+        _rejected(svc, exc, data)
+        raise APIError(exc.http_status, exc.code, exc.detail) from None
+
+
+def _commit(
+    svc: Services, accepted: Accepted, site_id: str, head: Any, raw: bytes, now: Any
+) -> IngestOutcome:
+    findings: tuple[Finding, ...] = accepted.findings
+    status = status_of(findings)
+    result = sign_result(
+        svc.key,
+        verifier_id=svc.settings.verifier_id,
+        issued_at=now,
+        findings=findings,
+        digest=accepted.digest,
+        host_key_id=accepted.key_id,
+        site_id=site_id,
+        seq=accepted.seq,
+        nonce=accepted.nonce,
+    )
+    try:
+        with svc.db.write() as session:
+            commit_accepted(
+                session,
+                accepted,
+                site_id=site_id,
+                head=head,
+                raw=raw,
+                status=status,
+                findings=findings,
+                result=result,
+                now=now,
+            )
+    except AlreadyStored:
+        with svc.db.read() as session:
+            row = repo.snapshot_by_digest(session, accepted.digest)
+            assert row is not None
+            svc.metrics.duplicates.inc()
+            return IngestOutcome(row.digest, row.status, row.result, True)
+    except HeadMoved:
+        raise Fork(
+            f"seq {accepted.seq} lost a race: another snapshot of this host was accepted as the "
+            "child of the same head first",
+            authenticated=True,
+            key_id=accepted.key_id,
+        ) from None
+    except NonceSpent:
+        raise NonceReused(
+            f"nonce {str(accepted.nonce)[:40]} was consumed by a concurrent snapshot",
+            authenticated=True,
+            key_id=accepted.key_id,
+        ) from None
+    svc.metrics.accepted.inc()
+    return IngestOutcome(accepted.digest, status, result, False)
+
+
+def _rejected(svc: Services, exc: Rejected, data: bytes) -> None:
+    svc.metrics.rejected.labels(exc.code, str(exc.authenticated).lower()).inc()
+    if exc.authenticated and exc.key_id:
+        digest = None
+        with contextlib.suppress(Rejected):
+            digest = preparse(data, svc.verify).digest
+        with svc.db.write() as session:
+            audit_rejection(
+                session,
+                key_id=exc.key_id,
+                code=exc.code,
+                detail=exc.detail,
+                digest=digest,
+                now=svc.now(),
+            )
+        log.warning("security event: rejected signed evidence code=%s key=%s", exc.code, exc.key_id)
+    else:
+        log.info("rejected unauthenticated evidence code=%s", exc.code)
+
+
+@router.get(
+    "/snapshots/{digest}",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}, "description": "the raw envelope"}},
+)
+def raw_envelope(svc: SvcDep, request: Request, digest: str = DIGEST) -> Response:
+    """The envelope exactly as received, so anyone can verify it again."""
+    auth.reader(svc, request)
+    with svc.db.read() as session:
+        row = repo.snapshot_by_digest(session, digest)
+        if row is None:
+            raise APIError(404, "not_found", "no accepted snapshot with that digest")
+        data = bytes(row.envelope)
+    return Response(content=data, media_type="application/json")
+
+
+@router.get("/results/{digest}", response_model=ResultResponse)
+def result(svc: SvcDep, request: Request, digest: str = DIGEST) -> Any:
+    """The signed attestation result the verifier gave for that snapshot."""
+    auth.reader(svc, request)
+    with svc.db.read() as session:
+        row = repo.snapshot_by_digest(session, digest)
+        if row is None:
+            raise APIError(404, "not_found", "no accepted snapshot with that digest")
+        return ResultResponse(digest=row.digest, status=row.status, result=row.result)
+
+
+def findings_of(row_findings: str) -> list[dict[str, Any]]:
+    value = json.loads(row_findings)
+    return value if isinstance(value, list) else []

@@ -50,21 +50,26 @@ def collect_accelerators(config: AgentConfig) -> tuple[list[Accelerator], list[C
     timeout = config.collector_timeout
     if config.inventory is not None:
         inventory_path = config.inventory
-        declared, errors = run_collector(
-            "inventory", lambda: inventory.load(inventory_path), timeout_s=timeout, default=[]
+        none_declared: list[Accelerator] = []
+        return run_collector(
+            "inventory",
+            lambda: inventory.load(inventory_path),
+            timeout_s=timeout,
+            default=none_declared,
         )
-        return declared, errors
     errors: list[CollectorError] = []
     sys_root = config.sys_root
+    no_devices: list[Accelerator] = []
     on_bus, pci_errors = run_collector(
-        "pci", lambda: pci.collect(sys_root), timeout_s=timeout, default=[]
+        "pci", lambda: pci.collect(sys_root), timeout_s=timeout, default=no_devices
     )
     errors.extend(pci_errors)
     from_nvml: list[Accelerator] = []
     wants_nvml = bool(pci_errors) or any(a.pci_vendor_id == NVIDIA_VENDOR_ID for a in on_bus)
     if config.nvml and wants_nvml:
+        nothing: tuple[list[Accelerator], list[CollectorError]] = ([], [])
         (from_nvml, nvml_partial), nvml_errors = run_collector(
-            "nvml", nvml.collect_with_errors, timeout_s=timeout, default=([], [])
+            "nvml", lambda: nvml.collect_with_errors(), timeout_s=timeout, default=nothing
         )
         errors.extend(nvml_partial)
         errors.extend(nvml_errors)
@@ -110,6 +115,7 @@ def collect_storage(
 
     roots = list(config.weight_roots)
     cache = config.state_dir / HASH_CACHE_NAME
+    nothing: tuple[list[StorageRoot], list[CollectorError]] = ([], [])
     (found, partial), errors = run_collector(
         "storage",
         lambda: storage.scan_weight_roots(
@@ -122,7 +128,7 @@ def collect_storage(
             sys_root=config.sys_root,
         ),
         timeout_s=config.scan_timeout,
-        default=([], []),
+        default=nothing,
     )
     return found, partial + errors
 

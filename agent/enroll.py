@@ -1,0 +1,75 @@
+"""``veu-agent enroll``: register this host's key with a verifier using a one-time token.
+
+The agent sends its public key, host facts, a proof of possession (a signature over the token's
+hash and its key id, see :func:`agent.reqsign.enroll_message`) and its current chain head, so the
+verifier knows which snapshot must come next. It stores what it learns — server URL, site, and the
+verifier's result-signing key — in ``enrollment.json``. That key is trusted on first use, over a
+TLS connection that is verified by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent import keys
+from agent.chain import Chain
+from agent.client import ClientError, VerifierClient
+from agent.collect.host import collect_host
+from agent.config import AgentConfig, check_server_url
+from agent.enrollment import Enrollment, EnrollmentError, save
+
+log = logging.getLogger(__name__)
+
+
+def enroll(
+    config: AgentConfig,
+    *,
+    server: str,
+    token: str,
+    ca_file: Path | None = None,
+    allow_insecure_http: bool = False,
+) -> Enrollment:
+    check_server_url(server, allow_insecure_http or config.allow_insecure_http)
+    try:
+        key = keys.load(config.state_dir)
+    except keys.KeyFileError as exc:
+        if exc.code != "no_key":
+            raise
+        key = keys.create(config.state_dir)
+        log.warning("no host key in %s: created one", config.state_dir)
+    kid = keys.key_id(key.public_key())
+    head = Chain(config.state_dir, key).head()
+    host = collect_host(proc_root=config.proc_root, sys_root=config.sys_root)
+    verify: bool | str = str(ca_file or config.ca_file) if (ca_file or config.ca_file) else True
+    with VerifierClient(
+        server,
+        verify=verify,
+        allow_insecure_http=allow_insecure_http or config.allow_insecure_http,
+    ) as client:
+        answer = client.enroll(
+            token,
+            key,
+            host=host.model_dump(mode="json"),
+            chain_head=None if head is None else {"seq": head.seq, "digest": head.digest},
+        )
+    try:
+        enrollment = Enrollment(
+            server_url=server.rstrip("/"),
+            site_id=str(answer["site_id"]),
+            host_id=str(answer["host_id"]),
+            key_id=str(answer["key_id"]),
+            verifier_key=str(answer["verifier_key"]),
+            verifier_key_id=str(answer["verifier_key_id"]),
+        )
+    except KeyError as exc:
+        raise ClientError(
+            "bad_response", f"verifier's enrollment answer lacks {exc}", transient=False
+        ) from exc
+    if enrollment.key_id != kid:
+        raise EnrollmentError(
+            "key_mismatch", "verifier enrolled a different key id than this host's"
+        )
+    keys.load_public_pem(enrollment.verifier_key.encode())  # refuse garbage before storing it
+    save(config.state_dir, enrollment)
+    return enrollment

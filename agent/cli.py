@@ -67,6 +67,7 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--sys-root", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--proc-root", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--nvml-replay", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--hash-workers", type=int, help="parallel hashing threads (default: CPUs)")
 
 
@@ -133,6 +134,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         "inventory",
         "sys_root",
         "proc_root",
+        "nvml_replay",
         "hash_workers",
         "server_url",
         "check_in_interval",

@@ -90,9 +90,21 @@ class AgentConfig:
     sys_root: Path = Path("/sys")
     proc_root: Path = Path("/proc")
     nvml: bool = True
+    #: Replay a recorded NVML session instead of the real library (tests and demos on machines
+    #: without GPUs). The snapshot says so in ``extensions.recorded_fixtures``.
+    nvml_replay: Path | None = None
 
 
-_PATHS = {"state_dir", "inventory", "ca_file", "client_cert", "client_key", "sys_root", "proc_root"}
+_PATHS = {
+    "state_dir",
+    "inventory",
+    "ca_file",
+    "client_cert",
+    "client_key",
+    "sys_root",
+    "proc_root",
+    "nvml_replay",
+}
 _DURATIONS = {"check_in_interval", "report_interval", "collector_timeout", "scan_timeout"}
 
 

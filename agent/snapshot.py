@@ -20,6 +20,7 @@ import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -68,8 +69,14 @@ def collect_accelerators(config: AgentConfig) -> tuple[list[Accelerator], list[C
     wants_nvml = bool(pci_errors) or any(a.pci_vendor_id == NVIDIA_VENDOR_ID for a in on_bus)
     if config.nvml and wants_nvml:
         nothing: tuple[list[Accelerator], list[CollectorError]] = ([], [])
+        replay = config.nvml_replay
         (from_nvml, nvml_partial), nvml_errors = run_collector(
-            "nvml", lambda: nvml.collect_with_errors(), timeout_s=timeout, default=nothing
+            "nvml",
+            lambda: nvml.collect_with_errors(
+                nvml.RecordedNvml.from_file(replay) if replay is not None else None
+            ),
+            timeout_s=timeout,
+            default=nothing,
         )
         errors.extend(nvml_partial)
         errors.extend(nvml_errors)
@@ -164,9 +171,22 @@ def take_snapshot(
             storage=storage,
             posture=posture,
             errors=acc_errors + host_errors + storage_errors,
+            extensions=_recorded_fixtures(config),
         )
 
     return Chain(config.state_dir, key, outbox=outbox).advance(build)
+
+
+def _recorded_fixtures(config: AgentConfig) -> dict[str, Any]:
+    """Say in the evidence when recorded answers stood in for absent hardware."""
+    recorded: dict[str, str] = {}
+    if config.nvml_replay is not None:
+        recorded["nvml"] = config.nvml_replay.name
+    if config.sys_root != Path("/sys"):
+        recorded["sysfs"] = str(config.sys_root)
+    if config.proc_root != Path("/proc"):
+        recorded["procfs"] = str(config.proc_root)
+    return {"recorded_fixtures": recorded} if recorded else {}
 
 
 def default_cache_path(state_dir: Path) -> Path:

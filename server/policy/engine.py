@@ -1,0 +1,484 @@
+"""PolicySet: the loaded packs, and the pure judgement of hosts, sites and organizations.
+
+No SQL, no HTTP, no clock: the store hands in facts and the date, the engine hands back findings.
+
+1. A condition's expression returns true when the condition HOLDS; false yields a finding.
+2. ``for_each`` conditions are evaluated once per item and yield one finding per offending item
+   (each accelerator, each weight file...), with the item as subject.
+3. An expression that fails at run time yields "cannot attest" for that condition, never a pass.
+4. A condition tied to a compliance date (``compliance: security``) that has not arrived yet
+   reports its findings as "info", prefixed with the date, so nothing is hidden and nothing is
+   judged early.
+5. Every finding carries the condition's citation and the union of the confidence tags of the
+   figures it rests on (the condition's own, its parameters', and the item's: a chip's TPP tag,
+   a country's membership tag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from agent.evidence import Accelerator, SnapshotV1
+from server.findings import Finding
+from server.policy.aggregate import HostContribution, ModelTotal
+from server.policy.catalog import ChipMatch, _norm_hex
+from server.policy.errors import PackError, PolicyEvaluationError
+from server.policy.facts import NVML_VENDOR_IDS, HostContext, OrgFacts, SiteFacts
+from server.policy.models import (
+    ModelClassification,
+    ModelRecord,
+    ModelThresholds,
+    classify_model,
+)
+from server.policy.pack import Condition, Pack, load_pack, render
+
+H100E_TPP = 15832
+
+
+def identity_of(acc: Accelerator) -> str | None:
+    """The fleet-wide identity of a device: its UUID, else its serial; None when it has neither."""
+    if acc.uuid:
+        return f"uuid:{acc.uuid}"
+    if acc.serial:
+        return f"serial:{acc.serial}"
+    return None
+
+
+class PolicySet:
+    """Every loaded pack, and a digest that pins exactly which files judged a result."""
+
+    def __init__(self, packs: list[Pack], digest: str) -> None:
+        self.packs = packs
+        self.digest = digest
+
+    # ------------------------------------------------------------------ lookup
+
+    def active_packs(self, on: date) -> list[Pack]:
+        return [p for p in self.packs if p.active_on(on)]
+
+    def _reference_packs(self, on: date) -> list[Pack]:
+        return self.active_packs(on) or self.packs
+
+    def identify(self, acc: Accelerator, on: date) -> ChipMatch | None:
+        for pack in self._reference_packs(on):
+            match = pack.catalog.identify(acc)
+            if match is not None:
+                return match
+        return None
+
+    def model_thresholds(self, on: date) -> ModelThresholds:
+        for pack in self._reference_packs(on):
+            names = ("model_training_ops", "model_derivative_floor_ops", "model_derivative_share")
+            if all(n in pack.params for n in names):
+                figs = [pack.params[n] for n in names]
+                return ModelThresholds(
+                    float(figs[0].value),
+                    float(figs[1].value),
+                    float(figs[2].value),
+                    tuple(sorted({f.confidence for f in figs})),
+                )
+        return ModelThresholds(confidence=("U",))
+
+    def classify_model(self, record: ModelRecord, on: date) -> ModelClassification:
+        return classify_model(record, self, on)
+
+    # ------------------------------------------------------------------ contributions
+
+    def contribution(
+        self, snapshot: SnapshotV1, on: date, *, country: str = ""
+    ) -> HostContribution:
+        """What one snapshot adds to its site's and organization's aggregates."""
+        models: dict[str, ModelTotal] = {}
+        tpp_3a090 = 0
+        unidentified = 0
+        identities: list[str] = []
+        for acc in snapshot.accelerators:
+            ident = identity_of(acc)
+            if ident is not None:
+                identities.append(ident)
+            match = self.identify(acc, on)
+            if match is None:
+                unidentified += 1
+                continue
+            tot = models.setdefault(match.chip_id, ModelTotal(classification=match.classification))
+            tot.count += 1
+            tot.tpp += match.tpp
+            if match.classification != "none":
+                tpp_3a090 += match.tpp
+        return HostContribution(models, tpp_3a090, tuple(identities), country, unidentified)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate_host(self, snapshot: SnapshotV1, ctx: HostContext, on: date) -> list[Finding]:
+        findings: list[Finding] = []
+        for pack in self.active_packs(on):
+            variables = host_variables(pack, self, snapshot, ctx, on)
+            findings.extend(_judge(pack, "host", variables, on))
+        return findings
+
+    def evaluate_site(self, facts: SiteFacts, on: date) -> list[Finding]:
+        findings: list[Finding] = []
+        for pack in self.active_packs(on):
+            findings.extend(_judge(pack, "site", site_variables(pack, facts, on), on))
+        return findings
+
+    def evaluate_org(self, facts: OrgFacts, on: date) -> list[Finding]:
+        findings: list[Finding] = []
+        for pack in self.active_packs(on):
+            findings.extend(_judge(pack, "organization", org_variables(pack, facts, on), on))
+        return findings
+
+
+# ---------------------------------------------------------------------- judging
+
+
+def _finding(
+    pack: Pack, cond: Condition, variables: dict[str, Any], on: date, item: dict[str, Any] | None
+) -> Finding:
+    tags = set(cond.confidence) | pack.param_tags(cond.expression.params_used)
+    if item is not None:
+        tags.update(item.get("confidence", ()))
+
+    def fill(template: str | None) -> str | None:
+        if template is None:
+            return None
+        try:
+            return render(template, variables)
+        except (KeyError, ValueError, TypeError):
+            return template
+
+    message = fill(cond.message) or cond.title
+    severity = cond.severity
+    if cond.compliance is not None and on < pack.compliance_dates[cond.compliance]:
+        severity = "info"
+        message = (
+            f"[compliance from {pack.compliance_dates[cond.compliance].isoformat()}] {message}"
+        )
+    return Finding(
+        condition_id=cond.full_id,
+        severity=severity,
+        subject=fill(cond.subject) or "",
+        message=message,
+        expected=fill(cond.expected),
+        seen=fill(cond.seen),
+        citation=cond.citation,
+        confidence=tuple(sorted(tags)),
+    )
+
+
+def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -> Finding:
+    try:
+        subject = render(cond.subject, variables)
+    except (KeyError, ValueError, TypeError):
+        subject = cond.subject
+    return Finding(
+        condition_id=cond.full_id,
+        severity="cannot_attest",
+        subject=subject,
+        message=f"condition could not be evaluated: {exc}",
+        expected="the condition evaluates to true or false",
+        seen=str(exc),
+        citation=cond.citation,
+        confidence=cond.confidence,
+    )
+
+
+def judge_condition(
+    pack: Pack, cond: Condition, variables: dict[str, Any], on: date
+) -> list[Finding]:
+    """Findings of one condition on one set of variables (empty when it holds)."""
+    if cond.for_each is None or cond.item is None:
+        try:
+            holds = cond.expression.holds(variables)
+        except PolicyEvaluationError as exc:
+            return [_error_finding(cond, variables, exc)]
+        return [] if holds else [_finding(pack, cond, variables, on, None)]
+    out: list[Finding] = []
+    scoped = dict(variables)
+    for item in variables[cond.for_each]:
+        scoped[cond.item] = item
+        try:
+            holds = cond.expression.holds(scoped)
+        except PolicyEvaluationError as exc:
+            out.append(_error_finding(cond, scoped, exc))
+            continue
+        if not holds:
+            out.append(_finding(pack, cond, scoped, on, item))
+    return out
+
+
+def _judge(pack: Pack, scope: str, variables: dict[str, Any], on: date) -> list[Finding]:
+    out: list[Finding] = []
+    for cond in pack.conditions_for(scope):
+        out.extend(judge_condition(pack, cond, variables, on))
+    return out
+
+
+# ---------------------------------------------------------------------- facts -> variables
+
+
+def _site_country_facts(pack: Pack, country: str, on: date) -> dict[str, Any]:
+    c = pack.countries
+    return {
+        "country": country.upper(),
+        "embargoed": c.in_group(country, "d5", on),
+        "tier1": c.in_group(country, "tier1", on),
+        "groups": c.groups_of(country, on),
+    }
+
+
+def host_variables(
+    pack: Pack, policy: PolicySet, snapshot: SnapshotV1, ctx: HostContext, on: date
+) -> dict[str, Any]:
+    host_id = ctx.host_id or snapshot.agent.key_id
+    failed = sorted({e.collector for e in snapshot.errors})
+    nvml_bus = {
+        a.pci_bus_id.lower()[-12:]
+        for a in snapshot.accelerators
+        if a.source == "nvml" and a.pci_bus_id
+    }
+    accs: list[dict[str, Any]] = []
+    for i, acc in enumerate(snapshot.accelerators):
+        match = pack.catalog.identify(acc)
+        bus = (acc.pci_bus_id or "").lower()
+        vendor_id = _norm_hex(acc.pci_vendor_id) or ""
+        accs.append(
+            {
+                "id": identity_of(acc) or f"pci:{acc.pci_bus_id or i}",
+                "uuid": acc.uuid or "",
+                "serial": acc.serial or "",
+                "model": acc.model or "",
+                "vendor": acc.vendor or "",
+                "pci_vendor_id": vendor_id,
+                "pci_device_id": _norm_hex(acc.pci_device_id) or "",
+                "pci_bus_id": acc.pci_bus_id or "",
+                "source": acc.source,
+                "assurance": acc.assurance,
+                "identified": match is not None,
+                "chip": match.chip_id if match else "",
+                "matched_by": match.matched_by if match else "",
+                "classification": match.classification if match else "",
+                "tpp": match.tpp if match else 0,
+                "nvml_vendor": vendor_id in NVML_VENDOR_IDS,
+                "seen_by_nvml": acc.source == "nvml" or (bool(bus) and bus[-12:] in nvml_bus),
+                "confidence": list(match.confidence) if match else [],
+            }
+        )
+    classified: dict[int, ModelClassification] = {}
+    files: list[dict[str, Any]] = []
+    for root in snapshot.storage:
+        encryption = root.encryption.status
+        for f in root.files:
+            record = ctx.models.lookup(f.sha256)
+            if record is not None:
+                key = id(record)
+                if key not in classified:
+                    classified[key] = classify_model(record, policy, on)
+                cls = classified[key]
+            try:
+                world_readable = bool(int(f.mode, 8) & 0o004)
+            except ValueError:
+                world_readable = True  # unknown permissions are not "not world-readable"
+            files.append(
+                {
+                    "path": f.path,
+                    "root": root.root,
+                    "size": f.size,
+                    "sha256": f.sha256 or "",
+                    "format": f.format,
+                    "mode": f.mode,
+                    "world_readable": world_readable,
+                    "encryption": encryption,
+                    "encrypted": encryption == "encrypted",
+                    "encryption_method": root.encryption.method or "",
+                    "registered": record is not None,
+                    "model": record.name if record else "",
+                    "classification": cls.classification if record else "unregistered",
+                    "controlled": cls.controlled if record else False,
+                    "reason": cls.reason if record else "not in the model registry",
+                    "error": f.error.code if f.error else "",
+                    "confidence": list(cls.confidence) if record else [],
+                }
+            )
+    site = _site_country_facts(pack, ctx.site_country, on)
+    site.update(
+        {
+            "id": ctx.site_id,
+            "is_test": ctx.site_is_test,
+            "may_store_controlled_weights": ctx.site_may_store_controlled_weights,
+        }
+    )
+    return {
+        "host": {
+            "id": host_id,
+            "key_id": snapshot.agent.key_id,
+            "hostname": snapshot.host.hostname or "",
+            "site_id": snapshot.site_id or "",
+            "failed_collectors": failed,
+            "nvml_ok": "nvml" not in failed,
+            "accelerator_count": len(accs),
+            "file_count": len(files),
+            "unidentified_count": sum(1 for a in accs if not a["identified"]),
+        },
+        "site": site,
+        "accelerators": accs,
+        "files": files,
+        "errors": [
+            {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
+        ],
+        "params": pack.param_values(),
+    }
+
+
+def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
+    agg = facts.aggregate
+    chips = {c.id: c for c in pack.catalog.chips}
+    site = _site_country_facts(pack, facts.country, on)
+    site.update(
+        {
+            "id": facts.site_id,
+            "has_authorization": facts.authorized_tpp is not None,
+            "authorized_tpp": facts.authorized_tpp or 0,
+            "installed_tpp": agg.tpp_3a090,
+            "installed_h100e": agg.tpp_3a090 / H100E_TPP,
+            "accelerator_count": agg.accelerators,
+            "unidentified_count": agg.unidentified,
+            "host_count": facts.host_count,
+            "stale_hosts": list(facts.stale_hosts),
+            "any_model_allowed": facts.allowed_models is None,
+            "allowed_models": list(facts.allowed_models or ()),
+        }
+    )
+    models: list[dict[str, Any]] = [
+        {
+            "name": name,
+            "count": tot.count,
+            "tpp": tot.tpp,
+            "classification": tot.classification,
+            "confidence": list(chips[name].confidence) if name in chips else [],
+        }
+        for name, tot in sorted(agg.models.items())
+    ]
+    return {
+        "site": site,
+        "models": models,
+        "duplicates": [{"identity": i, "hosts": list(h)} for i, h in facts.duplicate_accelerators],
+        "params": pack.param_values(),
+    }
+
+
+def org_variables(pack: Pack, facts: OrgFacts, on: date) -> dict[str, Any]:
+    c = pack.countries
+    by_country: dict[str, int] = {}
+    for code, tpp in facts.aggregate.tpp_by_country.items():
+        canon = c.canonical(code)  # Macau's TPP counts with China's
+        by_country[canon] = by_country.get(canon, 0) + tpp
+    total = sum(by_country.values())
+    countries: list[dict[str, Any]] = [
+        {
+            "code": code,
+            "tpp": tpp,
+            "share": tpp / total if total else 0.0,
+            "tier1": c.in_group(code, "tier1", on),
+            "embargoed": c.in_group(code, "d5", on),
+            "confidence": list(c.confidence_of(code, "tier1", on) or ("S",)),
+        }
+        for code, tpp in sorted(by_country.items())
+    ]
+    tier1 = sum(x["tpp"] for x in countries if x["tier1"])
+    us = by_country.get("US", 0)
+    nat = c.canonical(facts.national_country) if facts.national_country else ""
+    cap_tpp, cap_known, cap_label = 0, False, ""
+    if facts.national_caps is not None:
+        for start, until, tpp in facts.national_caps:
+            if start <= on <= until:
+                cap_tpp, cap_known, cap_label = int(tpp), True, f"{start}..{until}"
+    else:
+        cap = pack.national_cap(on)
+        if cap is not None:
+            cap_tpp, cap_known, cap_label = cap.tpp, True, cap.label
+    return {
+        "org": {
+            "id": facts.org_id,
+            "veu_type": facts.veu_type,
+            "hq_country": facts.hq_country.upper(),
+            "parent_hq_country": facts.parent_hq_country.upper(),
+            "hq_embargoed": c.in_group(facts.hq_country, "d5", on),
+            "parent_hq_embargoed": c.in_group(facts.parent_hq_country, "d5", on),
+            "hq_tier1": c.in_group(facts.hq_country, "tier1", on),
+            "parent_hq_tier1": c.in_group(facts.parent_hq_country, "tier1", on),
+            "total_tpp": total,
+            "tier1_tpp": tier1,
+            "tier1_share": tier1 / total if total else 0.0,
+            "us_tpp": us,
+            "us_share": us / total if total else 0.0,
+            "national_country": nat,
+            "national_tpp": by_country.get(nat, 0) if nat else 0,
+            "national_cap_tpp": cap_tpp,
+            "national_cap_known": cap_known,
+            "national_cap_period": cap_label,
+            "denominator": facts.denominator,
+        },
+        "countries": countries,
+        "params": pack.param_values(),
+    }
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _pack_dirs(policies_dir: Path) -> list[Path]:
+    return sorted(p for p in policies_dir.iterdir() if p.is_dir() and (p / "pack.yaml").is_file())
+
+
+def _files_digest(dirs: Iterable[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for d in dirs:
+        for f in sorted(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            rel = f.relative_to(root).as_posix()
+            h.update(
+                rel.encode("utf-8")
+                + b"\0"
+                + hashlib.sha256(f.read_bytes()).hexdigest().encode()
+                + b"\n"
+            )
+    return h.hexdigest()
+
+
+def load_policy_set(policies_dir: Path, *, only: list[str] | None = None) -> PolicySet:
+    """Load every pack under ``policies_dir`` (or only the named ones) into a new PolicySet.
+
+    Nothing is shared with a previously loaded set: a caller swaps its reference only when this
+    returns, so a bad edit never replaces a good pack set in a running server.
+    """
+    policies_dir = Path(policies_dir)
+    if not policies_dir.is_dir():
+        raise PackError(policies_dir, 0, "missing_dir", "policies directory does not exist")
+    dirs = _pack_dirs(policies_dir)
+    if only is not None:
+        wanted = set(only)
+        unknown = wanted - {d.name for d in dirs}
+        if unknown:
+            raise PackError(
+                policies_dir, 0, "unknown_pack", f"no pack named {', '.join(sorted(unknown))}"
+            )
+        dirs = [d for d in dirs if d.name in wanted]
+    if not dirs:
+        raise PackError(policies_dir, 0, "no_packs", "no pack (a folder with pack.yaml) found")
+    packs: list[Pack] = []
+    for d in dirs:
+        pack = load_pack(d)
+        for other in packs:
+            if other.id == pack.id:
+                raise PackError(
+                    d / "pack.yaml",
+                    1,
+                    "duplicate_pack",
+                    f"pack id {pack.id!r} is also used by {other.path}",
+                )
+        packs.append(pack)
+    return PolicySet(packs, _files_digest(dirs, policies_dir))

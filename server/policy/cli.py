@@ -1,0 +1,121 @@
+"""``veu-server policy test [PACK]`` and ``veu-server policy eval SNAPSHOT`` (offline what-if).
+
+``eval`` does not check the envelope's signature: it answers "what would the policy say about
+this evidence", not "is this evidence authentic" — the verifier's pipeline does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.evidence import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
+from server.findings import status_of
+from server.policy.aggregate import SiteAggregate
+from server.policy.engine import load_policy_set
+from server.policy.errors import PackError
+from server.policy.facts import HostContext, SiteFacts
+from server.policy.testing import run_pack_tests
+
+
+def register(subparsers: Any) -> None:
+    """Add ``policy test`` and ``policy eval`` to a parent parser's subparsers."""
+    policy = subparsers.add_parser("policy", help="policy packs: run fixtures, judge a snapshot")
+    policy.set_defaults(func=run)
+    sub = policy.add_subparsers(dest="policy_command", required=True)
+    test = sub.add_parser("test", help="run each pack's fixtures (exit 0 when all pass)")
+    test.add_argument("pack", nargs="?", help="pack folder name (default: every pack)")
+    test.add_argument("--policies", type=Path, default=Path("policies"))
+    ev = sub.add_parser("eval", help="judge a snapshot envelope offline (signature not checked)")
+    ev.add_argument("snapshot", type=Path)
+    ev.add_argument("--site-country", required=True, help="ISO 3166 alpha-2 code, e.g. DE")
+    ev.add_argument("--site", default="what-if", help="site id to report")
+    ev.add_argument("--authorized-tpp", type=int, default=None)
+    ev.add_argument("--test-site", action="store_true")
+    ev.add_argument("--may-store-weights", action="store_true")
+    ev.add_argument(
+        "--date", type=date.fromisoformat, default=None, help="judge as of (default today)"
+    )
+    ev.add_argument("--policies", type=Path, default=Path("policies"))
+    ev.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.policy_command == "test":
+            return _test(args)
+        return _eval(args)
+    except PackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (EvidenceError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _test(args: argparse.Namespace) -> int:
+    root: Path = args.policies
+    dirs = [root / args.pack] if args.pack else sorted(p.parent for p in root.glob("*/pack.yaml"))
+    if not dirs:
+        print(f"error: no packs under {root}", file=sys.stderr)
+        return 2
+    ok = True
+    for d in dirs:
+        report = run_pack_tests(d)
+        print("\n".join(report.lines()))
+        ok = ok and report.ok
+    return 0 if ok else 1
+
+
+def _load_snapshot(path: Path) -> SnapshotV1:
+    value = parse_json_strict(path.read_bytes())
+    if isinstance(value, dict) and "payload" in value:
+        return parse_statement(base64.b64decode(value["payload"]))[1]
+    if isinstance(value, dict) and "predicate" in value:
+        return SnapshotV1.model_validate(value["predicate"])
+    return SnapshotV1.model_validate(value)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    on: date = args.date or datetime.now(UTC).date()
+    policy = load_policy_set(args.policies)
+    snapshot = _load_snapshot(args.snapshot)
+    ctx = HostContext(
+        site_id=args.site,
+        site_country=args.site_country.upper(),
+        site_is_test=args.test_site,
+        site_may_store_controlled_weights=args.may_store_weights,
+    )
+    findings = policy.evaluate_host(snapshot, ctx, on)
+    if args.authorized_tpp is not None:
+        agg = SiteAggregate()
+        agg.apply(None, policy.contribution(snapshot, on, country=ctx.site_country))
+        facts = SiteFacts(args.site, ctx.site_country, args.authorized_tpp, agg, host_count=1)
+        findings += policy.evaluate_site(facts, on)
+    status = status_of(findings)
+    if args.json:
+        out = {
+            "status": status,
+            "date": on.isoformat(),
+            "policy_digest": policy.digest,
+            "packs": [
+                {"id": p.id, "version": p.version, "status": p.status}
+                for p in policy.active_packs(on)
+            ],
+            "findings": [f.to_json() for f in findings],
+        }
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(f"status: {status}  (as of {on}, policy digest {policy.digest[:16]}…)")
+        for p in policy.active_packs(on):
+            print(f"pack {p.id} {p.version}: {p.status}")
+        for f in findings:
+            tags = ",".join(f.confidence)
+            print(f"- [{f.severity}] {f.condition_id} {f.subject}: {f.message}")
+            print(f"    expected {f.expected}; seen {f.seen}; {f.citation} [{tags}]")
+    return 1 if status in ("contraindicated", "none") else 0

@@ -53,7 +53,7 @@ def h100(i: int) -> dict[str, Any]:
 
 def wfile(i: int, digest: str, mode: str = "0600") -> dict[str, Any]:
     return {"path": f"/m/{i}.safetensors", "size": 1000 + i, "mtime": "2026-01-01T00:00:00Z",
-            "mode": mode, "uid": 0, "gid": 0, "sha256": digest, "format": "safetensors"}  # fmt: skip
+            "mode": mode, "uid": 0, "gid": 0, "sha256": digest, "format": "safetensors"}  # fmt: skip # noqa: E501
 
 
 def ctx(country: str = "DE", **kw: Any) -> HostContext:

@@ -265,3 +265,47 @@ def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, svc, site_id, admin, auditor)
     svc.db.dispose()
+
+
+# --------------------------------------------------------------------------- live-server helpers
+
+
+@dataclass
+class Fleet:
+    """A live server with one org and site, an admin key and an auditor key (made by the CLI)."""
+
+    server: LiveServer
+    site_id: str
+    admin_key: str
+    auditor_key: str
+
+    def token(self) -> str:
+        return (
+            self.server.cli("enroll-token", "create", self.site_id).stdout.strip().splitlines()[-1]
+        )
+
+    def enroll(self, kit: object) -> dict[str, object]:
+        from tests.server.builders import HostKit
+
+        assert isinstance(kit, HostKit)
+        response = httpx.post(f"{self.server.url}/v1/enroll", json=kit.enroll_body(self.token()))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert isinstance(body, dict)
+        return body
+
+
+def make_fleet(server: LiveServer) -> Fleet:
+    server.cli("org", "add", "Acme Compute", "--veu", "universal", "--hq", "US")
+    site = server.cli(
+        "site", "add", "Acme Compute", "Frankfurt-1", "--country", "DE", "--authorized-tpp", "5e6"
+    )
+    site_id = site.stdout.strip().splitlines()[-1]
+    admin = server.cli("apikey", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+    auditor = server.cli("apikey", "create", "--role", "auditor").stdout.strip().splitlines()[-1]
+    return Fleet(server, site_id, admin, auditor)
+
+
+@pytest.fixture
+def fleet(live_server: LiveServer) -> Fleet:
+    return make_fleet(live_server)

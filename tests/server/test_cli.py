@@ -1,0 +1,114 @@
+"""veu-server commands: records, secrets printed once, clear errors and exit codes, serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from agent.client import VerifierClient
+from server.results import verify_result
+from tests.server.builders import HostKit
+from tests.server.conftest import Fleet, run_cli
+
+
+def test_db_upgrade_brings_a_fresh_data_dir_to_the_latest_revision(tmp_path: Path) -> None:
+    out = run_cli("db", "upgrade", "--data-dir", str(tmp_path))
+    assert out.stdout.strip().endswith("0001")
+    assert (tmp_path / "veu.sqlite3").exists()
+
+
+def test_org_and_site_commands_validate_country_codes(tmp_path: Path) -> None:
+    bad = run_cli(
+        "org",
+        "add",
+        "Acme",
+        "--veu",
+        "universal",
+        "--hq",
+        "ZZ",
+        "--data-dir",
+        str(tmp_path),
+        check=False,
+    )
+    assert bad.returncode == 2 and "ISO 3166" in bad.stderr and "Traceback" not in bad.stderr
+    run_cli("org", "add", "Acme", "--veu", "national", "--hq", "us", "--data-dir", str(tmp_path))
+    dup = run_cli(
+        "org",
+        "add",
+        "Acme",
+        "--veu",
+        "national",
+        "--hq",
+        "US",
+        "--data-dir",
+        str(tmp_path),
+        check=False,
+    )
+    assert dup.returncode == 4 and "error: exists" in dup.stderr
+    listed = run_cli("org", "list", "--data-dir", str(tmp_path)).stdout
+    assert "Acme\tnational\thq=US" in listed
+
+
+def test_an_unknown_site_is_exit_code_3(tmp_path: Path) -> None:
+    out = run_cli("enroll-token", "create", "nowhere", "--data-dir", str(tmp_path), check=False)
+    assert out.returncode == 3 and "unknown_site" in out.stderr
+
+
+def test_a_bad_ttl_is_a_usage_error(tmp_path: Path) -> None:
+    out = run_cli(
+        "enroll-token", "create", "x", "--ttl", "soon", "--data-dir", str(tmp_path), check=False
+    )
+    assert out.returncode == 2 and "duration" in out.stderr
+
+
+def test_secrets_are_printed_once_as_the_last_line_and_work(fleet: Fleet) -> None:
+    hosts = httpx.get(
+        f"{fleet.server.url}/v1/hosts", headers={"Authorization": f"Bearer {fleet.auditor_key}"}
+    )
+    assert hosts.status_code == 200
+    assert fleet.token().startswith("veu_et_")
+
+
+def test_agent_enroll_and_attest_round_trip_through_the_client(fleet: Fleet) -> None:
+    kit = HostKit(fleet.site_id)
+    with VerifierClient(fleet.server.url) as client:
+        enrolled = client.enroll(fleet.token(), kit.key, host=kit.enroll_body("x")["host"])
+        assert enrolled["key_id"] == kit.key_id
+        nonce = client.challenge(kit.key, kit.key_id)["nonce"]
+        result = client.submit(kit.next_envelope(nonce=nonce))
+        assert result.status_code == 200 and result.result is not None
+        claims = verify_result(result.result, enrolled["verifier_key"])  # type: ignore[arg-type]
+        assert claims["submods"]["veu-snapshot"]["nonce"] == nonce
+        assert client.checkin(kit.key, kit.key_id)["pending_challenge"] is None
+
+
+def test_agent_list_and_revoke(fleet: Fleet) -> None:
+    kit = HostKit(fleet.site_id)
+    fleet.enroll(kit)
+    assert f"{kit.key_id}\tactive" in fleet.server.cli("agent", "list").stdout
+    fleet.server.cli("agent", "revoke", kit.key_id)
+    assert f"{kit.key_id}\trevoked" in fleet.server.cli("agent", "list").stdout
+    response = httpx.post(
+        f"{fleet.server.url}/v1/snapshots",
+        content=kit.next_envelope(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 403 and response.json()["code"] == "revoked_key"
+
+
+def test_audit_verify_passes_on_an_intact_log_and_fails_on_a_tampered_one(fleet: Fleet) -> None:
+    fleet.enroll(HostKit(fleet.site_id))
+    ok = fleet.server.cli("audit", "verify")
+    assert ok.returncode == 0 and "intact" in ok.stdout
+    from server.db import make_engine
+
+    url = fleet.server.database_url
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2"))
+    engine.dispose()
+    broken = fleet.server.cli("audit", "verify", check=False)
+    assert broken.returncode == 1 and "row 2" in broken.stderr

@@ -39,26 +39,29 @@ Walking rules (each is a decision, tested):
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import functools
+import gc
 import os
 import pwd
+import re
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from pydantic import TypeAdapter
 
 from agent.collect import weights
 from agent.evidence import (
     CollectorError,
     Encryption,
-    FileError,
-    HeaderFacts,
     StorageRoot,
     WeightFile,
     WeightFormat,
@@ -66,7 +69,6 @@ from agent.evidence import (
 )
 from agent.hashing import (
     CHUNK_SIZE,
-    CacheEntry,
     ChangedWhileHashingError,
     ScanCache,
     cache_key,
@@ -333,8 +335,10 @@ class _Candidate:
     root_index: int
     raw: bytes
     st: os.stat_result
-    entry: CacheEntry | None = None
-    future: Future[CacheEntry | None] | None = None
+    hit: bool = False
+    cached: WeightFile | None = None
+    found: Examined | None = None
+    future: Future[Examined | None] | None = None
 
 
 @dataclass(slots=True)
@@ -351,13 +355,16 @@ class _RootScan:
             self.dropped_errors += 1
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
 def show_path(raw: bytes) -> tuple[str, str | None]:
     """(display path, base64 of the raw bytes or None) for a file name as the kernel has it."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode("ascii")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(raw):
         return text, base64.b64encode(raw).decode("ascii")
     return text, None
 
@@ -377,7 +384,18 @@ def _buffer() -> bytearray:
     return buf
 
 
-def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> CacheEntry | None:
+class Examined(NamedTuple):
+    """What opening one file showed. ``format`` None: not a weight file (or not determinable,
+    when ``error`` says why). ``header`` is HeaderFacts as a dict; ``error`` is (code, detail).
+    """
+
+    format: WeightFormat | None
+    sha256: str | None = None
+    header: dict[str, Any] | None = None
+    error: tuple[str, str] | None = None
+
+
+def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> Examined | None:
     """Open, identify, parse and hash one file. None: it is not a weight file.
 
     OSError from opening propagates (the caller decides how to report it); every other failure
@@ -394,18 +412,18 @@ def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> CacheE
             fmt = _format_by_name(raw)
             if fmt is None:
                 raise
-            return CacheEntry(fmt, error=("read_error", f"reading the header: {exc.strerror}"))
+            return Examined(fmt, error=("read_error", f"reading the header: {exc.strerror}"))
         if found is None:
-            return CacheEntry(None)
+            return Examined(None)
         header = found.header.model_dump() if found.header is not None else None
         error = (found.error.code, found.error.detail) if found.error is not None else None
         try:
             digest, _ = hash_fd(fd, buffer=_buffer(), on_bytes=on_bytes, before=before)
         except ChangedWhileHashingError as exc:
-            return CacheEntry(found.format, None, header, ("changed_while_hashing", str(exc)))
+            return Examined(found.format, None, header, ("changed_while_hashing", str(exc)))
         except OSError as exc:
-            return CacheEntry(found.format, None, header, ("read_error", str(exc.strerror)))
-        return CacheEntry(found.format, digest, header, error)
+            return Examined(found.format, None, header, ("read_error", str(exc.strerror)))
+        return Examined(found.format, digest, header, error)
     finally:
         os.close(fd)
 
@@ -423,32 +441,42 @@ def _owner(uid: int) -> str | None:
         return None
 
 
-def _mtime(ns: int) -> str:
+@functools.lru_cache(maxsize=4096)
+def _mtime_seconds(seconds: int) -> str:
     try:
-        moment = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
-    except (OverflowError, OSError, ValueError):
-        moment = datetime.max.replace(tzinfo=UTC) if ns > 0 else datetime.min.replace(tzinfo=UTC)
-        return format_timestamp(moment)
-    return format_timestamp(moment.replace(microsecond=(ns // 1000) % 1_000_000))
+        moment = datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):  # beyond datetime's range: clamp, say so loudly
+        moment = datetime.max if seconds > 0 else datetime.min
+        moment = moment.replace(tzinfo=UTC, microsecond=0)
+    return format_timestamp(moment)[:-8]
 
 
-def _weight_file(raw: bytes, st: os.stat_result, entry: CacheEntry) -> WeightFile:
+def _mtime(ns: int) -> str:
+    """``format_timestamp`` of a nanosecond mtime; files written in the same second share work."""
+    return f"{_mtime_seconds(ns // 1_000_000_000)}.{(ns // 1000) % 1_000_000:06d}Z"
+
+
+def _weight_file(raw: bytes, st: os.stat_result, entry: Examined) -> dict[str, Any]:
+    """The fields of one :class:`WeightFile` (validated in bulk by :data:`_WEIGHT_FILES`)."""
     path, path_b64 = show_path(raw)
-    header: dict[str, Any] | None = entry.header
-    return WeightFile(
-        path=path,
-        path_b64=path_b64,
-        size=st.st_size,
-        mtime=_mtime(st.st_mtime_ns),
-        mode=f"{stat.S_IMODE(st.st_mode):04o}",
-        uid=st.st_uid,
-        gid=st.st_gid,
-        owner=_owner(st.st_uid),
-        sha256=entry.sha256,
-        format=entry.format,  # checked by pydantic
-        header=HeaderFacts(**header) if header is not None else None,
-        error=FileError(code=entry.error[0], detail=entry.error[1]) if entry.error else None,
-    )
+    error = entry.error
+    return {
+        "path": path,
+        "path_b64": path_b64,
+        "size": st.st_size,
+        "mtime": _mtime(st.st_mtime_ns),
+        "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "owner": _owner(st.st_uid),
+        "sha256": entry.sha256,
+        "format": entry.format,
+        "header": entry.header,
+        "error": {"code": error[0], "detail": error[1]} if error else None,
+    }
+
+
+_WEIGHT_FILES = TypeAdapter(list[WeightFile])
 
 
 def _inside(target: bytes, roots: list[bytes]) -> bool:
@@ -541,35 +569,88 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None] | None, Callable[[]
 
 
 def _fill(
-    candidates: list[_Candidate],
-    cache: ScanCache,
-    workers: int,
-    on_bytes: Callable[[int], None] | None,
+    candidates: list[_Candidate], workers: int, on_bytes: Callable[[int], None] | None
 ) -> None:
+    """Examine every candidate the cache did not know, in parallel."""
+    misses = [cand for cand in candidates if not cand.hit]
+    if not misses:
+        return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veu-hash") as pool:
-        for cand in candidates:
-            if cand.entry is None:
-                cand.future = pool.submit(examine, cand.raw, on_bytes)
-        for cand in candidates:
-            if cand.future is None:
-                continue
+        for cand in misses:
+            cand.future = pool.submit(examine, cand.raw, on_bytes)
+        for cand in misses:
+            assert cand.future is not None
             try:
-                cand.entry = cand.future.result()
+                cand.found = cand.future.result()
             except OSError as exc:
-                cand.entry = CacheEntry(None, error=("unreadable", str(exc.strerror)))
-                continue
+                cand.found = Examined(None, error=("unreadable", str(exc.strerror)))
             except Exception as exc:  # a parser bug on one file must not lose the whole scan
-                cand.entry = CacheEntry(
-                    None, error=("internal_error", f"{type(exc).__name__}: {exc}"[:300])
-                )
-                continue
-            if cand.entry is not None and (
-                cand.entry.error is None or cand.entry.error[0] not in _TRANSIENT
-            ):
-                cache.put(cache_key(cand.st), cand.entry)
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                cand.found = Examined(None, error=("internal_error", detail))
+
+
+def _from_cache(cand: _Candidate) -> WeightFile | None:
+    """The cached entry, re-labelled if the same file version now has another name or owner."""
+    cached = cand.cached
+    if cached is None:
+        return None
+    path, path_b64 = show_path(cand.raw)
+    owner = _owner(cand.st.st_uid)
+    if cached.path != path or cached.path_b64 != path_b64 or cached.owner != owner:
+        return cached.model_copy(update={"path": path, "path_b64": path_b64, "owner": owner})
+    return cached
 
 
 _TRANSIENT = {"changed_while_hashing", "read_error", "unreadable", "internal_error"}
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many small acyclic objects (cache rows, evidence
+    entries): its generation sweeps otherwise cost as much as the work itself. Never held across
+    hashing, so the pause is bounded by the file count, not by the bytes."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _assemble(
+    candidates: list[_Candidate], scans: list[_RootScan], cache: ScanCache
+) -> dict[int, list[WeightFile]]:
+    """Evidence entries per root: cached ones as they are, new ones validated in one bulk call
+    and remembered in the cache (unless their error is transient)."""
+    fresh: list[dict[str, Any]] = []
+    fresh_cands: list[_Candidate] = []
+    for cand in candidates:
+        found = cand.found
+        if cand.hit or found is None:
+            continue
+        if found.format is None:
+            if found.error is None:
+                cache.put(cache_key(cand.st), None)
+                continue
+            fmt = _format_by_name(cand.raw)
+            if fmt is None:
+                scan = scans[cand.root_index]
+                scan.error("file_unreadable", f"{show_path(cand.raw)[0]}: {found.error[1]}")
+                continue
+            found = found._replace(format=fmt)
+        fresh.append(_weight_file(cand.raw, cand.st, found))
+        fresh_cands.append(cand)
+    for cand, weight_file in zip(fresh_cands, _WEIGHT_FILES.validate_python(fresh), strict=True):
+        cand.cached = weight_file
+        if weight_file.error is None or weight_file.error.code not in _TRANSIENT:
+            cache.put(cache_key(cand.st), weight_file)
+    by_root: dict[int, list[WeightFile]] = {}
+    for cand in candidates:
+        entry = _from_cache(cand)
+        if entry is not None:
+            by_root.setdefault(cand.root_index, []).append(entry)
+    return by_root
 
 
 def scan_weight_roots(
@@ -590,7 +671,8 @@ def scan_weight_roots(
     if low_priority:
         lower_priority()
     cache = ScanCache(cache_path)
-    cache.load()
+    with _gc_paused():
+        cache.load()
     errors: list[CollectorError] = []
     try:
         mounts = read_mountinfo(proc_root)
@@ -622,15 +704,16 @@ def scan_weight_roots(
         if scan.real is None:
             continue
         try:
-            _walk(index, scan, real_roots, candidates)
+            with _gc_paused():
+                _walk(index, scan, real_roots, candidates)
         except OSError as exc:
             scan.error("root_unreadable", f"{scan.root}: {exc.strerror}")
-    candidates.sort(key=lambda c: (c.root_index, c.raw))
+    candidates.sort(key=_by_path)  # evidence lists files in byte order of their paths
 
     pending = 0
     for cand in candidates:
-        cand.entry = cache.get(cache_key(cand.st))
-        if cand.entry is None:
+        cand.hit, cand.cached = cache.get(cache_key(cand.st))
+        if not cand.hit:
             pending += cand.st.st_size
 
     advance: Callable[[int], None] | None = None
@@ -638,27 +721,15 @@ def scan_weight_roots(
     if progress and pending and sys.stderr.isatty():
         advance, stop = _progress_bar(pending)
     try:
-        _fill(candidates, cache, max(1, workers or min(8, os.cpu_count() or 1)), advance)
+        _fill(candidates, max(1, workers or min(8, os.cpu_count() or 1)), advance)
     finally:
         stop()
+
+    with _gc_paused():
+        by_root = _assemble(candidates, scans, cache)
     cache.save()
 
     results: list[StorageRoot] = []
-    by_root: dict[int, list[WeightFile]] = {}
-    for cand in candidates:
-        entry = cand.entry
-        scan = scans[cand.root_index]
-        if entry is None or entry.format is None:
-            if entry is not None and entry.error is not None:
-                fmt = _format_by_name(cand.raw)
-                if fmt is None:
-                    scan.error("file_unreadable", f"{show_path(cand.raw)[0]}: {entry.error[1]}")
-                    continue
-                entry = CacheEntry(fmt, error=entry.error)
-            else:
-                continue
-        by_root.setdefault(cand.root_index, []).append(_weight_file(cand.raw, cand.st, entry))
-
     for index, scan in enumerate(scans):
         if scan.real is None:
             continue
@@ -692,6 +763,10 @@ def scan_weight_roots(
                 )
             )
     return results, errors
+
+
+def _by_path(cand: _Candidate) -> bytes:
+    return cand.raw
 
 
 def _noop() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.evidence import WeightFile
 from agent.hashing import (
-    CacheEntry,
     ChangedWhileHashingError,
     ScanCache,
     cache_key,
@@ -60,24 +60,44 @@ def test_size_change_during_hash_raises(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def weight_file(name: str, **changes: object) -> WeightFile:
+    fields: dict[str, object] = {
+        "path": f"/models/{name}",
+        "size": 100,
+        "mtime": "2026-01-01T00:00:00.000000Z",
+        "mode": "0640",
+        "uid": 0,
+        "gid": 0,
+        "owner": "root",
+        "sha256": "a" * 64,
+        "format": "safetensors",
+        "header": HEADER,
+    }
+    fields.update(changes)
+    return WeightFile.model_validate(fields)
+
+
 def test_cache_round_trips_and_drops_unseen_entries(tmp_path: Path) -> None:
     path = tmp_path / "cache.json"
     cache = ScanCache(path)
     cache.load()
-    cache.put((1, 2, 3, 4, 5), CacheEntry("safetensors", "a" * 64, HEADER, None))
-    cache.put((1, 9, 3, 4, 5), CacheEntry(None))
-    cache.put((1, 7, 3, 4, 5), CacheEntry("gguf", "b" * 64, None, ("truncated", "cut")))
+    model = weight_file("model.safetensors")
+    broken = weight_file("x.gguf", format="gguf", header=None, error={"code": "c", "detail": "d"})
+    cache.put((1, 2, 3, 4, 5), model)
+    cache.put((1, 9, 3, 4, 5), None)  # not a weight file
+    cache.put((1, 7, 3, 4, 5), broken)
     cache.save()
     again = ScanCache(path)
     again.load()
     assert again.load_problem is None
-    assert again.get((1, 2, 3, 4, 5)) == CacheEntry("safetensors", "a" * 64, HEADER, None)
-    assert again.get((1, 7, 3, 4, 5)) == CacheEntry("gguf", "b" * 64, None, ("truncated", "cut"))
-    assert again.get((1, 2, 3, 4, 6)) is None  # a new ctime is a new version
+    assert again.get((1, 2, 3, 4, 5)) == (True, model)
+    assert again.get((1, 7, 3, 4, 5)) == (True, broken)
+    assert again.get((1, 2, 3, 4, 6)) == (False, None)  # a new ctime is a new version
     again.save()  # (1, 9, ...) was not seen in this scan: it is forgotten
     third = ScanCache(path)
     third.load()
-    assert third.get((1, 9, 3, 4, 5)) is None and third.get((1, 2, 3, 4, 5)) is not None
+    assert third.get((1, 9, 3, 4, 5)) == (False, None)
+    assert third.get((1, 2, 3, 4, 5)) == (True, model)
 
 
 @pytest.mark.parametrize(
@@ -86,8 +106,8 @@ def test_cache_round_trips_and_drops_unseen_entries(tmp_path: Path) -> None:
         b"",
         b"not json",
         b"[]",
-        b'{"v": 99, "e": []}',
-        b'{"v": 1, "e": "x"}',
+        b'{"v": 1, "e": []}',
+        b'{"v": 2, "e": "x"}',
         b"[" * 100000,
     ],
 )
@@ -100,20 +120,24 @@ def test_corrupt_cache_is_ignored(tmp_path: Path, content: bytes) -> None:
 
 
 def test_damaged_cache_rows_are_dropped_and_good_rows_kept(tmp_path: Path) -> None:
-    good = [1, 2, 3, 4, 5, "gguf", "c" * 64, None, None]
+    good = weight_file("ok.safetensors").model_dump(mode="json")
     bad_rows = [
-        [1, 2, 3, 4, "5", "gguf", "c" * 64, None, None],
-        [1, 2, 3, 4, 6, "gguf", "short", None, None],
-        [1, 2, 3, 4, 7, "gguf", None, {"tensor_count": "many"}, None],
-        [1, 2, 3, 4, 8, "gguf", None, None, ["only-code"]],
-        [1, 2, 3, 4, 9, "gguf", None, {"extra": 1}, None],
+        [1, 2, 3, 4, "5", good],  # key not an int
+        [1, 2, 3, 4, 6, {**good, "sha256": 5}],
+        [1, 2, 3, 4, 7, {**good, "format": "exe"}],
+        [1, 2, 3, 4, 8, {**good, "header": {"tensor_count": "many"}}],
+        [1, 2, 3, 4, 9, {**good, "extra": 1}],
+        [1, 2, 3, 4, 10, {**good, "size": "100"}],  # strict: no coercion
         "row",
     ]
     path = tmp_path / "cache.json"
-    path.write_text(json.dumps({"v": 1, "e": [good, *bad_rows]}))
+    path.write_text(
+        json.dumps({"v": 2, "e": [[1, 2, 3, 4, 5, good], [1, 2, 3, 4, 11, None], *bad_rows]})
+    )
     cache = ScanCache(path)
     cache.load()
-    assert cache.get((1, 2, 3, 4, 5)) == CacheEntry("gguf", "c" * 64)
+    assert cache.get((1, 2, 3, 4, 5)) == (True, weight_file("ok.safetensors"))
+    assert cache.get((1, 2, 3, 4, 11)) == (True, None)
     assert cache.load_problem == f"{len(bad_rows)} damaged cache entries dropped"
 
 
@@ -121,14 +145,14 @@ def test_cache_write_failure_is_not_fatal(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     cache = ScanCache(blocker / "cache.json")  # parent is a file: cannot be created
-    cache.put((1, 2, 3, 4, 5), CacheEntry(None))
+    cache.put((1, 2, 3, 4, 5), None)
     cache.save()
     assert not (blocker / "cache.json").exists()
 
 
 def test_cache_file_is_private(tmp_path: Path) -> None:
     cache = ScanCache(tmp_path / "state" / "cache.json")
-    cache.put((1, 2, 3, 4, 5), CacheEntry(None))
+    cache.put((1, 2, 3, 4, 5), None)
     cache.save()
     assert (tmp_path / "state" / "cache.json").stat().st_mode & 0o777 == 0o600
 

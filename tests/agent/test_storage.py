@@ -327,7 +327,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(tree: Path, tmp_path: Path) -> Non
     cache_file.write_bytes(b"\x00garbage{")
     second, errors = scan([tree], tmp_path)
     assert second == first and errors == []
-    assert cache_file.read_bytes().startswith(b'{"v":1')
+    assert cache_file.read_bytes().startswith(b'{"v":2,')
 
 
 def test_nested_mounts_are_not_entered_but_reported(tmp_path: Path) -> None:
@@ -350,3 +350,16 @@ def test_parallel_workers_give_the_same_result_as_one(tree: Path, tmp_path: Path
     one, _ = scan([tree], tmp_path, cache=False, workers=1)
     four, _ = scan([tree], tmp_path, cache=False, workers=4)
     assert one == four and one[0].file_count == 15
+
+
+def test_hard_links_are_listed_under_each_name_from_one_cache_entry(
+    tree: Path, tmp_path: Path
+) -> None:
+    os.link(tree / "llama" / "q4.gguf", tree / "llama" / "q4-link.gguf")
+    first, _ = scan([tree], tmp_path)
+    second, _ = scan([tree], tmp_path)
+    for roots in (first, second):
+        files = files_by_name(roots[0])
+        assert files["q4-link.gguf"].path.endswith("/llama/q4-link.gguf")
+        assert files["q4.gguf"].path.endswith("/llama/q4.gguf")
+        assert files["q4-link.gguf"].sha256 == files["q4.gguf"].sha256

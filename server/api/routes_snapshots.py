@@ -177,13 +177,14 @@ def _commit(
                 result=result,
                 now=now,
             )
-    except AlreadyStored:
+    except (AlreadyStored, HeadMoved):
+        # A racing worker committed first. Which constraint fires first is up to the database,
+        # so ask: if this very envelope is stored, answer its result; otherwise the head moved.
         with svc.db.read() as session:
             row = repo.snapshot_by_digest(session, accepted.digest)
-            assert row is not None
-            svc.metrics.duplicates.inc()
-            return IngestOutcome(row.digest, row.status, row.result, True)
-    except HeadMoved:
+            if row is not None:
+                svc.metrics.duplicates.inc()
+                return IngestOutcome(row.digest, row.status, row.result, True)
         raise Fork(
             f"seq {accepted.seq} lost a race: another snapshot of this host was accepted as the "
             "child of the same head first",

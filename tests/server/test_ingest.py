@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from server.results import verify_result
 from tests.server.builders import HostKit, ago, digest_of
+from tests.server.conftest import Fleet, LiveServer, make_fleet, start_server, stop_server
 
 
 def _ok(response: Any) -> dict[str, Any]:
@@ -140,3 +147,142 @@ def _stamp(moment: Any) -> str:
     from agent.evidence import format_timestamp
 
     return format_timestamp(moment)
+
+
+# --------------------------------------------------------------------------- races (PostgreSQL)
+
+
+@pytest.fixture
+def two_workers(
+    pg_database_factory: Callable[[], str], tmp_path: Path
+) -> Iterator[tuple[Fleet, LiveServer]]:
+    """Two `veu-server serve` processes sharing one PostgreSQL database and verifier key."""
+    url = pg_database_factory()
+    first = start_server(tmp_path / "data", url)
+    second = start_server(tmp_path / "data", url)
+    try:
+        yield make_fleet(first), second
+    finally:
+        stop_server(first)
+        stop_server(second)
+
+
+def _race(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
+    barrier = threading.Barrier(len(calls))
+    out: list[httpx.Response | None] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        out[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(r is not None for r in out)
+    return [r for r in out if r is not None]
+
+
+def _post(url: str, data: bytes) -> Callable[[], httpx.Response]:
+    return lambda: httpx.post(
+        f"{url}/v1/snapshots", content=data, headers={"Content-Type": "application/json"}
+    )
+
+
+@pytest.mark.postgres
+def test_two_children_of_one_head_on_two_workers_one_wins_one_is_a_fork(
+    two_workers: tuple[Fleet, LiveServer],
+) -> None:
+    fleet, second = two_workers
+    kit = HostKit(fleet.site_id)
+    fleet.enroll(kit)
+    for _ in range(10):
+        a = kit.next_envelope(advance=False, posture=_posture(True))
+        b = kit.next_envelope(advance=False, posture=_posture(False))
+        answers = _race([_post(fleet.server.url, a), _post(second.url, b)])
+        codes = sorted(r.status_code for r in answers)
+        assert codes == [200, 409], [r.text for r in answers]
+        loser = next(r for r in answers if r.status_code == 409)
+        # "fork" when both reach the database together; "replay" (same seq as the new head)
+        # when the loser is appraised after the winner's commit. Either way: one accepted.
+        assert loser.json()["code"] in ("fork", "replay")
+        winner = a if answers[0].status_code == 200 else b
+        kit.seq, kit.prev = kit.seq + 1, digest_of(winner)
+    page = httpx.get(
+        f"{fleet.server.url}/v1/hosts/{kit.key_id}/snapshots",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {fleet.auditor_key}"},
+    ).json()
+    assert [s["seq"] for s in page["items"]] == list(range(10, 0, -1))
+
+
+@pytest.mark.postgres
+def test_the_same_envelope_on_two_workers_at_once_is_one_row_and_one_answer(
+    two_workers: tuple[Fleet, LiveServer],
+) -> None:
+    fleet, second = two_workers
+    kit = HostKit(fleet.site_id)
+    fleet.enroll(kit)
+    for _ in range(10):
+        data = kit.next_envelope()
+        answers = _race([_post(fleet.server.url, data), _post(second.url, data)])
+        assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+        assert answers[0].json()["result"] == answers[1].json()["result"]
+    page = httpx.get(
+        f"{fleet.server.url}/v1/hosts/{kit.key_id}/snapshots",
+        params={"limit": 100},
+        headers={"Authorization": f"Bearer {fleet.auditor_key}"},
+    ).json()
+    assert len(page["items"]) == 10
+    assert fleet.server.cli("audit", "verify").returncode == 0
+
+
+def _posture(secure_boot: bool) -> Any:
+    from agent.evidence import Posture
+
+    return Posture(secure_boot=secure_boot, tpm_present=True)
+
+
+def _stale_lookup(api: Any, monkeypatch: pytest.MonkeyPatch, kit: HostKit) -> None:
+    """Make every lookup see the host's state as it is now, as a racing worker would."""
+    from server.api import routes_snapshots
+    from server.store.ingest import lookup
+
+    with api.services.db.read() as session:
+        frozen = lookup(session, (kit.key_id,), "0" * 64, None)
+
+    def stale(session: Any, key_ids: Any, digest: str, nonce: str | None) -> Any:
+        fresh = lookup(session, key_ids, digest, nonce)
+        return type(fresh)(host=frozen.host, head=frozen.head, nonce=fresh.nonce, stored=None)
+
+    monkeypatch.setattr(routes_snapshots, "lookup", stale)
+
+
+def test_a_child_appraised_against_a_stale_head_loses_at_commit_as_a_fork(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit = HostKit(api.site_id)
+    api.enroll(kit)
+    _stale_lookup(api, monkeypatch, kit)
+    first = kit.next_envelope(advance=False, posture=_posture(True))
+    second = kit.next_envelope(advance=False, posture=_posture(False))
+    assert api.submit(first).status_code == 200
+    before = api.counts()
+    lost = api.submit(second)
+    assert lost.status_code == 409 and lost.json()["code"] == "fork"
+    assert api.counts() == before
+
+
+def test_an_envelope_committed_by_a_racing_worker_is_answered_as_a_duplicate(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit = HostKit(api.site_id)
+    api.enroll(kit)
+    _stale_lookup(api, monkeypatch, kit)
+    data = kit.next_envelope()
+    first = api.submit(data).json()
+    before = api.counts()
+    again = api.submit(data)
+    assert again.status_code == 200 and again.json()["result"] == first["result"]
+    assert again.json()["duplicate"] is True and api.counts() == before

@@ -602,6 +602,8 @@ def configure_logging(stream: Any = None) -> None:
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    for chatty in ("httpx", "httpcore"):  # one line per request; our own events say more
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------- wiring

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import random
 import socket
 import socketserver
@@ -78,6 +79,8 @@ class FaultProxy:
         self.hang_s = hang_s
         self.slow_s = slow_s
         self.counts: Counter[Fault] = Counter()
+        #: (method, path, sha256 of the body, fault) of every request, in arrival order.
+        self.requests: list[tuple[str, str, str, Fault]] = []
         self._lock = threading.Lock()
         proxy = self
 
@@ -122,10 +125,11 @@ class FaultProxy:
             return
         if request is None:
             return
-        method, path, raw = request
+        method, path, raw, body_digest = request
         fault = self.choose(method, path)
         with self._lock:
             self.counts[fault] += 1
+            self.requests.append((method, path, body_digest, fault))
         if fault is Fault.ERROR_503:
             body = b'{"code":"unavailable","detail":"fault proxy: injected 503"}'
             extra = f"Retry-After: {self.retry_after:g}\r\n" if self.retry_after else ""
@@ -165,7 +169,7 @@ class FaultProxy:
         return b"".join(chunks)
 
 
-def _read_request(client: socket.socket) -> tuple[str, str, bytes] | None:
+def _read_request(client: socket.socket) -> tuple[str, str, bytes, str] | None:
     buffer = b""
     while b"\r\n\r\n" not in buffer:
         chunk = client.recv(65536)
@@ -193,7 +197,8 @@ def _read_request(client: socket.socket) -> tuple[str, str, bytes] | None:
             raise ValueError("request body cut short")
         body += chunk
     rebuilt = "\r\n".join([lines[0], *headers, "Connection: close"]).encode("latin-1")
-    return method, path, rebuilt + b"\r\n\r\n" + body[:length]
+    body = body[:length]
+    return method, path, rebuilt + b"\r\n\r\n" + body, hashlib.sha256(body).hexdigest()
 
 
 def _response(status: int, reason: str, body: bytes, extra_headers: str = "") -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import pwd
 import shutil
@@ -363,3 +364,45 @@ def test_hard_links_are_listed_under_each_name_from_one_cache_entry(
         assert files["q4-link.gguf"].path.endswith("/llama/q4-link.gguf")
         assert files["q4.gguf"].path.endswith("/llama/q4.gguf")
         assert files["q4-link.gguf"].sha256 == files["q4.gguf"].sha256
+
+
+def test_unreadable_directory_is_reported_and_the_rest_scanned(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_scandir = os.scandir
+    blocked = os.fsencode(tree / "llama")
+
+    def scandir(path: bytes) -> object:
+        if path == blocked:
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(storage.os, "scandir", scandir)
+    roots, errors = scan([tree], tmp_path, cache=False)
+    assert roots[0].file_count == 0
+    assert [(e.code, e.detail) for e in errors] == [
+        ("dir_unreadable", f"{tree / 'llama'}: Permission denied")
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_drawn_on_a_terminal_and_result_is_unchanged(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quiet, _ = scan([tree], tmp_path, cache=False)
+    terminal = _Terminal()
+    monkeypatch.setattr(storage.sys, "stderr", terminal)
+    shown, _ = scan([tree], tmp_path, cache=False, progress=True)
+    assert shown == quiet
+    assert "hashing weights" in terminal.getvalue()
+
+
+def test_no_progress_bar_without_a_terminal(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan([tree], tmp_path, cache=False, progress=True)
+    assert capsys.readouterr().err == ""

@@ -445,9 +445,10 @@ def _owner(uid: int) -> str | None:
 def _mtime_seconds(seconds: int) -> str:
     try:
         moment = datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError):  # beyond datetime's range: clamp, say so loudly
-        moment = datetime.max if seconds > 0 else datetime.min
-        moment = moment.replace(tzinfo=UTC, microsecond=0)
+    except (OverflowError, OSError, ValueError):  # beyond what RFC 3339 can say: clamp
+        return "9999-12-31T23:59:59" if seconds > 0 else "0001-01-01T00:00:00"
+    if moment.year < 1000:  # strftime would not zero-pad the year
+        return "0001-01-01T00:00:00"
     return format_timestamp(moment)[:-8]
 
 

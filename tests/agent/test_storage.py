@@ -406,3 +406,18 @@ def test_no_progress_bar_without_a_terminal(
 ) -> None:
     scan([tree], tmp_path, cache=False, progress=True)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (0, "1970-01-01T00:00:00.000000Z"),
+        (-1, "1969-12-31T23:59:59.999999Z"),
+        (1_795_813_508_378_452_877, "2026-11-27T21:05:08.378452Z"),
+        (10**24, "9999-12-31T23:59:59.000000Z"),
+        (-(10**24), "0001-01-01T00:00:00.000000Z"),
+    ],
+)
+def test_mtime_is_rfc3339_utc_even_at_the_extremes(ns: int, text: str) -> None:
+    result = storage._mtime(ns)
+    assert result == text

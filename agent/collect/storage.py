@@ -393,6 +393,8 @@ class Examined(NamedTuple):
     sha256: str | None = None
     header: dict[str, Any] | None = None
     error: tuple[str, str] | None = None
+    #: ``fstat`` of the file as opened: the version the digest belongs to.
+    st: os.stat_result | None = None
 
 
 def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> Examined | None:
@@ -412,18 +414,20 @@ def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> Examin
             fmt = _format_by_name(raw)
             if fmt is None:
                 raise
-            return Examined(fmt, error=("read_error", f"reading the header: {exc.strerror}"))
+            detail = f"reading the header: {exc.strerror}"
+            return Examined(fmt, error=("read_error", detail), st=before)
         if found is None:
-            return Examined(None)
+            return Examined(None, st=before)
         header = found.header.model_dump() if found.header is not None else None
         error = (found.error.code, found.error.detail) if found.error is not None else None
         try:
             digest, _ = hash_fd(fd, buffer=_buffer(), on_bytes=on_bytes, before=before)
         except ChangedWhileHashingError as exc:
-            return Examined(found.format, None, header, ("changed_while_hashing", str(exc)))
+            changed = ("changed_while_hashing", str(exc))
+            return Examined(found.format, None, header, changed, before)
         except OSError as exc:
-            return Examined(found.format, None, header, ("read_error", str(exc.strerror)))
-        return Examined(found.format, digest, header, error)
+            return Examined(found.format, None, header, ("read_error", str(exc.strerror)), before)
+        return Examined(found.format, digest, header, error, before)
     finally:
         os.close(fd)
 
@@ -630,6 +634,8 @@ def _assemble(
         found = cand.found
         if cand.hit or found is None:
             continue
+        if found.st is not None:  # describe (and cache) the version that was actually read
+            cand.st = found.st
         if found.format is None:
             if found.error is None:
                 cache.put(cache_key(cand.st), None)

@@ -421,3 +421,25 @@ def test_no_progress_bar_without_a_terminal(
 def test_mtime_is_rfc3339_utc_even_at_the_extremes(ns: int, text: str) -> None:
     result = storage._mtime(ns)
     assert result == text
+
+
+def test_file_rewritten_between_walk_and_open_is_described_as_read(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tree / "llama" / "model.safetensors"
+    replacement = write_safetensors(tmp_path / "other.safetensors", {"v": "2"}).read_bytes()
+    real_open = storage._open_file
+
+    def rewrite_first(raw: bytes) -> int:
+        if raw == os.fsencode(target):
+            target.write_bytes(replacement)
+        return real_open(raw)
+
+    monkeypatch.setattr(storage, "_open_file", rewrite_first)
+    roots, _ = scan([tree], tmp_path)
+    model = files_by_name(roots[0])["model.safetensors"]
+    assert model.size == len(replacement)
+    assert model.sha256 == hashlib.sha256(replacement).hexdigest()
+    monkeypatch.setattr(storage, "_open_file", real_open)
+    again, _ = scan([tree], tmp_path)
+    assert files_by_name(again[0])["model.safetensors"] == model

@@ -45,7 +45,7 @@ class Sizes:
 
 
 FULL = Sizes(cold_files=128, cold_file_bytes=16 * MiB, rescan_files=10_000,
-             big_file_bytes=4096 * MiB, repeats=3)  # fmt: skip
+             big_file_bytes=4096 * MiB, repeats=5)  # fmt: skip
 SMOKE = Sizes(cold_files=8, cold_file_bytes=1 * MiB, rescan_files=300,
               big_file_bytes=16 * MiB, repeats=1)  # fmt: skip
 

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.store.repo import StoreError
@@ -67,6 +68,14 @@ def install(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else code
         return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+
+    @app.exception_handler(DataError)
+    async def _data(_: Request, exc: DataError) -> JSONResponse:
+        # Input the database cannot hold (NUL in text, a value too wide): the caller's fault.
+        log.info("database refused input: %s", str(exc.orig).splitlines()[0][:200])
+        return error_response(
+            400, "bad_request", "the request holds a value the verifier cannot store"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

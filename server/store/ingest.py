@@ -14,6 +14,7 @@ an accepted snapshot in the caller's single transaction and settles races in the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +36,17 @@ from server.store.models import (
 )
 from server.verify import Accepted, HostRecord, NonceRecord
 from server.verify import ChainHead as HeadRecord
+
+_NONCE = re.compile(r"^[0-9a-f]{64}$")  # the only nonces this verifier issues
+
+
+def _text(value: str | None, limit: int | None = None) -> str | None:
+    """Evidence text for a derived column: PostgreSQL text cannot hold NUL, so escape it, and
+    cut it to the column's width (the raw envelope keeps the whole value)."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "\\x00")
+    return value[:limit] if limit is not None else value
 
 
 class AlreadyStored(Exception):
@@ -94,7 +106,7 @@ def lookup(
         stored = session.scalar(select(Snapshot).where(Snapshot.digest == digest))
         if stored is not None and stored.key_id != host.key_id:
             stored = None
-        if nonce is not None:
+        if nonce is not None and _NONCE.match(nonce):
             n = session.get(Nonce, nonce)
             if n is not None:
                 nonce_record = NonceRecord(
@@ -194,12 +206,12 @@ def _replace_inventory(session: Session, accepted: Accepted, now: datetime) -> N
             [
                 {
                     "key_id": key_id,
-                    "uuid": a.uuid,
-                    "serial": a.serial,
-                    "vendor": a.vendor,
-                    "model": a.model,
-                    "pci_device_id": a.pci_device_id,
-                    "pci_bus_id": a.pci_bus_id,
+                    "uuid": _text(a.uuid, 100),
+                    "serial": _text(a.serial, 100),
+                    "vendor": _text(a.vendor, 100),
+                    "model": _text(a.model, 200),
+                    "pci_device_id": _text(a.pci_device_id, 16),
+                    "pci_bus_id": _text(a.pci_bus_id, 32),
                     "memory_mib": a.memory_mib,
                     "source": a.source,
                     "snapshot_digest": accepted.digest,
@@ -211,10 +223,10 @@ def _replace_inventory(session: Session, accepted: Accepted, now: datetime) -> N
         {
             "key_id": key_id,
             "sha256": f.sha256,
-            "path": f.path,
+            "path": _text(f.path),
             "size": f.size,
             "format": f.format,
-            "root": root.root,
+            "root": _text(root.root),
             "encryption": root.encryption.status,
             "snapshot_digest": accepted.digest,
         }

@@ -285,10 +285,13 @@ class Fleet:
         )
 
     def enroll(self, kit: object) -> dict[str, object]:
+        return self.enroll_with(kit, self.token())
+
+    def enroll_with(self, kit: object, token: str) -> dict[str, object]:
         from tests.server.builders import HostKit
 
         assert isinstance(kit, HostKit)
-        response = httpx.post(f"{self.server.url}/v1/enroll", json=kit.enroll_body(self.token()))
+        response = httpx.post(f"{self.server.url}/v1/enroll", json=kit.enroll_body(token))
         assert response.status_code == 200, response.text
         body = response.json()
         assert isinstance(body, dict)

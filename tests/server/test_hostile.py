@@ -1,0 +1,498 @@
+"""A corpus of hostile inputs, each sent end to end to a running `veu-server serve`.
+
+For every input: the answer is a 4xx with a stable code and a JSON body, the evidence tables hold
+exactly the rows they held before (the audit log grows by one row only when a valid signature of
+an enrolled key came with the bad evidence), and the server still answers /healthz.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from agent.evidence import canonical_bytes, format_timestamp, pae, statement_bytes
+from server.db import make_engine
+from server.store import repo
+from server.store.models import EVIDENCE_TABLES
+from tests.server.builders import HostKit
+from tests.server.conftest import Fleet, make_fleet, start_server, stop_server
+
+INJECTION = "'; DROP TABLE snapshots; -- ../../../../etc/passwd \x00 %s%n {{7*7}}"
+
+
+@dataclass
+class Env:
+    fleet: Fleet
+    engine: Any
+
+    @property
+    def url(self) -> str:
+        return self.fleet.server.url
+
+    def kit(self) -> HostKit:
+        kit = HostKit(self.fleet.site_id)
+        self.fleet.enroll(kit)
+        return kit
+
+    def accept(self, kit: HostKit, **over: Any) -> bytes:
+        data = kit.next_envelope(**over)
+        response = _submit(self.url, data)
+        assert response.status_code == 200, response.text
+        return data
+
+    def sql(self, statement: str, **params: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(statement), params)
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            from sqlalchemy.orm import Session
+
+            with Session(bind=conn) as session:
+                return repo.row_counts(session, [*EVIDENCE_TABLES, "audit_log"])
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.fleet.admin_key}"}
+
+
+@dataclass
+class Req:
+    method: str
+    path: str
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+
+
+def _submit(url: str, data: bytes, content_type: str = "application/json") -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/snapshots", content=data, headers={"Content-Type": content_type}, timeout=60
+    )
+
+
+def snap(body: bytes) -> Req:
+    return Req("POST", "/v1/snapshots", body)
+
+
+def _envelope_dict(data: bytes) -> dict[str, Any]:
+    value = json.loads(data)
+    assert isinstance(value, dict)
+    return value
+
+
+def _resign(kit: HostKit, payload: bytes) -> bytes:
+    sig = base64.b64encode(kit.key.sign(pae("application/vnd.in-toto+json", payload))).decode()
+    return json.dumps(
+        {
+            "payloadType": "application/vnd.in-toto+json",
+            "payload": base64.b64encode(payload).decode(),
+            "signatures": [{"keyid": kit.key_id, "sig": sig}],
+        }
+    ).encode()
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+def tampered_payload(env: Env) -> Req:
+    kit = env.kit()
+    env_ = _envelope_dict(kit.next_envelope(advance=False))
+    payload = base64.b64decode(env_["payload"]).replace(b"H100", b"H200", 1)
+    env_["payload"] = base64.b64encode(payload).decode()
+    return snap(json.dumps(env_).encode())
+
+
+def tampered_signature(env: Env) -> Req:
+    kit = env.kit()
+    env_ = _envelope_dict(kit.next_envelope(advance=False))
+    sig = bytearray(base64.b64decode(env_["signatures"][0]["sig"]))
+    sig[0] ^= 0x01
+    env_["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    return snap(json.dumps(env_).encode())
+
+
+def unknown_key(env: Env) -> Req:
+    return snap(HostKit(env.fleet.site_id).next_envelope())
+
+
+def revoked_key(env: Env) -> Req:
+    kit = env.kit()
+    assert httpx.post(f"{env.url}/v1/hosts/{kit.key_id}/revoke", headers=env.admin()).is_success
+    return snap(kit.next_envelope())
+
+
+def wrong_payload_type(env: Env) -> Req:
+    kit = env.kit()
+    env_ = _envelope_dict(kit.next_envelope(advance=False))
+    env_["payloadType"] = "application/json"
+    return snap(json.dumps(env_).encode())
+
+
+def replay(env: Env) -> Req:
+    kit = env.kit()
+    env.accept(kit)
+    env.accept(kit)
+    kit.seq -= 1
+    return snap(kit.next_envelope(advance=False, posture=_posture()))
+
+
+def fork(env: Env) -> Req:
+    kit = env.kit()
+    env.accept(kit)
+    return snap(kit.next_envelope(advance=False, prev="e" * 64))
+
+
+def rollback(env: Env) -> Req:
+    kit = env.kit()
+    for _ in range(3):
+        env.accept(kit)
+    kit.seq, kit.prev = 0, None
+    return snap(kit.next_envelope(advance=False, posture=_posture()))
+
+
+def _nonce(env: Env, kit: HostKit) -> str:
+    response = httpx.post(
+        f"{env.url}/v1/challenges", headers=kit.signed_headers("POST", "/v1/challenges")
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["nonce"])
+
+
+def reused_nonce(env: Env) -> Req:
+    kit = env.kit()
+    nonce = _nonce(env, kit)
+    env.accept(kit, nonce=nonce)
+    return snap(kit.next_envelope(nonce=nonce))
+
+
+def expired_nonce(env: Env) -> Req:
+    kit = env.kit()
+    nonce = _nonce(env, kit)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    env.sql("UPDATE nonces SET expires_at = :t WHERE nonce = :n", t=_db_time(env, past), n=nonce)
+    return snap(kit.next_envelope(nonce=nonce))
+
+
+def nonce_of_another_host(env: Env) -> Req:
+    kit, other = env.kit(), env.kit()
+    return snap(kit.next_envelope(nonce=_nonce(env, other)))
+
+
+def unknown_nonce(env: Env) -> Req:
+    return snap(env.kit().next_envelope(nonce="f" * 64))
+
+
+def future_timestamp(env: Env) -> Req:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    return snap(env.kit().next_envelope(collected_at=format_timestamp(later)))
+
+
+def ancient_timestamp(env: Env) -> Req:
+    return snap(env.kit().next_envelope(collected_at="2001-01-01T00:00:00Z"))
+
+
+def body_20_mib(env: Env) -> Req:
+    return snap(b'{"payload": "' + b"A" * (20 * 1024 * 1024) + b'"}')
+
+
+def nesting_100k(env: Env) -> Req:
+    return snap(b"[" * 100_000 + b"]" * 100_000)
+
+
+def duplicate_keys(env: Env) -> Req:
+    data = env.kit().next_envelope(advance=False)
+    return snap(data[:-1] + b',"payloadType":"application/vnd.in-toto+json"}')
+
+
+def invalid_utf8(env: Env) -> Req:
+    return snap(b'{"payloadType": "\xff\xfe", "payload": "", "signatures": []}')
+
+
+def nan_value(env: Env) -> Req:
+    return snap(b'{"payloadType": NaN, "payload": "", "signatures": []}')
+
+
+def huge_number(env: Env) -> Req:
+    return snap(b'{"payloadType": 1' + b"0" * 400 + b', "payload": "", "signatures": []}')
+
+
+def non_base64_payload(env: Env) -> Req:
+    kit = env.kit()
+    env_ = _envelope_dict(kit.next_envelope(advance=False))
+    env_["payload"] = "not*base64!"
+    return snap(json.dumps(env_).encode())
+
+
+def empty_signatures(env: Env) -> Req:
+    env_ = _envelope_dict(env.kit().next_envelope(advance=False))
+    env_["signatures"] = []
+    return snap(json.dumps(env_).encode())
+
+
+def too_many_signatures(env: Env) -> Req:
+    env_ = _envelope_dict(env.kit().next_envelope(advance=False))
+    env_["signatures"] = env_["signatures"] * 17
+    return snap(json.dumps(env_).encode())
+
+
+def injection_in_key_id(env: Env) -> Req:
+    env_ = _envelope_dict(env.kit().next_envelope(advance=False))
+    env_["signatures"][0]["keyid"] = INJECTION
+    return snap(json.dumps(env_).encode())
+
+
+def injection_in_site_id(env: Env) -> Req:
+    return snap(env.kit().next_envelope(site_id=INJECTION))
+
+
+def injection_in_machine_id(env: Env) -> Req:
+    kit = env.kit()
+    host = kit.snapshot().host.model_copy(update={"machine_id": INJECTION})
+    return snap(kit.next_envelope(host=host))
+
+
+def injection_in_nonce(env: Env) -> Req:
+    return snap(env.kit().next_envelope(nonce=INJECTION))
+
+
+def non_canonical_payload(env: Env) -> Req:
+    kit = env.kit()
+    statement = json.loads(statement_bytes(kit.snapshot()))
+    return snap(_resign(kit, json.dumps(statement, indent=2).encode()))
+
+
+def key_mismatch(env: Env) -> Req:
+    kit, other = env.kit(), HostKit(env.fleet.site_id)
+    snapshot = kit.snapshot(agent=other.snapshot().agent)
+    return snap(_resign(kit, statement_bytes(snapshot)))
+
+
+def schema_invalid(env: Env) -> Req:
+    kit = env.kit()
+    statement = json.loads(statement_bytes(kit.snapshot()))
+    del statement["predicate"]["accelerators"]
+    return snap(_resign(kit, canonical_bytes(statement)))
+
+
+def array_body(env: Env) -> Req:
+    return snap(b"[]")
+
+
+def empty_body(env: Env) -> Req:
+    return snap(b"")
+
+
+def wrong_content_type(env: Env) -> Req:
+    return Req("POST", "/v1/snapshots", env.kit().next_envelope(), {"Content-Type": "text/plain"})
+
+
+def enroll_used_token(env: Env) -> Req:
+    token = env.fleet.token()
+    env.fleet.enroll_with(HostKit(env.fleet.site_id), token)
+    return Req(
+        "POST", "/v1/enroll", json.dumps(HostKit(env.fleet.site_id).enroll_body(token)).encode()
+    )
+
+
+def enroll_expired_token(env: Env) -> Req:
+    token = env.fleet.token()
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    env.sql(
+        "UPDATE enroll_tokens SET expires_at = :t WHERE token_hash = :h",
+        t=_db_time(env, past),
+        h=repo.hash_secret(token),
+    )
+    return Req(
+        "POST", "/v1/enroll", json.dumps(HostKit(env.fleet.site_id).enroll_body(token)).encode()
+    )
+
+
+def enroll_injection_token(env: Env) -> Req:
+    body = HostKit(env.fleet.site_id).enroll_body(INJECTION)
+    return Req("POST", "/v1/enroll", json.dumps(body).encode())
+
+
+def api_without_key(env: Env) -> Req:
+    return Req("GET", "/v1/hosts", headers={})
+
+
+def api_wrong_key(env: Env) -> Req:
+    return Req("GET", "/v1/hosts", headers={"Authorization": "Bearer " + INJECTION[:40]})
+
+
+def api_wrong_role(env: Env) -> Req:
+    kit = env.kit()
+    auditor = {"Authorization": f"Bearer {env.fleet.auditor_key}"}
+    return Req("POST", f"/v1/hosts/{kit.key_id}/revoke", headers=auditor)
+
+
+def path_traversal_digest(env: Env) -> Req:
+    return Req(
+        "GET",
+        "/v1/snapshots/..%2F..%2F..%2Fetc%2Fpasswd",
+        headers={"Authorization": f"Bearer {env.fleet.auditor_key}"},
+    )
+
+
+def injection_in_host_id(env: Env) -> Req:
+    return Req(
+        "GET",
+        "/v1/hosts/%27%3B%20DROP%20TABLE%20hosts%3B--",
+        headers={"Authorization": f"Bearer {env.fleet.auditor_key}"},
+    )
+
+
+@dataclass(frozen=True)
+class Hostile:
+    build: Callable[[Env], Req]
+    status: int
+    code: str
+    audited: bool = False  # a valid signature of an enrolled key came with it
+
+
+CORPUS: list[Hostile] = [
+    Hostile(tampered_payload, 401, "bad_signature"),
+    Hostile(tampered_signature, 401, "bad_signature"),
+    Hostile(unknown_key, 401, "unknown_key"),
+    Hostile(revoked_key, 403, "revoked_key", audited=True),
+    Hostile(wrong_payload_type, 400, "bad_payload_type"),
+    Hostile(replay, 409, "replay", audited=True),
+    Hostile(fork, 409, "fork", audited=True),
+    Hostile(rollback, 409, "rollback", audited=True),
+    Hostile(reused_nonce, 409, "nonce_reused", audited=True),
+    Hostile(expired_nonce, 409, "nonce_expired", audited=True),
+    Hostile(nonce_of_another_host, 409, "nonce_wrong_host", audited=True),
+    Hostile(unknown_nonce, 409, "nonce_unknown", audited=True),
+    Hostile(future_timestamp, 422, "clock_skew", audited=True),
+    Hostile(ancient_timestamp, 422, "evidence_too_old", audited=True),
+    Hostile(body_20_mib, 413, "too_large"),
+    Hostile(nesting_100k, 400, "json_too_deep"),
+    Hostile(duplicate_keys, 400, "duplicate_key"),
+    Hostile(invalid_utf8, 400, "bad_encoding"),
+    Hostile(nan_value, 400, "malformed_json"),
+    Hostile(huge_number, 400, "number_out_of_range"),
+    Hostile(non_base64_payload, 400, "bad_base64"),
+    Hostile(empty_signatures, 401, "no_signature"),
+    Hostile(too_many_signatures, 400, "bad_envelope"),
+    Hostile(injection_in_key_id, 401, "unknown_key"),
+    Hostile(injection_in_site_id, 403, "site_mismatch", audited=True),
+    Hostile(injection_in_machine_id, 403, "host_mismatch", audited=True),
+    Hostile(injection_in_nonce, 409, "nonce_unknown", audited=True),
+    Hostile(non_canonical_payload, 400, "non_canonical_payload", audited=True),
+    Hostile(key_mismatch, 422, "key_mismatch", audited=True),
+    Hostile(schema_invalid, 422, "schema_invalid", audited=True),
+    Hostile(array_body, 400, "bad_envelope"),
+    Hostile(empty_body, 400, "malformed_json"),
+    Hostile(wrong_content_type, 415, "unsupported_media_type"),
+    Hostile(enroll_used_token, 401, "token_used"),
+    Hostile(enroll_expired_token, 401, "token_expired"),
+    Hostile(enroll_injection_token, 401, "invalid_token"),
+    Hostile(api_without_key, 401, "unauthenticated"),
+    Hostile(api_wrong_key, 401, "invalid_api_key"),
+    Hostile(api_wrong_role, 403, "forbidden"),
+    Hostile(path_traversal_digest, 404, "not_found"),
+    Hostile(injection_in_host_id, 404, "not_found"),
+]
+
+
+def _posture() -> Any:
+    from agent.evidence import Posture
+
+    return Posture(secure_boot=False, tpm_present=False)
+
+
+def _db_time(env: Env, moment: datetime) -> Any:
+    if env.engine.dialect.name == "sqlite":
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def hostile_env(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_database_factory: Callable[[], str],
+) -> Iterator[Env]:
+    data_dir: Path = tmp_path_factory.mktemp("hostile") / "data"
+    if request.param == "sqlite":
+        url = f"sqlite:///{data_dir / 'veu.sqlite3'}"
+    else:
+        url = pg_database_factory()
+    server = start_server(data_dir, url)
+    engine = make_engine(url)
+    try:
+        yield Env(make_fleet(server), engine)
+    finally:
+        engine.dispose()
+        stop_server(server)
+
+
+def test_the_corpus_holds_at_least_thirty_hostile_inputs() -> None:
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.build.__name__ for c in CORPUS])
+def test_hostile_input_is_refused_with_a_stable_code_and_changes_no_evidence(
+    hostile_env: Env, case: Hostile
+) -> None:
+    env = hostile_env
+    req = case.build(env)
+    before = env.counts()
+    response = httpx.request(
+        req.method,
+        f"{env.url}{req.path}",
+        content=req.body or None,
+        headers=req.headers,
+        timeout=60,
+    )
+    assert response.status_code == case.status, response.text[:300]
+    body = response.json()
+    assert set(body) == {"code", "detail"} and body["code"] == case.code, body
+    after = env.counts()
+    audit_growth = after.pop("audit_log") - before.pop("audit_log")
+    assert after == before
+    assert audit_growth == (1 if case.audited else 0)
+    assert httpx.get(f"{env.url}/healthz").json() == {"status": "ok"}
+
+
+def test_injection_strings_inside_valid_evidence_are_stored_verbatim_as_data(
+    hostile_env: Env,
+) -> None:
+    env = hostile_env
+    kit = env.kit()
+    base = kit.snapshot()
+    host = base.host.model_copy(update={"hostname": INJECTION, "os": INJECTION})
+    long_text = INJECTION * 20  # wider than any derived column
+    accelerators = [
+        a.model_copy(update={"model": long_text, "serial": long_text, "pci_bus_id": INJECTION})
+        for a in base.accelerators
+    ]
+    root = base.storage[0]
+    files = [
+        f.model_copy(update={"path": f"/srv/models/{INJECTION}/{i}"})
+        for i, f in enumerate(root.files)
+    ]
+    storage = [root.model_copy(update={"files": files})]
+    data = kit.next_envelope(host=host, accelerators=accelerators, storage=storage)
+    response = _submit(env.url, data)
+    assert response.status_code == 200
+    raw = httpx.get(
+        f"{env.url}/v1/snapshots/{response.json()['digest']}",
+        headers={"Authorization": f"Bearer {env.fleet.auditor_key}"},
+    )
+    assert raw.content == data
+    detail = httpx.get(
+        f"{env.url}/v1/hosts/{kit.key_id}",
+        headers={"Authorization": f"Bearer {env.fleet.auditor_key}"},
+    ).json()
+    assert len(detail["accelerators"]) == 8 and len(detail["weights"]) == 4

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -211,19 +212,22 @@ class ScanCache:
 
 
 def lower_priority() -> list[str]:
-    """Idle I/O scheduling class and nice +10 for this process (daemon mode).
+    """Idle I/O scheduling class and nice +10 for the calling thread (daemon mode).
 
-    Threads started afterwards inherit both. Returns what could not be done (empty on success);
-    failing to lower priority is never fatal.
+    On Linux both are per thread: they are set on the calling thread (by its native id) and
+    inherited by the threads it starts afterwards, such as the hashing pool. Returns what could
+    not be done (empty on success); failing to lower priority is never fatal.
     """
     problems: list[str] = []
+    tid = threading.get_native_id()
     try:
-        psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        psutil.Process(tid).ionice(psutil.IOPRIO_CLASS_IDLE)
     except (OSError, psutil.Error, AttributeError, ValueError) as exc:
         problems.append(f"ionice idle: {exc}")
     try:
-        if os.getpriority(os.PRIO_PROCESS, 0) < 10:
-            os.nice(10 - os.getpriority(os.PRIO_PROCESS, 0))
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        if current < 10:
+            os.setpriority(os.PRIO_PROCESS, tid, 10)
     except OSError as exc:
         problems.append(f"nice: {exc}")
     for problem in problems:

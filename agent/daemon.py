@@ -27,7 +27,9 @@ snapshot function, the clock and the randomness as parameters, so tests can driv
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -100,14 +102,26 @@ class Verifier(Protocol):
         """Deliver one envelope; return only when the verifier answered 2xx."""
 
 
-class Taken(Protocol):
-    """What the daemon needs from :class:`agent.chain.Taken`."""
+@dataclass(frozen=True)
+class Spooled:
+    """A snapshot that is signed, chained and in the spool."""
 
-    @property
-    def raw(self) -> bytes: ...
+    seq: int
+    digest: str
+    size: int
 
-    @property
-    def digest(self) -> str: ...
+
+class SnapshotFailed(Exception):
+    """The snapshot process reported a failure, or died without an answer."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+class SnapshotInterrupted(Exception):
+    """The daemon was told to stop while a snapshot was being taken (the chain is crash-safe)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,7 @@ class Identity:
     verifier: str | None
 
 
-TakeSnapshot = Callable[[AgentConfig, str | None], tuple[int, Taken]]
+TakeSnapshot = Callable[[AgentConfig, str | None], Spooled]
 Fingerprint = Callable[[AgentConfig], str]
 VerifierFactory = Callable[[AgentConfig], Verifier]
 
@@ -147,6 +161,18 @@ def backoff_bounds(check_in_interval: float) -> tuple[float, float]:
     return base, cap
 
 
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
 # --------------------------------------------------------------------------- the state machine
 
 
@@ -163,6 +189,7 @@ class _State:
     last_snapshot: dict[str, Any] | None = None
     last_success: dict[str, Any] | None = None
     last_checkin_at: float | None = None
+    checkins: int = 0
     last_error: _Error | None = None
     failures: int = 0
     spool_full: bool = False
@@ -293,6 +320,7 @@ class Daemon:
             self._error(exc.code, f"check-in failed: {exc.detail}", status=exc.status)
             return
         self.state.last_checkin_at = self._wall()
+        self.state.checkins += 1
         self._dirty = True
         if now >= self._retry_after_until:
             self._next_send = min(self._next_send, now)  # the verifier answers: retry now
@@ -349,9 +377,11 @@ class Daemon:
         except Exception:
             seen = None
         try:
-            seq, taken = self._take(self.config, nonce)
+            taken = self._take(self.config, nonce)
         except SpoolFull as exc:
             self._mark_spool_full(exc.detail)
+            return
+        except SnapshotInterrupted:
             return
         except Exception as exc:  # a failing snapshot must not kill the daemon
             self._error(
@@ -373,7 +403,8 @@ class Daemon:
             self._fingerprint_seen = seen
         self._fingerprint_changed = False
         wall = self._wall()
-        self._last_size = len(taken.raw)
+        seq = taken.seq
+        self._last_size = taken.size
         self.state.last_snapshot_at = wall
         self.state.last_snapshot = {
             "at": rfc3339(wall),
@@ -386,6 +417,7 @@ class Daemon:
         self._last_report_mono = self._clock()
         self._next_report = self._last_report_mono + self.config.report_interval
         self._dirty = True
+        self._release_memory()
         event(
             logging.INFO,
             "snapshot_taken",
@@ -393,10 +425,22 @@ class Daemon:
             digest=taken.digest,
             reason=reason,
             nonce=nonce,
-            bytes=len(taken.raw),
+            bytes=taken.size,
         )
 
+    def _release_memory(self) -> None:
+        """Give a snapshot's transient objects back to the OS: the daemon idles for minutes."""
+        gc.collect()
+        if _malloc_trim is not None:
+            _malloc_trim(0)
+
     def _drain(self, stop: threading.Event) -> None:
+        try:
+            self._send_pending(stop)
+        finally:
+            self._release_memory()
+
+    def _send_pending(self, stop: threading.Event) -> None:
         for seq in self.spool.pending():
             if stop.is_set():
                 return
@@ -534,6 +578,7 @@ class Daemon:
             "last_snapshot_at_epoch": s.last_snapshot_at,
             "last_success": s.last_success,
             "last_checkin_at": rfc3339(s.last_checkin_at),
+            "checkins": s.checkins,
             "last_error": (
                 None
                 if s.last_error is None
@@ -634,6 +679,95 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def snapshot_in_child(
+    work: Callable[[], Spooled], stop: threading.Event, *, poll_s: float = 0.2
+) -> Spooled:
+    """Run ``work`` (collect, sign, chain, spool) in a forked child and return what it spooled.
+
+    A full snapshot of thousands of weight files builds many short-lived objects; in a child their
+    memory goes back to the OS when it exits, so the long-lived daemon stays small. A collector
+    that crashes the interpreter (a driver library) takes only the child with it. The chain and
+    spool writes are crash-safe, so killing the child (on stop, or with the daemon: it asks for
+    SIGKILL when its parent dies) loses nothing.
+    """
+    read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        _child_main(work, write_fd, parent)
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            if stop.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                raise SnapshotInterrupted("stopping")
+            ready, _, _ = select.select([read_fd], [], [], poll_s)
+            if ready:
+                chunk = os.read(read_fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        _, wait_status = os.waitpid(pid, 0)
+    try:
+        answer = json.loads(b"".join(chunks))
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise SnapshotFailed(
+            "snapshot_worker_died",
+            f"the snapshot process ended without an answer ({_describe(wait_status)})",
+        )
+    if "error" in answer:
+        if answer["error"] == "spool_full":
+            raise SpoolFull(str(answer.get("detail")))
+        raise SnapshotFailed(str(answer["error"]), str(answer.get("detail")))
+    return Spooled(int(answer["seq"]), str(answer["digest"]), int(answer["size"]))
+
+
+def _describe(wait_status: int) -> str:
+    if os.WIFSIGNALED(wait_status):
+        return f"killed by signal {os.WTERMSIG(wait_status)}"
+    return f"exit status {os.waitstatus_to_exitcode(wait_status)}"
+
+
+def _child_main(work: Callable[[], Spooled], write_fd: int, parent: int) -> NoReturn:
+    code = 1
+    answer: dict[str, Any]
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(-1)
+        _die_with_parent()
+        if os.getppid() != parent:
+            os._exit(1)
+        done = work()
+        answer = {"seq": done.seq, "digest": done.digest, "size": done.size}
+        code = 0
+    except SpoolFull as exc:
+        answer = {"error": "spool_full", "detail": exc.detail}
+    except BaseException as exc:
+        answer = {
+            "error": str(getattr(exc, "code", None) or "snapshot_failed"),
+            "detail": str(getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"),
+        }
+    try:
+        os.write(write_fd, json.dumps(answer).encode())
+    finally:
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 class HttpVerifier:
     """:class:`Verifier` over :class:`agent.client.VerifierClient` (signed check-ins)."""
 
@@ -721,6 +855,10 @@ def run(
     install_signals: bool = True,
 ) -> int:
     """Run the daemon until ``stop_event`` is set (SIGTERM/SIGINT set it); 0 on a clean stop."""
+    # httpx's __init__ imports its optional command-line tool (click, rich, pygments: ~6 MB of
+    # resident memory) whenever those happen to be installed; the daemon never uses it, and
+    # httpx has a documented fallback when that import fails.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     configure_logging()
     try:
         with _exclusive(config.state_dir):
@@ -787,11 +925,17 @@ def _run_locked(
     except SpoolFull as exc:
         event(logging.ERROR, "spool_full", detail=exc.detail)
 
-    def take(cfg: AgentConfig, nonce: str | None) -> tuple[int, Taken]:
-        taken = take_snapshot(
-            cfg, key, nonce=nonce, outbox=spool, low_priority=True, site_id=site_id
-        )
-        return taken.snapshot.seq, taken
+    def take(cfg: AgentConfig, nonce: str | None) -> Spooled:
+        def work() -> Spooled:
+            taken = take_snapshot(
+                cfg, key, nonce=nonce, outbox=spool, low_priority=True, site_id=site_id
+            )
+            return Spooled(taken.snapshot.seq, taken.digest, len(taken.raw))
+
+        try:
+            return snapshot_in_child(work, stop_event)
+        finally:
+            spool.refresh()  # the child wrote the spool file
 
     def verifier_for(cfg: AgentConfig) -> Verifier:
         return HttpVerifier(cfg, key, key_id, cfg.server_url or server_url)

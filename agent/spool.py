@@ -10,9 +10,10 @@ Rules this module enforces:
    file is removed. Evidence is never dropped silently: the caller stops taking snapshots.
 3. :meth:`Spool.pending` lists sequence numbers in ascending order, so envelopes go out in chain
    order.
-4. :meth:`Spool.read` checks what it returns: the bytes must be a well-formed envelope whose payload
-   is a valid snapshot with the sequence number of its file name (and, when the spool knows the
-   host's public key, a valid signature). Anything else raises :class:`SpoolCorrupt`.
+4. :meth:`Spool.read` checks what it returns: the bytes must be a well-formed envelope carrying the
+   sequence number of its file name, signed by the host key when the spool knows it (that proves
+   every byte; otherwise the payload must be a valid snapshot). Anything else raises
+   :class:`SpoolCorrupt`.
 5. Nothing leaves the spool except by :meth:`remove` (after the verifier acknowledged it) or by
    :meth:`quarantine` into ``rejected/`` (the verifier refused it for good) or ``corrupt/`` (the
    file is damaged), each with a reason file next to it for a person to read.
@@ -35,8 +36,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.evidence import (
     EvidenceError,
+    MalformedError,
     envelope_digest,
     parse_envelope,
+    parse_json_strict,
     parse_statement,
     verify_envelope,
 )
@@ -89,6 +92,15 @@ class Quarantined:
     at: float
 
 
+def _payload_seq(payload: bytes) -> int | None:
+    try:
+        value = parse_json_strict(payload)
+        seq = value["predicate"]["seq"]
+    except (KeyError, TypeError) as exc:
+        raise MalformedError("payload has no predicate.seq", code="schema_invalid") from exc
+    return seq if isinstance(seq, int) else None
+
+
 def file_name(seq: int) -> str:
     if seq < 1:
         raise ValueError(f"sequence numbers start at 1, got {seq}")
@@ -116,6 +128,11 @@ class Spool:
         self._scan()
 
     # -- bookkeeping ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-read the directory (another process, e.g. a snapshot worker, wrote to it)."""
+        self._sizes = {}
+        self._scan()
 
     def _scan(self) -> None:
         for entry in os.scandir(self.directory):
@@ -198,16 +215,17 @@ class Spool:
         try:
             envelope = parse_envelope(data)
             if self._keys:
-                verify_envelope(envelope, self._keys)
-            _, snapshot = parse_statement(envelope.payload_bytes())
+                # The host's own signature proves every byte; reading one field is enough then.
+                payload, _ = verify_envelope(envelope, self._keys)
+                found = _payload_seq(payload)
+            else:
+                found = parse_statement(envelope.payload_bytes())[1].seq
         except EvidenceError as exc:
             raise SpoolCorrupt(
                 seq, f"{path} is not a valid envelope ({exc.code}: {exc.detail})"
             ) from exc
-        if snapshot.seq != seq:
-            raise SpoolCorrupt(
-                seq, f"{path} holds the snapshot with seq {snapshot.seq}, not seq {seq}"
-            )
+        if found != seq:
+            raise SpoolCorrupt(seq, f"{path} holds the snapshot with seq {found}, not seq {seq}")
         return data
 
     def remove(self, seq: int) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -14,16 +17,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent import keys
-from agent.chain import Chain, Taken
+from agent.chain import Chain
 from agent.config import AgentConfig
 from agent.daemon import (
     MAX_RETRY_AFTER,
     Daemon,
     DeliveryError,
     Identity,
+    SnapshotFailed,
+    SnapshotInterrupted,
+    Spooled,
     Verifier,
     backoff_bounds,
     backoff_delay,
+    snapshot_in_child,
 )
 from agent.evidence import (
     AgentInfo,
@@ -34,7 +41,7 @@ from agent.evidence import (
     parse_envelope,
     parse_statement,
 )
-from agent.spool import CORRUPT, REJECTED, Spool, file_name
+from agent.spool import CORRUPT, REJECTED, Spool, SpoolFull, file_name
 from agent.status import render
 
 
@@ -110,7 +117,7 @@ class Host:
         self.taken = 0
         self.daemon = self.new_daemon()
 
-    def take(self, config: AgentConfig, nonce: str | None) -> tuple[int, Taken]:
+    def take(self, config: AgentConfig, nonce: str | None) -> Spooled:
         def build(seq: int, prev: str | None) -> SnapshotV1:
             return SnapshotV1(
                 agent=AgentInfo(key_id=self.key_id, version="test"),
@@ -128,7 +135,7 @@ class Host:
 
         taken = Chain(config.state_dir, self.key, outbox=self.spool).advance(build)
         self.taken += 1
-        return taken.snapshot.seq, taken
+        return Spooled(taken.snapshot.seq, taken.digest, len(taken.raw))
 
     def new_daemon(self) -> Daemon:
         def factory(config: AgentConfig) -> Verifier:
@@ -428,7 +435,7 @@ def test_a_failing_snapshot_is_reported_and_retried_later(tmp_path: Path) -> Non
     real = host.take
     calls = {"n": 0}
 
-    def flaky(config: AgentConfig, nonce: str | None) -> tuple[int, Taken]:
+    def flaky(config: AgentConfig, nonce: str | None) -> Spooled:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("collector exploded")
@@ -460,3 +467,50 @@ def test_status_json_names_key_site_verifier_head_spool_and_schedule(tmp_path: P
 def test_status_without_any_agent_state_says_what_to_do(tmp_path: Path) -> None:
     text, code = render(tmp_path, as_json=False)
     assert code == 3 and "veu-agent init" in text
+
+
+def test_a_snapshot_taken_in_a_child_process_reaches_the_parent_spool(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    parent = Spool(host.spool.directory, 1_000_000)
+    done = snapshot_in_child(lambda: host.take(host.config, None), threading.Event())
+    assert done.seq == 1 and done.size > 0
+    assert parent.pending() == []  # written by another process: the parent must look again
+    parent.refresh()
+    assert parent.pending() == [1]
+    assert parent.bytes_used == done.size
+
+
+def test_a_full_spool_in_the_child_is_a_full_spool_in_the_parent() -> None:
+    def full() -> Spooled:
+        raise SpoolFull("spool is full (test)")
+
+    with pytest.raises(SpoolFull, match="full"):
+        snapshot_in_child(full, threading.Event())
+
+
+def test_a_failing_or_dying_snapshot_child_is_reported_with_a_code() -> None:
+    def boom() -> Spooled:
+        raise RuntimeError("collector exploded")
+
+    with pytest.raises(SnapshotFailed) as info:
+        snapshot_in_child(boom, threading.Event())
+    assert info.value.code == "snapshot_failed" and "collector exploded" in info.value.detail
+
+    def die() -> Spooled:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+    with pytest.raises(SnapshotFailed) as died:
+        snapshot_in_child(die, threading.Event())
+    assert died.value.code == "snapshot_worker_died" and "signal 9" in died.value.detail
+
+
+def test_stopping_interrupts_a_snapshot_child() -> None:
+    def slow() -> Spooled:
+        time.sleep(30)
+        raise AssertionError("not interrupted")
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(SnapshotInterrupted):
+        snapshot_in_child(slow, stop, poll_s=0.01)

@@ -268,3 +268,18 @@ def test_foreign_files_in_the_spool_are_ignored(tmp_path: Path, key: Ed25519Priv
     (directory / "notes.txt").write_text("hello")
     spool = Spool(directory, 1_000_000)
     assert spool.pending() == [] and spool.bytes_used == 0
+
+
+def test_with_the_host_key_a_signed_envelope_under_the_wrong_name_is_still_caught(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    kid = keys.key_id(key.public_key())
+    spool = Spool(tmp_path / "spool", 1_000_000, public_key=key.public_key(), key_id=kid)
+    spool.put(2, envelope_bytes(key, 5))
+    with pytest.raises(SpoolCorrupt, match="seq 5, not seq 2"):
+        spool.read(2)
+    spool.put(3, envelope_bytes(key, 3)[:-40])
+    with pytest.raises(SpoolCorrupt, match="not a valid envelope"):
+        spool.read(3)
+    spool.put(4, envelope_bytes(key, 4))
+    assert spool.read(4)

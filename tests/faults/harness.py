@@ -180,6 +180,7 @@ class AgentProcess:
     report: str = "0.3s"
     server_url: str | None = None
     spool_max_bytes: int | None = None
+    weight_roots: tuple[Path, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
     key_id: str = ""
@@ -212,6 +213,8 @@ class AgentProcess:
             lines.append(f'server_url = "{self.server_url}"')
         if self.spool_max_bytes:
             lines.append(f"spool_max_bytes = {self.spool_max_bytes}")
+        if self.weight_roots:
+            lines.append(f"weight_roots = {json.dumps([str(p) for p in self.weight_roots])}")
         path = self.state_dir.parent / "agent.toml"
         path.write_text("\n".join(lines) + "\n")
         return path

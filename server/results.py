@@ -12,7 +12,7 @@ is about naming, not strength, and is silenced for this one algorithm here.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,11 @@ class ResultError(Exception):
 class VerifierKey:
     private: Ed25519PrivateKey
     key_id: str
+    jwk: OKPKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Imported once: building the JWK per result costs more than the signature itself.
+        object.__setattr__(self, "jwk", OKPKey.import_key(private_pem(self.private)))
 
     @property
     def public(self) -> Ed25519PublicKey:
@@ -104,8 +109,7 @@ def sign_result(
         },
     }
     header = {"alg": ALG, "kid": key.key_id, "typ": "JWT"}
-    jwk = OKPKey.import_key(private_pem(key.private))
-    return jwt.encode(header, claims, jwk, algorithms=[ALG])
+    return jwt.encode(header, claims, key.jwk, algorithms=[ALG])
 
 
 def verify_result(token: str, public_key: Ed25519PublicKey | bytes | str) -> dict[str, Any]:

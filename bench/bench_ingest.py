@@ -1,0 +1,291 @@
+#!/usr/bin/env python3
+"""Ingest benchmark (issue 3, "Speed"): signed 8-GPU snapshots over HTTP into a real verifier.
+
+In one run:
+
+1. The floor: the same envelopes verified in a tight loop in one process (strict JSON parse,
+   JCS check, schema, Ed25519) with :func:`agent.evidence.open_envelope` — what ingest would cost
+   with no HTTP and no database.
+2. HTTP ingest against a real ``veu-server serve`` subprocess on SQLite (one worker), and on
+   PostgreSQL (``--pg-url`` or ``VEU_TEST_PG_URL``; ``--workers`` processes).
+
+Load: ``--hosts`` enrolled hosts, each sending ``--per-host`` chained snapshots in order, over
+``--concurrency`` keep-alive connections (asyncio + httpx). Every envelope is built and signed
+before the clock starts. Reported: snapshots/s, p50/p99 latency, errors, and ingest as a share of
+the floor. The load generator runs on the same cores as the server (and PostgreSQL): its CPU is
+reported, and it is part of why the figures are what they are.
+
+``--smoke`` runs a tiny load on SQLite only (seconds) and fails on any error, for CI.
+``--write`` replaces the "## Ingest (issue 3)" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+
+from agent.evidence import open_envelope  # noqa: E402
+from agent.keys import public_from_raw, raw_public  # noqa: E402
+from tests.server.builders import HostKit  # noqa: E402
+from tests.server.conftest import (  # noqa: E402
+    LiveServer,
+    free_port,
+    make_fleet,
+    start_server,
+    stop_server,
+)
+
+SECTION = "## Ingest (issue 3)"
+
+
+@dataclass
+class Run:
+    label: str
+    count: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+    client_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def build_load(site_id: str, hosts: int, per_host: int) -> tuple[list[HostKit], list[list[bytes]]]:
+    kits = [HostKit(site_id, index=i) for i in range(hosts)]
+    start = datetime.now(UTC) - timedelta(seconds=60)
+    streams = []
+    for kit in kits:
+        stream = []
+        for j in range(per_host):
+            stamp = (start + timedelta(milliseconds=j)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            stream.append(kit.next_envelope(collected_at=stamp))
+        streams.append(stream)
+    return kits, streams
+
+
+def floor(kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0) -> Run:
+    keys = {k.key_id: public_from_raw(raw_public(k.key.public_key())) for k in kits}
+    flat = [e for s in streams for e in s]
+    latencies: list[float] = []
+    count = 0
+    begin = time.perf_counter()
+    while time.perf_counter() - begin < seconds or count < len(flat):
+        data = flat[count % len(flat)]
+        t0 = time.perf_counter()
+        open_envelope(data, keys)
+        latencies.append(time.perf_counter() - t0)
+        count += 1
+    return Run(
+        "floor: open_envelope in one process", count, time.perf_counter() - begin, latencies, 0, 0.0
+    )
+
+
+async def _drive(
+    url: str, streams: list[list[bytes]], concurrency: int
+) -> tuple[int, float, list[float], int, list[str]]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    groups = [streams[i::concurrency] for i in range(concurrency)]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker(group: list[list[bytes]]) -> None:
+            rounds = max((len(s) for s in group), default=0)
+            for r in range(rounds):
+                for stream in group:
+                    if r >= len(stream):
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        response = await client.post(
+                            "/v1/snapshots", content=stream[r], headers=headers
+                        )
+                        ok = response.status_code == 200
+                        if not ok:
+                            errors.append(f"{response.status_code} {response.text[:120]}")
+                    except httpx.HTTPError as exc:
+                        errors.append(repr(exc))
+                    latencies.append(time.perf_counter() - t0)
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker(g) for g in groups if g))
+        elapsed = time.perf_counter() - begin
+    return sum(len(s) for s in streams), elapsed, latencies, len(errors), errors[:5]
+
+
+def http_run(label: str, server: LiveServer, hosts: int, per_host: int, concurrency: int) -> Run:
+    fleet = make_fleet(server)
+    kits, streams = build_load(fleet.site_id, hosts, per_host)
+    for kit in kits:
+        fleet.enroll(kit)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    count, seconds, latencies, errors, samples = asyncio.run(
+        _drive(server.url, streams, concurrency)
+    )
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    for sample in samples:
+        print(f"  error sample: {sample}", file=sys.stderr)
+    return Run(label, count, seconds, latencies, errors, cpu)
+
+
+def _pg_database(admin_url: str) -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from server.config import normalize_database_url
+
+    admin_url = normalize_database_url(admin_url)
+    name = f"veu_bench_{os.getpid()}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
+
+
+def _drop_pg(admin_url: str, name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    from server.config import normalize_database_url
+
+    engine = create_engine(normalize_database_url(admin_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
+    load1, load5, load15 = os.getloadavg()
+    lines = [
+        SECTION,
+        "",
+        "`.venv/bin/python bench/bench_ingest.py` (`--smoke` in CI via "
+        "`tests/bench/test_bench_ingest_smoke.py`). Realistic 8-GPU H100 snapshots",
+        "(8 accelerators, 4 weight files, about 9 KB per envelope), built and signed before the",
+        "clock starts; each",
+        f"host sends its chain in order. {args.hosts} hosts x {args.per_host} snapshots, "
+        f"{args.concurrency} keep-alive connections (asyncio + httpx) from a load generator on the",
+        "same cores as the server and PostgreSQL.",
+        "",
+        f"### Latest run ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
+        f"- Machine: {os.cpu_count()} CPUs, {platform.machine()}, Python "
+        f"{platform.python_version()}; load average before the run {load1:.2f}/{load5:.2f}/"
+        f"{load15:.2f} (shared with other engineers' runs)",
+        "",
+        "| run | snapshots | snapshots/s | p50 ms | p99 ms | errors | share of floor | "
+        "load-gen CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in [floor_run, *runs]:
+        share = run.rate / floor_run.rate * 100 if floor_run.rate else 0
+        lines.append(
+            f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5):.2f} | "
+            f"{run.pct(0.99):.2f} | {run.errors} | {share:.0f}% | {run.client_cpu:.1f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    path = REPO / "bench" / "RESULTS.md"
+    current = path.read_text() if path.exists() else ""
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text + "\n", current)
+    else:
+        updated = text + "\n" + current
+    path.write_text(updated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--per-host", type=int, default=40)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="server workers on PostgreSQL")
+    parser.add_argument("--pg-url", default=os.environ.get("VEU_TEST_PG_URL"))
+    parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.hosts, args.per_host, args.concurrency, args.pg_url = 4, 5, 4, None
+
+    runs: list[Run] = []
+    floor_run: Run | None = None
+    with tempfile.TemporaryDirectory(prefix="veu-bench-") as tmp:
+        if not args.no_sqlite:
+            data = Path(tmp) / "sqlite"
+            server = start_server(data, f"sqlite:///{data / 'veu.sqlite3'}")
+            try:
+                runs.append(
+                    http_run(
+                        "HTTP ingest, SQLite, 1 worker",
+                        server,
+                        args.hosts,
+                        args.per_host,
+                        args.concurrency,
+                    )
+                )
+            finally:
+                stop_server(server)
+        if args.pg_url:
+            url, name = _pg_database(args.pg_url)
+            data = Path(tmp) / "pg"
+            server = start_server(data, url, "--workers", str(args.workers))
+            try:
+                runs.append(
+                    http_run(
+                        f"HTTP ingest, PostgreSQL, {args.workers} workers",
+                        server,
+                        args.hosts,
+                        args.per_host,
+                        args.concurrency,
+                    )
+                )
+            finally:
+                stop_server(server)
+                _drop_pg(args.pg_url, name)
+        kits, streams = build_load("site_floor", min(args.hosts, 16), min(args.per_host, 10))
+        floor_run = floor(kits, streams, seconds=0.5 if args.smoke else 3.0)
+    text = markdown(runs, floor_run, args)
+    print(text)
+    if args.write and not args.smoke:
+        write_section(text)
+    failed = sum(r.errors for r in runs)
+    if failed:
+        print(f"{failed} requests failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    _ = free_port
+    sys.exit(main())

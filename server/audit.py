@@ -19,13 +19,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from agent.evidence import canonical_bytes, format_timestamp
 from server.store.models import AuditEntry, AuditHead
+
+_LOG = cast(Table, AuditEntry.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
+# Built once: statement construction costs more than executing these on SQLite.
+_CLAIM_SEQ = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(seq=_HEAD.c.seq + 1)
+    .returning(_HEAD.c.seq, _HEAD.c.hash)
+)
+_INSERT = insert(_LOG)
+_SET_HASH = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam("new_hash"))
 
 
 def row_hash(
@@ -62,12 +74,7 @@ def append(
     """Append one row to the chain in the caller's transaction."""
     details = details or {}
     text = canonical_bytes(details).decode("utf-8")
-    row = session.execute(
-        update(AuditHead)
-        .where(AuditHead.id == 1)
-        .values(seq=AuditHead.seq + 1)
-        .returning(AuditHead.seq, AuditHead.hash)
-    ).one()
+    row = session.execute(_CLAIM_SEQ).one()
     seq, prev_hash = int(row[0]), row[1]
     stamp = format_timestamp(at)
     digest = row_hash(
@@ -79,18 +86,19 @@ def append(
         details=json.loads(text),
         prev_hash=prev_hash,
     )
-    entry = AuditEntry(
-        seq=seq,
-        at=stamp,
-        actor=actor,
-        action=action,
-        subject=subject,
-        details=text,
-        prev_hash=prev_hash,
-        hash=digest,
-    )
-    session.add(entry)
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=digest))
+    values = {
+        "seq": seq,
+        "at": stamp,
+        "actor": actor,
+        "action": action,
+        "subject": subject,
+        "details": text,
+        "prev_hash": prev_hash,
+        "hash": digest,
+    }
+    session.execute(_INSERT, values)
+    session.execute(_SET_HASH, {"new_hash": digest})
+    entry = AuditEntry(**values)
     return entry
 
 

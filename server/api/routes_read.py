@@ -50,7 +50,7 @@ def _host(h: Host, head: ChainHead | None) -> dict[str, Any]:
         "machine_id": h.machine_id,
         "enrolled_at": _ts(h.enrolled_at),
         "revoked_at": _ts(h.revoked_at),
-        "last_seen_at": _ts(h.last_seen_at),
+        "last_seen_at": _ts(head.updated_at if head is not None and head.seq > 0 else None),
         "chain_head": {"seq": head.seq, "digest": head.digest} if head is not None else None,
     }
 

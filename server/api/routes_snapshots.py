@@ -142,14 +142,22 @@ def ingest(svc: Services, data: bytes) -> IngestOutcome:
             svc.metrics.duplicates.inc()
             return stored
         assert state.host is not None
-        return _commit(svc, verdict, state.host.site_id, state.head, data, now)
+        return _commit(
+            svc, verdict, state.host.site_id, state.head, data, now, state.inventory_digest
+        )
     except Rejected as exc:
         _rejected(svc, exc, data)
         raise APIError(exc.http_status, exc.code, exc.detail) from None
 
 
 def _commit(
-    svc: Services, accepted: Accepted, site_id: str, head: Any, raw: bytes, now: Any
+    svc: Services,
+    accepted: Accepted,
+    site_id: str,
+    head: Any,
+    raw: bytes,
+    now: Any,
+    inventory_digest: str | None,
 ) -> IngestOutcome:
     findings: tuple[Finding, ...] = accepted.findings
     status = status_of(findings)
@@ -176,6 +184,7 @@ def _commit(
                 findings=findings,
                 result=result,
                 now=now,
+                inventory_digest=inventory_digest,
             )
     except (AlreadyStored, HeadMoved):
         # A racing worker committed first. Which constraint fires first is up to the database,

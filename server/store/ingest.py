@@ -13,13 +13,17 @@ an accepted snapshot in the caller's single transaction and settles races in the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -62,61 +66,165 @@ class NonceSpent(Exception):
 
 
 @dataclass(frozen=True)
+class StoredResult:
+    digest: str
+    key_id: str
+    status: str
+    result: str
+
+
+@dataclass(frozen=True)
 class TrustedState:
     host: HostRecord | None
     head: HeadRecord | None
     nonce: NonceRecord | None
-    stored: Snapshot | None
+    stored: StoredResult | None
+    inventory_digest: str | None = None
 
 
-def _host_record(row: Host) -> HostRecord:
-    status = row.status if row.status in ("pending", "active", "revoked") else "pending"
+_HOSTS = cast(Table, Host.__table__)
+_HEADS = cast(Table, ChainHead.__table__)
+_SNAPSHOTS = cast(Table, Snapshot.__table__)
+_NONCES = cast(Table, Nonce.__table__)
+_ACCELERATORS = cast(Table, InventoryAccelerator.__table__)
+_WEIGHTS = cast(Table, InventoryWeight.__table__)
+
+
+_HEAD_VALUES: dict[str, Any] = {
+    "seq": bindparam("new_seq"),
+    "digest": bindparam("new_digest"),
+    "inventory_digest": bindparam("inv"),
+    "updated_at": bindparam("at"),
+}
+# The conditional advance of the chain head: it matches only the head appraisal saw.
+_ADVANCE = (
+    update(_HEADS)
+    .where(
+        _HEADS.c.key_id == bindparam("k"),
+        _HEADS.c.seq == bindparam("old_seq"),
+        _HEADS.c.digest == bindparam("old_digest"),
+    )
+    .values(**_HEAD_VALUES)
+)
+_ADVANCE_FROM_START = (
+    update(_HEADS)
+    .where(
+        _HEADS.c.key_id == bindparam("k"),
+        _HEADS.c.seq == bindparam("old_seq"),
+        _HEADS.c.digest.is_(None),
+    )
+    .values(**_HEAD_VALUES)
+)
+_SPEND_NONCE = (
+    update(_NONCES)
+    .where(
+        _NONCES.c.nonce == bindparam("n"),
+        _NONCES.c.key_id == bindparam("k"),
+        _NONCES.c.used.is_(False),
+    )
+    .values(used=True, used_at=bindparam("at"))
+)
+
+
+@lru_cache(maxsize=65536)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """A host's public key never changes for its key id; parse it once."""
+    return public_from_raw(raw)
+
+
+def _host_record(
+    key_id: str, public_key: bytes, site_id: str, status: str, machine_id: str | None
+) -> HostRecord:
+    known = status if status in ("pending", "active", "revoked") else "pending"
     return HostRecord(
-        key_id=row.key_id,
-        public_key=public_from_raw(row.public_key),
-        site_id=row.site_id,
-        status=status,  # type: ignore[arg-type]
-        machine_id=row.machine_id,
+        key_id=key_id,
+        public_key=_public_key(bytes(public_key)),
+        site_id=site_id,
+        status=known,  # type: ignore[arg-type]
+        machine_id=machine_id,
     )
 
 
 def host_record(session: Session, key_id: str) -> HostRecord | None:
     row = session.get(Host, key_id)
-    return _host_record(row) if row is not None else None
+    if row is None:
+        return None
+    return _host_record(row.key_id, row.public_key, row.site_id, row.status, row.machine_id)
+
+
+def stored_result(session: Session, digest: str) -> StoredResult | None:
+    row = session.execute(
+        select(
+            _SNAPSHOTS.c.digest, _SNAPSHOTS.c.key_id, _SNAPSHOTS.c.status, _SNAPSHOTS.c.result
+        ).where(_SNAPSHOTS.c.digest == digest)
+    ).first()
+    return StoredResult(row[0], row[1], row[2], row[3]) if row is not None else None
 
 
 def lookup(
     session: Session, key_ids: Sequence[str], digest: str, nonce: str | None
 ) -> TrustedState:
-    """Everything appraisal needs, in at most four indexed reads."""
+    """Everything appraisal needs, in at most three indexed reads."""
     host: HostRecord | None = None
+    head: HeadRecord | None = None
+    inventory_digest: str | None = None
     if key_ids:
-        rows = {h.key_id: h for h in session.scalars(select(Host).where(Host.key_id.in_(key_ids)))}
+        rows = {
+            r[0]: r
+            for r in session.execute(
+                select(
+                    _HOSTS.c.key_id,
+                    _HOSTS.c.public_key,
+                    _HOSTS.c.site_id,
+                    _HOSTS.c.status,
+                    _HOSTS.c.machine_id,
+                    _HEADS.c.seq,
+                    _HEADS.c.digest,
+                    _HEADS.c.inventory_digest,
+                )
+                .select_from(_HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id))
+                .where(_HOSTS.c.key_id.in_(list(key_ids)))
+            )
+        }
         for key_id in key_ids:  # the first enrolled key named by the envelope
             if key_id in rows:
-                host = _host_record(rows[key_id])
+                r = rows[key_id]
+                host = _host_record(r[0], r[1], r[2], r[3], r[4])
+                if r[5] is not None and not (r[5] == 0 and r[6] is None):
+                    head = HeadRecord(seq=int(r[5]), digest=r[6])
+                inventory_digest = r[7]
                 break
-    head: HeadRecord | None = None
-    stored: Snapshot | None = None
+    stored: StoredResult | None = None
     nonce_record: NonceRecord | None = None
     if host is not None:
-        head_row = session.get(ChainHead, host.key_id)
-        if head_row is not None and not (head_row.seq == 0 and head_row.digest is None):
-            head = HeadRecord(seq=head_row.seq, digest=head_row.digest)
-        stored = session.scalar(select(Snapshot).where(Snapshot.digest == digest))
+        stored = stored_result(session, digest)
         if stored is not None and stored.key_id != host.key_id:
             stored = None
         if nonce is not None and _NONCE.match(nonce):
-            n = session.get(Nonce, nonce)
+            n = session.execute(
+                select(
+                    _NONCES.c.nonce,
+                    _NONCES.c.key_id,
+                    _NONCES.c.issued_at,
+                    _NONCES.c.expires_at,
+                    _NONCES.c.used,
+                ).where(_NONCES.c.nonce == nonce)
+            ).first()
             if n is not None:
                 nonce_record = NonceRecord(
-                    nonce=n.nonce,
-                    key_id=n.key_id,
-                    issued_at=n.issued_at,
-                    expires_at=n.expires_at,
-                    used=n.used,
+                    nonce=n[0],
+                    key_id=n[1],
+                    issued_at=_utc(n[2]),
+                    expires_at=_utc(n[3]),
+                    used=bool(n[4]),
                 )
-    return TrustedState(host=host, head=head, nonce=nonce_record, stored=stored)
+    return TrustedState(
+        host=host, head=head, nonce=nonce_record, stored=stored, inventory_digest=inventory_digest
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def commit_accepted(
@@ -130,54 +238,59 @@ def commit_accepted(
     findings: Sequence[Finding],
     result: str,
     now: datetime,
-) -> Snapshot:
+    inventory_digest: str | None = None,
+) -> None:
     """Write one accepted snapshot; raise on a lost race (the caller's transaction rolls back)."""
-    row = Snapshot(
-        digest=accepted.digest,
-        key_id=accepted.key_id,
-        site_id=site_id,
-        seq=accepted.seq,
-        prev=accepted.prev,
-        nonce=accepted.nonce,
-        collected_at=accepted.collected_at,
-        received_at=now,
-        status=status,
-        findings=json.dumps([f.to_json() for f in findings], sort_keys=True),
-        result=result,
-        size=len(raw),
-        envelope=raw,
-    )
-    session.add(row)
+    stamp = now
     try:
-        session.flush()
+        session.execute(
+            _SNAPSHOTS.insert(),
+            {
+                "digest": accepted.digest,
+                "key_id": accepted.key_id,
+                "site_id": site_id,
+                "seq": accepted.seq,
+                "prev": accepted.prev,
+                "nonce": accepted.nonce,
+                "collected_at": accepted.collected_at,
+                "received_at": stamp,
+                "status": status,
+                "findings": json.dumps([f.to_json() for f in findings], sort_keys=True),
+                "result": result,
+                "size": len(raw),
+                "envelope": raw,
+            },
+        )
     except IntegrityError as exc:
         text = str(exc.orig).lower()
         if "digest" in text:
             raise AlreadyStored(accepted.digest) from None
         raise HeadMoved(accepted.key_id) from None
+    rows, new_inventory = _inventory(accepted)
     old_seq = head.seq if head is not None else 0
     old_digest = head.digest if head is not None else None
-    cond = ChainHead.digest.is_(None) if old_digest is None else ChainHead.digest == old_digest
     moved = session.execute(
-        update(ChainHead)
-        .where(ChainHead.key_id == accepted.key_id, ChainHead.seq == old_seq, cond)
-        .values(seq=accepted.seq, digest=accepted.digest, updated_at=now)
+        _ADVANCE_FROM_START if old_digest is None else _ADVANCE,
+        {
+            "k": accepted.key_id,
+            "old_seq": old_seq,
+            "old_digest": old_digest,
+            "new_seq": accepted.seq,
+            "new_digest": accepted.digest,
+            "inv": new_inventory,
+            "at": stamp,
+        },
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         raise HeadMoved(accepted.key_id)
     if accepted.nonce is not None:
         spent = session.execute(
-            update(Nonce)
-            .where(
-                Nonce.nonce == accepted.nonce,
-                Nonce.key_id == accepted.key_id,
-                Nonce.used.is_(False),
-            )
-            .values(used=True, used_at=now)
+            _SPEND_NONCE, {"n": accepted.nonce, "k": accepted.key_id, "at": stamp}
         )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
             raise NonceSpent(accepted.nonce)
-    _replace_inventory(session, accepted, now)
+    if new_inventory != inventory_digest:
+        _replace_inventory(session, accepted.key_id, rows)
     audit.append(
         session,
         at=now,
@@ -192,33 +305,29 @@ def commit_accepted(
             "nonce": accepted.nonce,
         },
     )
-    return row
 
 
-def _replace_inventory(session: Session, accepted: Accepted, now: datetime) -> None:
+_Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def _inventory(accepted: Accepted) -> tuple[_Rows, str]:
+    """The host's inventory rows from a snapshot, and a digest that names them."""
     snap = accepted.snapshot
     key_id = accepted.key_id
-    session.execute(delete(InventoryAccelerator).where(InventoryAccelerator.key_id == key_id))
-    session.execute(delete(InventoryWeight).where(InventoryWeight.key_id == key_id))
-    if snap.accelerators:
-        session.execute(
-            insert(InventoryAccelerator),
-            [
-                {
-                    "key_id": key_id,
-                    "uuid": _text(a.uuid, 100),
-                    "serial": _text(a.serial, 100),
-                    "vendor": _text(a.vendor, 100),
-                    "model": _text(a.model, 200),
-                    "pci_device_id": _text(a.pci_device_id, 16),
-                    "pci_bus_id": _text(a.pci_bus_id, 32),
-                    "memory_mib": a.memory_mib,
-                    "source": a.source,
-                    "snapshot_digest": accepted.digest,
-                }
-                for a in snap.accelerators
-            ],
-        )
+    accelerators = [
+        {
+            "key_id": key_id,
+            "uuid": _text(a.uuid, 100),
+            "serial": _text(a.serial, 100),
+            "vendor": _text(a.vendor, 100),
+            "model": _text(a.model, 200),
+            "pci_device_id": _text(a.pci_device_id, 16),
+            "pci_bus_id": _text(a.pci_bus_id, 32),
+            "memory_mib": a.memory_mib,
+            "source": a.source,
+        }
+        for a in snap.accelerators
+    ]
     weights = [
         {
             "key_id": key_id,
@@ -228,14 +337,28 @@ def _replace_inventory(session: Session, accepted: Accepted, now: datetime) -> N
             "format": f.format,
             "root": _text(root.root),
             "encryption": root.encryption.status,
-            "snapshot_digest": accepted.digest,
         }
         for root in snap.storage
         for f in root.files
     ]
+    digest = hashlib.sha256(
+        json.dumps([accelerators, weights], sort_keys=True).encode("utf-8")
+    ).hexdigest()
+    for row in accelerators:
+        row["snapshot_digest"] = accepted.digest
+    for row in weights:
+        row["snapshot_digest"] = accepted.digest
+    return (accelerators, weights), digest
+
+
+def _replace_inventory(session: Session, key_id: str, rows: _Rows) -> None:
+    accelerators, weights = rows
+    session.execute(delete(_ACCELERATORS).where(_ACCELERATORS.c.key_id == key_id))
+    session.execute(delete(_WEIGHTS).where(_WEIGHTS.c.key_id == key_id))
+    if accelerators:
+        session.execute(_ACCELERATORS.insert(), accelerators)
     if weights:
-        session.execute(insert(InventoryWeight), weights)
-    session.execute(update(Host).where(Host.key_id == key_id).values(last_seen_at=now))
+        session.execute(_WEIGHTS.insert(), weights)
 
 
 def audit_rejection(

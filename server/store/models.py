@@ -100,6 +100,8 @@ class ChainHead(Base):
     key_id: Mapped[str] = mapped_column(ForeignKey("hosts.key_id"), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, default=0)
     digest: Mapped[str | None] = mapped_column(String(64))
+    #: Digest of the current inventory rows: an unchanged inventory is not rewritten.
+    inventory_digest: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -125,6 +125,7 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(length=64), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=True),
+        sa.Column("inventory_digest", sa.String(length=64), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["key_id"],

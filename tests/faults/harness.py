@@ -144,11 +144,12 @@ class VerifierProcess:
             except subprocess.TimeoutExpired:
                 _kill(self.proc)
 
-    def api(self, method: str, path: str) -> Any:
+    def api(self, method: str, path: str, body: Any = None) -> Any:
         response = httpx.request(
             method,
             f"{self.url}{path}",
             headers={"Authorization": f"Bearer {self.admin_key}"},
+            json=body,
             timeout=10.0,
         )
         response.raise_for_status()
@@ -181,6 +182,7 @@ class AgentProcess:
     server_url: str | None = None
     spool_max_bytes: int | None = None
     weight_roots: tuple[Path, ...] = ()
+    inventory: Path = INVENTORY
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
     key_id: str = ""
@@ -204,7 +206,7 @@ class AgentProcess:
     def write_config(self) -> Path:
         lines = [
             f'state_dir = "{self.state_dir}"',
-            f'inventory = "{INVENTORY}"',
+            f'inventory = "{self.inventory}"',
             f'check_in_interval = "{self.check_in}"',
             f'report_interval = "{self.report}"',
             "nvml = false",

@@ -661,10 +661,15 @@ class StartupError(Exception):
         self.detail = detail
 
 
+#: Descriptors a snapshot child must not keep (the daemon's lock outlives it otherwise).
+_PARENT_ONLY_FDS: set[int] = set()
+
+
 @contextlib.contextmanager
 def _exclusive(state_dir: Path) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    _PARENT_ONLY_FDS.add(fd)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -676,6 +681,7 @@ def _exclusive(state_dir: Path) -> Iterator[None]:
             ) from exc
         yield
     finally:
+        _PARENT_ONLY_FDS.discard(fd)
         os.close(fd)
 
 
@@ -743,6 +749,9 @@ def _child_main(work: Callable[[], Spooled], write_fd: int, parent: int) -> NoRe
             signal.signal(signum, signal.SIG_DFL)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)
+        for fd in _PARENT_ONLY_FDS:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         _die_with_parent()
         if os.getppid() != parent:
             os._exit(1)

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--hosts", type=int, default=64)
     parser.add_argument("--per-host", type=int, default=40)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="server workers on PostgreSQL")
     parser.add_argument("--pg-url", default=os.environ.get("VEU_TEST_PG_URL"))
     parser.add_argument("--no-sqlite", action="store_true")

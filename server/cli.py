@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, Settings
@@ -61,8 +62,6 @@ def _now() -> datetime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from server.results import load_or_create_key
     from server.store.migrate import upgrade
 
@@ -84,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["VEU_NO_MIGRATE"] = "1"
     scheme = "https" if args.tls_cert else "http"
     print(f"veu-server listening on {scheme}://{args.host}:{args.port}", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         "server.api.app:create_app_from_env",
         factory=True,
         host=args.host,
@@ -96,7 +95,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         timeout_graceful_shutdown=10,
     )
+    if args.workers > 1:
+        _serve_workers(config)
+    else:
+        uvicorn.Server(config).run()
     return EXIT_OK
+
+
+def _serve_workers(config: uvicorn.Config) -> None:
+    """uvicorn's multiprocess mode, with TCP_NODELAY on the shared listening socket.
+
+    uvicorn binds that socket itself with ``proto=0``, so asyncio does not set TCP_NODELAY on the
+    connections it accepts, and every keep-alive response waits ~40 ms for the client's delayed
+    ACK (Nagle). On Linux accepted sockets inherit the option from the listening socket.
+    """
+    import socket
+
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ def make_engine(url: str, *, pool_size: int = 5, max_overflow: int = 5) -> Engin
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on the hot path. A connection that died
+        # fails its request with a 5xx (agents retry) and is dropped from the pool.
         pool_recycle=1800,
     )
 

@@ -185,13 +185,13 @@ def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
     lines = [
         SECTION,
         "",
-        "`.venv/bin/python bench/bench_ingest.py` (`--smoke` in CI via "
-        "`tests/bench/test_bench_ingest_smoke.py`). Realistic 8-GPU H100 snapshots",
-        "(8 accelerators, 4 weight files, about 9 KB per envelope), built and signed before the",
-        "clock starts; each",
-        f"host sends its chain in order. {args.hosts} hosts x {args.per_host} snapshots, "
-        f"{args.concurrency} keep-alive connections (asyncio + httpx) from a load generator on the",
-        "same cores as the server and PostgreSQL.",
+        "`.venv/bin/python bench/bench_ingest.py` (`--smoke` in CI via",
+        "`tests/bench/test_bench_ingest_smoke.py`). Realistic 8-GPU H100 snapshots (8 accelerators,",
+        "4 weight files, about 9 KB per envelope), built and signed before the clock starts; each",
+        f"host sends its chain in order. {args.hosts} hosts x {args.per_host} snapshots over "
+        f"{args.concurrency} keep-alive",
+        "connections (asyncio + httpx), from a load generator on the same cores as the server",
+        "and PostgreSQL.",
         "",
         f"### Latest run ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         "",
@@ -209,7 +209,26 @@ def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
             f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5):.2f} | "
             f"{run.pct(0.99):.2f} | {run.errors} | {share:.0f}% | {run.client_cpu:.1f} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Reading (2-core box; the issue's targets are 1,000 snapshots/s with p99 < 100 ms on",
+        "PostgreSQL, and ingest at 25% of the floor): p99 stays under 100 ms at this concurrency,",
+        "but throughput is far from 1,000/s and from 25% of the floor. Where one ingest's time",
+        "goes (measured in-process on SQLite, no HTTP: about 540/s, 1.85 ms): appraisal 0.66 ms",
+        "(envelope parse, payload parsed and re-canonicalised by JCS, pydantic schema, Ed25519;",
+        "the floor does the same work once), the database about 1.1 ms (one read and one write",
+        "transaction: snapshot row, conditional head update, nonce, audit row with its",
+        "hash-chain lock), the signed result 0.04 ms. HTTP (uvicorn, Starlette, a threadpool hop)",
+        "then costs about as much again, and the load generator and PostgreSQL share the same",
+        "two cores. Already done: Core statements built once, one joined lookup, unchanged",
+        "inventories not rewritten, TCP_NODELAY for `--workers` (PostgreSQL went from 95/s to",
+        "the figure above with these).",
+        "httptools + uvloop measured within noise. What would move it: a single parse of the",
+        "payload in `verify` (now three: nonce peek, strict parse, JCS check), batching commits",
+        "across requests (group commit of the audit chain), and more cores — the two-worker",
+        "figure is CPU-bound on this machine, not lock-bound.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -186,8 +186,9 @@ def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
         SECTION,
         "",
         "`.venv/bin/python bench/bench_ingest.py` (`--smoke` in CI via",
-        "`tests/bench/test_bench_ingest_smoke.py`). Realistic 8-GPU H100 snapshots (8 accelerators,",
-        "4 weight files, about 9 KB per envelope), built and signed before the clock starts; each",
+        "`tests/bench/test_bench_ingest_smoke.py`). Realistic 8-GPU H100 snapshots (8",
+        "accelerators, 4 weight files, about 9 KB per envelope), built and signed before the clock",
+        "starts; each",
         f"host sends its chain in order. {args.hosts} hosts x {args.per_host} snapshots over "
         f"{args.concurrency} keep-alive",
         "connections (asyncio + httpx), from a load generator on the same cores as the server",

@@ -107,7 +107,10 @@ def run_cli(
     return proc
 
 
-def start_server(data_dir: Path, database_url: str, *extra: str) -> LiveServer:
+def start_server(
+    data_dir: Path, database_url: str, *extra: str, ca_file: Path | None = None
+) -> LiveServer:
+    """Start `veu-server serve`; ``ca_file`` means it serves TLS (pass --tls-cert in ``extra``)."""
     port = free_port()
     env = dict(os.environ)
     env.pop("VEU_DATABASE_URL", None)
@@ -130,13 +133,14 @@ def start_server(data_dir: Path, database_url: str, *extra: str) -> LiveServer:
     log = data_dir / f"server-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
+    verify: bool | str = str(ca_file) if ca_file else True
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited early: {log.read_text()}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/healthz", timeout=1, verify=verify).status_code == 200:
                 return LiveServer(url, data_dir, database_url, proc, log)
         except httpx.HTTPError:
             pass

@@ -114,3 +114,69 @@ def test_audit_verify_passes_on_an_intact_log_and_fails_on_a_tampered_one(fleet:
     engine.dispose()
     broken = fleet.server.cli("audit", "verify", check=False)
     assert broken.returncode == 1 and "row 2" in broken.stderr
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    import ipaddress
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veu-test")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_serve_with_tls_answers_https_verified_by_the_given_ca(tmp_path: Path) -> None:
+    from tests.server.conftest import start_server, stop_server
+
+    cert, key = _self_signed(tmp_path)
+    data = tmp_path / "data"
+    server = start_server(
+        data,
+        f"sqlite:///{data / 'veu.sqlite3'}",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        ca_file=cert,
+    )
+    try:
+        assert server.url.startswith("https://")
+        with VerifierClient(server.url, verify=str(cert)) as client:
+            assert client.verifier_key()["alg"] == "EdDSA"
+    finally:
+        stop_server(server)
+
+
+def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
+    out = run_cli("serve", "--data-dir", str(tmp_path), "--workers", "2", check=False)
+    assert out.returncode == 2 and "PostgreSQL" in out.stderr

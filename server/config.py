@@ -7,7 +7,7 @@ two differently configured servers in one process.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,7 +36,6 @@ class Settings:
     #: PostgreSQL connection pool per process (see docs/verifier.md, "Connections").
     pool_size: int = 5
     pool_max_overflow: int = 5
-    extra: dict[str, str] = field(default_factory=dict)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -53,7 +53,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.detail)
+        headers = {"Retry-After": "60"} if exc.status == 429 else None
+        return error_response(exc.status, exc.code, exc.detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

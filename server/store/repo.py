@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from server import audit
@@ -336,7 +336,33 @@ def revoke_host(session: Session, key_id: str, now: datetime, actor: str) -> Hos
 # --------------------------------------------------------------------------- challenges
 
 
+#: Unexpired, unused challenges one host may hold at once: a host that asks for more is looping.
+MAX_OPEN_NONCES = 16
+
+
 def issue_nonce(session: Session, key_id: str, origin: str, now: datetime, ttl: timedelta) -> Nonce:
+    """A fresh challenge; expired ones of this host are purged, open ones are capped."""
+    session.execute(
+        delete(Nonce).where(Nonce.key_id == key_id, Nonce.expires_at < now - timedelta(days=1))
+    )
+    if origin == "agent":
+        open_count = session.scalar(
+            select(func.count())
+            .select_from(Nonce)
+            .where(
+                Nonce.key_id == key_id,
+                Nonce.origin == "agent",
+                Nonce.used.is_(False),
+                Nonce.expires_at > now,
+            )
+        )
+        if (open_count or 0) >= MAX_OPEN_NONCES:
+            raise StoreError(
+                "too_many_challenges",
+                f"this host already holds {MAX_OPEN_NONCES} unused challenges; use one or wait "
+                "for them to expire",
+                429,
+            )
     row = Nonce(
         nonce=secrets.token_hex(32),
         key_id=key_id,

@@ -39,7 +39,7 @@ def pg_database_factory() -> Iterator[Callable[[], str]]:
     admin_url = _pg_admin_url()
     created: list[str] = []
     if admin_url is None:
-        yield lambda: pytest.skip(f"{PG_ENV} is not set")  # type: ignore[return-value]
+        yield lambda: pytest.skip(f"{PG_ENV} is not set")
         return
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
 

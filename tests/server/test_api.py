@@ -92,3 +92,18 @@ def test_an_admin_attest_request_for_an_unknown_host_is_404(api: Any) -> None:
 def test_an_admin_attest_request_needs_exactly_one_target(api: Any) -> None:
     response = api.client.post("/v1/challenges", json={}, headers=api.as_admin())
     assert response.status_code == 422 and response.json()["code"] == "invalid_request"
+
+
+def test_a_host_that_hoards_challenges_is_told_to_slow_down(api: Any) -> None:
+    from server.store.repo import MAX_OPEN_NONCES
+
+    kit = HostKit(api.site_id)
+    api.enroll(kit)
+    for _ in range(MAX_OPEN_NONCES):
+        ok = api.client.post("/v1/challenges", headers=kit.signed_headers("POST", "/v1/challenges"))
+        assert ok.status_code == 200
+    refused = api.client.post(
+        "/v1/challenges", headers=kit.signed_headers("POST", "/v1/challenges")
+    )
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_challenges"
+    assert refused.headers["retry-after"] == "60"

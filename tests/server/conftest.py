@@ -159,8 +159,9 @@ def stop_server(server: LiveServer) -> None:
 
 
 @pytest.fixture
-def live_server(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
-    """A real ``veu-server serve`` (uvicorn) on a free loopback port, SQLite or PostgreSQL."""
+def live_server_handle(db_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """A real ``veu-server serve`` (uvicorn) on a free loopback port, SQLite or PostgreSQL:
+    its URL, data directory, database URL, process and log, and ``cli()`` against it."""
     data_dir = tmp_path / "data"
     if db_url.startswith("sqlite"):
         db_url = f"sqlite:///{data_dir / 'veu.sqlite3'}"
@@ -314,5 +315,11 @@ def make_fleet(server: LiveServer) -> Fleet:
 
 
 @pytest.fixture
-def fleet(live_server: LiveServer) -> Fleet:
-    return make_fleet(live_server)
+def live_server(live_server_handle: LiveServer) -> str:
+    """The base URL of a real ``veu-server serve`` on loopback (see ``live_server_handle``)."""
+    return live_server_handle.url
+
+
+@pytest.fixture
+def fleet(live_server_handle: LiveServer) -> Fleet:
+    return make_fleet(live_server_handle)

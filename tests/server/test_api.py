@@ -107,3 +107,10 @@ def test_a_host_that_hoards_challenges_is_told_to_slow_down(api: Any) -> None:
     )
     assert refused.status_code == 429 and refused.json()["code"] == "too_many_challenges"
     assert refused.headers["retry-after"] == "60"
+
+
+def test_the_live_server_fixture_serves_the_api_on_loopback(live_server: str) -> None:
+    import httpx
+
+    assert live_server.startswith("http://127.0.0.1:")
+    assert httpx.get(f"{live_server}/healthz").json() == {"status": "ok"}

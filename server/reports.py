@@ -1,0 +1,827 @@
+"""Semi-annual inventory reports (PDF, CSV, JSON), signed by the verifier, and their check.
+
+A report for an organization and a half year (``2026H1``) states: installed chips per site and
+country (model, count, TPP) from each host's latest accepted snapshot up to the end of the period;
+the changes since the previous period; the geographic distribution against the 75% / 50% / 7%
+thresholds with its denominator; every finding open at some point of the period; the policy packs
+and versions used and their status (a rescinded pack says so); and which findings rest on
+unconfirmed figures (confidence S or U).
+
+The distribution is one computation for the dashboard and the reports, delegating every share and
+group membership to the policy pack (:func:`server.policy.engine.org_variables`), so a page or a
+report shows exactly what the conditions judged.
+
+Signature: a detached Ed25519 signature by the verifier's key over the file's SHA-256 digest,
+written next to the file as ``<file>.sig`` (a small JSON document); :func:`verify_report` checks it
+against a public key the relying party already trusts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from agent.evidence import SnapshotV1, parse_statement
+from agent.fsutil import atomic_write
+from server.db import Database
+from server.policy import OrgAggregate, OrgFacts, Pack, PolicySet, load_policy_set
+from server.policy.engine import org_variables
+from server.results import VerifierKey
+from server.store.compliance_models import FindingRow
+from server.store.models import Host, Organization, Site, Snapshot
+
+#: Used only when no loaded pack defines the thresholds (then the page says so).
+FALLBACK = {"tier1_min": 0.75, "us_min": 0.50, "non_tier1_max": 0.07}
+
+
+def default_policies_dir() -> Path:
+    """``./policies`` when run from a checkout's root, else the one beside this package."""
+    here = Path("policies")
+    if (here / "README.md").exists() or any(here.glob("*/pack.yaml")):
+        return here
+    return Path(__file__).resolve().parents[1] / "policies"
+
+
+def load_default_policy() -> PolicySet:
+    return load_policy_set(default_policies_dir())
+
+
+@dataclass(frozen=True)
+class CountryShare:
+    code: str
+    tpp: int
+    share: float
+    tier1: bool
+    limit: str  # what applies to this country, in words
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Distribution:
+    total_tpp: int
+    denominator: str
+    countries: tuple[CountryShare, ...]
+    tier1_tpp: int
+    tier1_share: float
+    tier1_min: float
+    us_tpp: int
+    us_share: float
+    us_min: float | None  # None unless the organization is headquartered in the U.S.
+    non_tier1_max: float
+    pack: str  # "id version" of the pack whose thresholds apply, or "" for the fallback
+    applies: bool  # universal VEU: the shares are conditions; national: shown for information
+
+    @property
+    def tier1_ok(self) -> bool:
+        return self.total_tpp == 0 or self.tier1_share >= self.tier1_min
+
+    @property
+    def us_ok(self) -> bool:
+        return self.us_min is None or self.total_tpp == 0 or self.us_share >= self.us_min
+
+
+def _thresholds_pack(policy: PolicySet, on: date) -> Pack | None:
+    for pack in policy.active_packs(on) or policy.packs:
+        if "universal_tier1_min_share" in pack.params:
+            return pack
+    return None
+
+
+def distribution(
+    policy: PolicySet,
+    tpp_by_country: dict[str, int],
+    *,
+    veu: str,
+    hq_country: str,
+    on: date,
+    org_id: str = "",
+) -> Distribution:
+    pack = _thresholds_pack(policy, on)
+    agg = OrgAggregate({k: int(v) for k, v in tpp_by_country.items() if v})
+    if pack is None:
+        total = agg.total_tpp
+        tier1_min, us_min, nt_max = (
+            FALLBACK["tier1_min"],
+            FALLBACK["us_min"],
+            FALLBACK["non_tier1_max"],
+        )
+        rows = [
+            CountryShare(c, t, t / total if total else 0.0, False, "unknown (no pack)", False)
+            for c, t in sorted(agg.tpp_by_country.items())
+        ]
+        return Distribution(
+            total,
+            _denominator(total),
+            tuple(rows),
+            0,
+            0.0,
+            tier1_min,
+            0,
+            0.0,
+            us_min if hq_country == "US" else None,
+            nt_max,
+            "",
+            veu == "universal",
+        )
+    facts = OrgFacts(org_id, veu, hq_country, hq_country, agg)
+    v = org_variables(pack, facts, on)
+    params = v["params"]
+    tier1_min = float(params.get("universal_tier1_min_share", FALLBACK["tier1_min"]))
+    us_min = float(params.get("universal_us_min_share", FALLBACK["us_min"]))
+    nt_max = float(params.get("universal_non_tier1_max_share", FALLBACK["non_tier1_max"]))
+    org = v["org"]
+    rows = []
+    for c in v["countries"]:
+        if c["tier1"]:
+            limit, ok = f"Tier 1 (counts toward ≥ {tier1_min:.0%})", True
+        else:
+            limit, ok = f"non-Tier-1: ≤ {nt_max:.0%}", c["share"] <= nt_max
+        if c["code"] == "US" and hq_country == "US":
+            limit += f"; U.S. HQ: ≥ {us_min:.0%}"
+        rows.append(
+            CountryShare(c["code"], int(c["tpp"]), float(c["share"]), bool(c["tier1"]), limit, ok)
+        )
+    total = int(org["total_tpp"])
+    return Distribution(
+        total_tpp=total,
+        denominator=_denominator(total),
+        countries=tuple(rows),
+        tier1_tpp=int(org["tier1_tpp"]),
+        tier1_share=float(org["tier1_share"]),
+        tier1_min=tier1_min,
+        us_tpp=int(org["us_tpp"]),
+        us_share=float(org["us_share"]),
+        us_min=us_min if hq_country.upper() == "US" else None,
+        non_tier1_max=nt_max,
+        pack=f"{pack.id} {pack.version}",
+        applies=veu == "universal",
+    )
+
+
+def _denominator(total: int) -> str:
+    return (
+        f"{total:,} TPP: the installed TPP of 3A090 accelerators at every site of the "
+        "organization, from the latest accepted snapshot of each active host"
+    )
+
+
+# =========================================================================== the report
+
+
+class ReportError(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Period:
+    """A half year: ``2026H1`` is 1 January to 30 June 2026, ``2026H2`` 1 July to 31 December."""
+
+    label: str
+    start: date
+    end: date  # inclusive
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        m = _PERIOD.match(text.strip().upper())
+        if not m:
+            raise ReportError("bad_period", f"{text!r} is not a period like 2026H1 or 2026H2")
+        year, half = int(m.group(1)), int(m.group(2))
+        if half == 1:
+            return cls(f"{year}H1", date(year, 1, 1), date(year, 6, 30))
+        return cls(f"{year}H2", date(year, 7, 1), date(year, 12, 31))
+
+    def previous(self) -> Period:
+        year, half = int(self.label[:4]), int(self.label[5])
+        return Period.parse(f"{year - 1}H2" if half == 1 else f"{year}H1")
+
+    def end_moment(self) -> datetime:
+        return datetime.combine(self.end, time(23, 59, 59, 999999), tzinfo=UTC)
+
+    def start_moment(self) -> datetime:
+        return datetime.combine(self.start, time(0, 0), tzinfo=UTC)
+
+
+_PERIOD = re.compile(r"^(\d{4})H([12])$")
+UNCONFIRMED_TAGS = frozenset({"S", "U"})
+
+
+@dataclass(frozen=True)
+class ChipLine:
+    site_id: str
+    site_name: str
+    country: str
+    chip: str
+    classification: str
+    count: int
+    tpp: int
+
+
+def installed_as_of(
+    session: Session, policy: PolicySet, org_id: str, as_of: datetime
+) -> tuple[list[ChipLine], dict[str, int], int]:
+    """Chips per site and model from each host's latest accepted snapshot up to ``as_of``.
+
+    Hosts revoked before ``as_of`` do not count. Returns the lines, the 3A090 TPP per country
+    (the distribution's input) and how many hosts contributed.
+    """
+    latest = (
+        select(Snapshot.key_id, func.max(Snapshot.seq).label("seq"))
+        .join(Site, Site.id == Snapshot.site_id)
+        .where(Site.org_id == org_id, Snapshot.collected_at <= as_of)
+        .group_by(Snapshot.key_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Snapshot.envelope, Site.id, Site.name, Site.country)
+        .join(latest, (latest.c.key_id == Snapshot.key_id) & (latest.c.seq == Snapshot.seq))
+        .join(Host, Host.key_id == Snapshot.key_id)
+        .join(Site, Site.id == Snapshot.site_id)
+        .where(or_(Host.revoked_at.is_(None), Host.revoked_at > as_of))
+        .order_by(Site.id, Snapshot.key_id)
+    ).all()
+    totals: dict[tuple[str, str], list[Any]] = {}
+    by_country: dict[str, int] = {}
+    for envelope, site_id, site_name, country in rows:
+        snapshot = _snapshot_of(bytes(envelope))
+        contrib = policy.contribution(snapshot, as_of.date(), country=country)
+        by_country[country] = by_country.get(country, 0) + contrib.tpp_3a090
+        for chip, tot in contrib.models.items():
+            line = totals.setdefault(
+                (site_id, chip), [site_name, country, tot.classification, 0, 0]
+            )
+            line[3] += tot.count
+            line[4] += tot.tpp
+        if contrib.unidentified:
+            line = totals.setdefault(
+                (site_id, "unidentified"), [site_name, country, "unknown", 0, 0]
+            )
+            line[3] += contrib.unidentified
+    lines = [
+        ChipLine(site_id, v[0], v[1], chip, v[2], int(v[3]), int(v[4]))
+        for (site_id, chip), v in sorted(totals.items())
+    ]
+    return lines, {k: v for k, v in by_country.items() if v}, len(rows)
+
+
+def _snapshot_of(envelope: bytes) -> SnapshotV1:
+    value = json.loads(envelope)
+    return parse_statement(base64.b64decode(value["payload"]))[1]
+
+
+def _changes(now: list[ChipLine], before: list[ChipLine]) -> list[dict[str, Any]]:
+    old = {(x.site_id, x.chip): x for x in before}
+    new = {(x.site_id, x.chip): x for x in now}
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        ref = b or a
+        assert ref is not None
+        ca, cb = (a.count if a else 0), (b.count if b else 0)
+        ta, tb = (a.tpp if a else 0), (b.tpp if b else 0)
+        if (ca, ta) == (cb, tb):
+            continue
+        out.append(
+            {
+                "site_id": ref.site_id,
+                "site_name": ref.site_name,
+                "country": ref.country,
+                "chip": ref.chip,
+                "previous_count": ca,
+                "count": cb,
+                "delta_count": cb - ca,
+                "previous_tpp": ta,
+                "tpp": tb,
+                "delta_tpp": tb - ta,
+            }
+        )
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def build_report(
+    session: Session, policy: PolicySet, org_id: str, period: Period, now: datetime
+) -> dict[str, Any]:
+    """Everything the report says, as plain JSON-ready data (the JSON format is this dict)."""
+    org = session.get(Organization, org_id)
+    if org is None:
+        org = session.scalar(select(Organization).where(Organization.name == org_id))
+    if org is None:
+        raise ReportError("not_found", f"no organization {org_id!r}")
+    if period.start_moment() > now:
+        raise ReportError("future_period", f"period {period.label} has not started yet")
+    as_of = min(period.end_moment(), now)
+    prev = period.previous()
+    lines, by_country, hosts = installed_as_of(session, policy, org.id, as_of)
+    prev_lines, _, _ = installed_as_of(session, policy, org.id, prev.end_moment())
+    dist = distribution(
+        policy, by_country, veu=org.veu, hq_country=org.hq_country, on=as_of.date(), org_id=org.id
+    )
+    country_totals: dict[str, list[int]] = {}
+    for line in lines:
+        cur = country_totals.setdefault(line.country, [0, 0])
+        cur[0] += line.count
+        cur[1] += line.tpp
+    finding_rows = session.scalars(
+        select(FindingRow)
+        .where(
+            FindingRow.org_id == org.id,
+            FindingRow.opened_at <= as_of,
+            or_(FindingRow.closed_at.is_(None), FindingRow.closed_at >= period.start_moment()),
+        )
+        .order_by(FindingRow.opened_at, FindingRow.id)
+    ).all()
+    findings = []
+    for f in finding_rows:
+        tags = [t for t in f.confidence.split(",") if t]
+        findings.append(
+            {
+                "id": f.id,
+                "scope": f.scope,
+                "scope_id": f.scope_id,
+                "site_id": f.site_id,
+                "condition_id": f.condition_id,
+                "severity": f.severity,
+                "subject": f.subject,
+                "message": f.message,
+                "expected": f.expected,
+                "seen": f.seen,
+                "citation": f.citation,
+                "confidence": tags,
+                "unconfirmed_figures": bool(UNCONFIRMED_TAGS & set(tags)),
+                "opened_at": _iso(f.opened_at),
+                "closed_at": _iso(f.closed_at) if f.closed_at and f.closed_at <= as_of else None,
+            }
+        )
+    packs = [
+        {
+            "id": p.id,
+            "version": p.version,
+            "title": p.title,
+            "status": p.status,
+            "status_note": " ".join(p.status_note.split()),
+            "effective": p.effective.isoformat(),
+            "citation": p.source.get("citation", ""),
+            "enforced": p.status not in {"rescinded-not-enforced", "rescinded", "withdrawn"},
+        }
+        for p in policy.packs
+    ]
+    return {
+        "report": "VEU Attest semi-annual inventory report",
+        "format_version": 1,
+        "organization": {
+            "id": org.id,
+            "name": org.name,
+            "veu": org.veu,
+            "hq_country": org.hq_country,
+            "parent_hq_country": org.parent_hq_country,
+        },
+        "period": {
+            "label": period.label,
+            "start": period.start.isoformat(),
+            "end": period.end.isoformat(),
+            "as_of": _iso(as_of),
+            "complete": as_of == period.end_moment(),
+        },
+        "previous_period": {"label": prev.label, "as_of": _iso(prev.end_moment())},
+        "generated_at": _iso(now),
+        "policy": {"digest": policy.digest, "packs": packs},
+        "hosts_counted": hosts,
+        "installed": [line.__dict__ for line in lines],
+        "installed_by_country": [
+            {"country": c, "count": v[0], "tpp": v[1]} for c, v in sorted(country_totals.items())
+        ],
+        "changes_since_previous_period": _changes(lines, prev_lines),
+        "distribution": {
+            "denominator": dist.denominator,
+            "total_tpp": dist.total_tpp,
+            "thresholds_from": dist.pack,
+            "applies": dist.applies,
+            "tier1_tpp": dist.tier1_tpp,
+            "tier1_share": round(dist.tier1_share, 6),
+            "tier1_min": dist.tier1_min,
+            "tier1_ok": dist.tier1_ok,
+            "us_tpp": dist.us_tpp,
+            "us_share": round(dist.us_share, 6),
+            "us_min": dist.us_min,
+            "us_ok": dist.us_ok,
+            "non_tier1_max": dist.non_tier1_max,
+            "countries": [
+                {
+                    "country": c.code,
+                    "tier1": c.tier1,
+                    "tpp": c.tpp,
+                    "share": round(c.share, 6),
+                    "limit": c.limit,
+                    "within": c.ok,
+                }
+                for c in dist.countries
+            ],
+        },
+        "findings": findings,
+        "findings_on_unconfirmed_figures": sum(1 for f in findings if f["unconfirmed_figures"]),
+        "notes": [
+            "Installed chips come from each active host's latest accepted snapshot up to the "
+            "as-of moment; TPP figures come from the policy pack's chip catalog.",
+            "Confidence tags: P primary text, E eCFR extract, S secondary sources, C computed, "
+            "U unverified. Findings tagged S or U rest on figures not confirmed in the primary "
+            "text.",
+        ],
+    }
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def render_json(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode()
+
+
+def render_csv(data: dict[str, Any]) -> bytes:
+    """One file, several sections; each starts with a ``# section`` row and its header row."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    org, period = data["organization"], data["period"]
+    w.writerow(["# report", data["report"]])
+    w.writerow(
+        ["organization", org["name"], org["id"], f"{org['veu']} VEU", f"HQ {org['hq_country']}"]
+    )
+    w.writerow(
+        ["period", period["label"], period["start"], period["end"], f"as of {period['as_of']}"]
+    )
+    w.writerow(["generated_at", data["generated_at"]])
+    w.writerow(["policy_digest", data["policy"]["digest"]])
+    for p in data["policy"]["packs"]:
+        w.writerow(
+            [
+                "policy_pack",
+                p["id"],
+                p["version"],
+                p["status"],
+                "enforced" if p["enforced"] else "NOT ENFORCED",
+                p["status_note"],
+            ]
+        )
+    sections: list[tuple[str, list[str], list[dict[str, Any]]]] = [
+        (
+            "installed",
+            ["site_id", "site_name", "country", "chip", "classification", "count", "tpp"],
+            data["installed"],
+        ),
+        ("installed_by_country", ["country", "count", "tpp"], data["installed_by_country"]),
+        (
+            "changes_since_previous_period",
+            [
+                "site_id",
+                "site_name",
+                "country",
+                "chip",
+                "previous_count",
+                "count",
+                "delta_count",
+                "previous_tpp",
+                "tpp",
+                "delta_tpp",
+            ],
+            data["changes_since_previous_period"],
+        ),
+        (
+            "distribution",
+            ["country", "tier1", "tpp", "share", "limit", "within"],
+            data["distribution"]["countries"],
+        ),
+        (
+            "findings",
+            [
+                "id",
+                "severity",
+                "condition_id",
+                "scope",
+                "scope_id",
+                "site_id",
+                "subject",
+                "message",
+                "expected",
+                "seen",
+                "citation",
+                "confidence",
+                "unconfirmed_figures",
+                "opened_at",
+                "closed_at",
+            ],
+            data["findings"],
+        ),
+    ]
+    for name, header, rows in sections:
+        w.writerow([])
+        w.writerow([f"# {name}"])
+        if name == "distribution":
+            d = data["distribution"]
+            w.writerow(["denominator", d["denominator"]])
+            w.writerow(["tier1_share", d["tier1_share"], "min", d["tier1_min"], d["tier1_ok"]])
+            if d["us_min"] is not None:
+                w.writerow(["us_share", d["us_share"], "min", d["us_min"], d["us_ok"]])
+            w.writerow(["non_tier1_max", d["non_tier1_max"]])
+        w.writerow(header)
+        for row in rows:
+            w.writerow(
+                [
+                    "+".join(v) if isinstance(v := row.get(h), list) else ("" if v is None else v)
+                    for h in header
+                ]
+            )
+    return buf.getvalue().encode("utf-8")
+
+
+def _latin1(text: Any) -> str:
+    s = str(text)
+    for a, b in (
+        ("≥", ">="),
+        ("≤", "<="),
+        ("…", "..."),
+        ("—", "-"),
+        ("–", "-"),
+        ("’", "'"),
+        ("“", '"'),
+        ("”", '"'),
+        ("✓", "OK"),
+        ("✗", "X"),
+        ("×", "x"),
+    ):
+        s = s.replace(a, b)
+    return s.encode("latin-1", "replace").decode("latin-1")
+
+
+def render_pdf(data: dict[str, Any]) -> bytes:
+    from fpdf import FPDF
+
+    pdf = FPDF(orientation="L", unit="mm", format="A4")
+    generated = datetime.fromisoformat(data["generated_at"].replace("Z", "+00:00"))
+    pdf.set_creation_date(generated)
+    pdf.set_title(
+        _latin1(f"{data['report']} {data['organization']['name']} {data['period']['label']}")
+    )
+    pdf.set_author("VEU Attest verifier")
+    pdf.set_auto_page_break(auto=True, margin=12)
+    pdf.add_page()
+    width = pdf.w - pdf.l_margin - pdf.r_margin
+
+    def heading(text: str, size: int = 13) -> None:
+        pdf.ln(2)
+        pdf.set_font("Helvetica", "B", size)
+        pdf.multi_cell(width, 7, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.set_font("Helvetica", "", 9)
+
+    def para(text: str) -> None:
+        pdf.multi_cell(width, 5, _latin1(text), new_x="LMARGIN", new_y="NEXT")
+
+    def table(header: list[str], rows: list[list[Any]], widths: list[float]) -> None:
+        scale = width / sum(widths)
+        ws = [w * scale for w in widths]
+        pdf.set_font("Helvetica", "B", 8)
+        for title, w in zip(header, ws, strict=True):
+            pdf.cell(w, 6, _latin1(title), border=1)
+        pdf.ln()
+        pdf.set_font("Helvetica", "", 8)
+        for row in rows:
+            texts = [_latin1("" if v is None else v) for v in row]
+            counts = []
+            for t, w in zip(texts, ws, strict=True):
+                found: Any = pdf.multi_cell(w, 4.5, t, dry_run=True, output="LINES")
+                counts.append(len(found) if isinstance(found, list) else 1)
+            row_h = 4.5 * max(1, *counts)
+            if pdf.get_y() + row_h > pdf.h - pdf.b_margin:
+                pdf.add_page()
+            y, x = pdf.get_y(), pdf.l_margin
+            for t, w in zip(texts, ws, strict=True):
+                pdf.set_xy(x, y)
+                pdf.multi_cell(w, 4.5, t, border=0)
+                pdf.rect(x, y, w, row_h)
+                x += w
+            pdf.set_xy(pdf.l_margin, y + row_h)
+        if not rows:
+            pdf.cell(sum(ws), 6, "(none)", border=1)
+            pdf.ln()
+
+    org, period = data["organization"], data["period"]
+    heading(f"{data['report']}", 16)
+    para(
+        f"Organization: {org['name']} ({org['id']}), {org['veu']} VEU, headquarters "
+        f"{org['hq_country']}. Period {period['label']}: {period['start']} to {period['end']}"
+        f"{'' if period['complete'] else ' (in progress)'}; inventory as of {period['as_of']}. "
+        f"Generated {data['generated_at']}; hosts counted: {data['hosts_counted']}."
+    )
+    heading("Policy packs used")
+    for p in data["policy"]["packs"]:
+        para(
+            f"{p['id']} {p['version']} - {p['title']}. Status: {p['status']}"
+            f"{'' if p['enforced'] else ' (NOT ENFORCED)'}. {p['status_note']}"
+        )
+    para(f"Policy set digest: {data['policy']['digest']}")
+    heading("Installed chips per site")
+    table(
+        ["Site", "Country", "Chip", "Class", "Count", "TPP"],
+        [
+            [
+                f"{x['site_name']} ({x['site_id']})",
+                x["country"],
+                x["chip"],
+                x["classification"],
+                x["count"],
+                f"{x['tpp']:,}",
+            ]
+            for x in data["installed"]
+        ],
+        [60, 18, 40, 22, 16, 24],
+    )
+    heading("Installed chips per country")
+    table(
+        ["Country", "Count", "TPP"],
+        [[x["country"], x["count"], f"{x['tpp']:,}"] for x in data["installed_by_country"]],
+        [30, 20, 30],
+    )
+    heading(f"Changes since the previous period ({data['previous_period']['label']})")
+    table(
+        ["Site", "Chip", "Count before", "Count now", "Change", "TPP before", "TPP now"],
+        [
+            [
+                x["site_name"],
+                x["chip"],
+                x["previous_count"],
+                x["count"],
+                f"{x['delta_count']:+}",
+                f"{x['previous_tpp']:,}",
+                f"{x['tpp']:,}",
+            ]
+            for x in data["changes_since_previous_period"]
+        ],
+        [50, 40, 20, 20, 18, 25, 25],
+    )
+    d = data["distribution"]
+    heading("Geographic distribution of installed TPP")
+    para(f"Denominator: {d['denominator']}.")
+    para(
+        f"Tier 1 share {d['tier1_share']:.2%} (at least {d['tier1_min']:.0%}): "
+        f"{'within' if d['tier1_ok'] else 'BELOW THRESHOLD'}."
+        + (
+            f" U.S. share {d['us_share']:.2%} (at least {d['us_min']:.0%}): "
+            f"{'within' if d['us_ok'] else 'BELOW THRESHOLD'}."
+            if d["us_min"] is not None
+            else ""
+        )
+        + f" Each non-Tier-1 country at most {d['non_tier1_max']:.0%}."
+        + ("" if d["applies"] else " National VEU: shown for information.")
+    )
+    table(
+        ["Country", "Tier 1", "TPP", "Share", "Limit", "Within"],
+        [
+            [
+                c["country"],
+                "yes" if c["tier1"] else "no",
+                f"{c['tpp']:,}",
+                f"{c['share']:.2%}",
+                c["limit"],
+                "yes" if c["within"] else "NO",
+            ]
+            for c in d["countries"]
+        ],
+        [20, 15, 25, 20, 70, 15],
+    )
+    heading("Findings open during the period")
+    para(
+        f"{len(data['findings'])} findings; {data['findings_on_unconfirmed_figures']} rest on "
+        "unconfirmed figures (confidence S or U, marked *)."
+    )
+    table(
+        ["Severity", "Condition", "Subject", "Message", "Citation", "Fig.", "Opened", "Closed"],
+        [
+            [
+                f["severity"],
+                f["condition_id"],
+                f["subject"],
+                f["message"],
+                f["citation"] or "",
+                ",".join(f["confidence"]) + (" *" if f["unconfirmed_figures"] else ""),
+                (f["opened_at"] or "")[:16],
+                (f["closed_at"] or "open")[:16],
+            ]
+            for f in data["findings"]
+        ],
+        [18, 40, 35, 70, 45, 10, 22, 22],
+    )
+    heading("Notes")
+    for note in data["notes"]:
+        para(note)
+    para(
+        "This file is signed by the verifier: a detached Ed25519 signature over its SHA-256 "
+        "digest (the .sig file). Check it with: veu-server report verify FILE FILE.sig"
+    )
+    return bytes(pdf.output())
+
+
+RENDERERS = {"json": render_json, "csv": render_csv, "pdf": render_pdf}
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def sign_report(data: bytes, key: VerifierKey, *, name: str = "") -> bytes:
+    """A detached signature document: Ed25519 over the raw SHA-256 digest of the file."""
+    digest = hashlib.sha256(data).digest()
+    return render_json(
+        {
+            "type": "veu-attest-report-signature",
+            "alg": "Ed25519",
+            "signed": "sha256 digest of the file (32 raw bytes)",
+            "file": name,
+            "sha256": digest.hex(),
+            "key_id": key.key_id,
+            "public_key": key.public_pem(),
+            "signature": base64.b64encode(key.private.sign(digest)).decode("ascii"),
+        }
+    )
+
+
+def verify_report(file_bytes: bytes, sig_bytes: bytes, public_key: Ed25519PublicKey) -> bool:
+    """True when ``sig_bytes`` is a valid signature by ``public_key`` over this file's digest.
+
+    The public key must come from the relying party's trust (the verifier's published key), not
+    from the signature document, which merely carries a copy for convenience.
+    """
+    digest = hashlib.sha256(file_bytes).digest()
+    try:
+        doc = json.loads(sig_bytes)
+        signature = base64.b64decode(doc["signature"], validate=True)
+        if doc.get("sha256") not in (None, digest.hex()):
+            return False
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        if len(sig_bytes) != 64:
+            return False
+        signature = sig_bytes  # a bare 64-byte signature
+    try:
+        public_key.verify(signature, digest)
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    signature: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def generate(
+    db: Database, policy: PolicySet, org_id: str, period: str, fmt: str, now: datetime
+) -> tuple[dict[str, Any], bytes]:
+    if fmt not in RENDERERS:
+        raise ReportError("bad_format", f"format must be one of {', '.join(RENDERERS)}")
+    with db.read() as session:
+        data = build_report(session, policy, org_id, Period.parse(period), now)
+    return data, RENDERERS[fmt](data)
+
+
+def write_signed(
+    db: Database,
+    policy: PolicySet,
+    key: VerifierKey,
+    org_id: str,
+    period: str,
+    fmt: str,
+    out_dir: Path,
+    now: datetime,
+    *,
+    out: Path | None = None,
+) -> Written:
+    """Build, render, sign; write the file and ``<file>.sig`` (atomically, 0600)."""
+    data, body = generate(db, policy, org_id, period, fmt, now)
+    if out is None:
+        stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = out_dir / f"{data['organization']['id']}-{data['period']['label']}-{stamp}.{fmt}"
+    sig = out.with_name(out.name + ".sig")
+    atomic_write(out, body, mode=0o600)
+    atomic_write(sig, sign_report(body, key, name=out.name), mode=0o600)
+    return Written(out, sig)

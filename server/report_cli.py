@@ -1,0 +1,146 @@
+"""``veu-server report``: write a signed semi-annual inventory report, or check one.
+
+- ``report --org ORG --period 2026H1 --format pdf|csv|json [--out FILE]`` writes the report and
+  ``FILE.sig`` (a detached Ed25519 signature by the verifier over the file's SHA-256 digest) and
+  prints both paths, the report last.
+- ``report verify FILE SIG [--pubkey PEM]`` checks a report against the verifier's public key
+  (``--pubkey``, e.g. saved from ``GET /v1/verifier-key``; default: this data directory's key).
+
+Exit codes: 0 written / signature valid; 1 signature invalid; 2 bad usage; 3 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+
+def register(subparsers: Any) -> None:
+    """Add ``report`` (and ``report verify``) to a parent parser's subparsers."""
+    p = subparsers.add_parser(
+        "report",
+        help="semi-annual inventory report (signed); 'report verify' checks one",
+        description="Write a signed semi-annual inventory report for an organization.",
+    )
+    p.set_defaults(func=run, report_command="create")
+    _storage_flags(p)
+    p.add_argument("--org", help="organization id or name")
+    p.add_argument("--period", help="half year, e.g. 2026H1 or 2026H2")
+    p.add_argument("--format", choices=["pdf", "csv", "json"], default="pdf")
+    p.add_argument("--out", type=Path, help="output file (default: <data dir>/reports/...)")
+    p.add_argument("--policies", type=Path, help="policy packs directory (default: ./policies)")
+    sub = p.add_subparsers(dest="report_sub", required=False)
+    v = sub.add_parser("verify", help="check a report's detached signature")
+    v.set_defaults(func=run, report_command="verify")
+    _storage_flags(v)
+    v.add_argument("file", type=Path)
+    v.add_argument("sig", type=Path)
+    v.add_argument("--pubkey", type=Path, help="the verifier's public key (PEM)")
+
+
+def _storage_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="data directory (VEU_DATA_DIR)")
+    p.add_argument(
+        "--database-url", default=argparse.SUPPRESS, help="PostgreSQL URL (VEU_DATABASE_URL)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if getattr(args, "report_command", "create") == "verify":
+            return _verify(args)
+        return _create(args)
+    except _Usage as exc:
+        print(f"error: {exc.code}: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+class _Usage(Exception):
+    def __init__(self, code: str, detail: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.exit_code = exit_code
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from server.config import Settings
+
+    return Settings.from_env(
+        data_dir=getattr(args, "data_dir", None), database_url=getattr(args, "database_url", None)
+    )
+
+
+def _create(args: argparse.Namespace) -> int:
+    from server import reports
+    from server.db import Database, engine_for
+    from server.policy import PackError, load_policy_set
+    from server.results import load_or_create_key
+    from server.store.migrate import upgrade
+
+    if not args.org or not args.period:
+        raise _Usage("usage", "give --org ORG and --period 2026H1 (or: report verify FILE SIG)")
+    settings = _settings(args)
+    try:
+        policy = load_policy_set(args.policies) if args.policies else reports.load_default_policy()
+    except PackError as exc:
+        raise _Usage("policy", str(exc)) from None
+    upgrade(settings.resolved_database_url())
+    db = Database(engine_for(settings))
+    try:
+        key = load_or_create_key(settings.verifier_key_path)
+        out_dir = settings.data_dir / "reports"
+        if args.out is None:
+            out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        written = reports.write_signed(
+            db,
+            policy,
+            key,
+            args.org,
+            args.period,
+            args.format,
+            out_dir,
+            datetime.now(UTC),
+            out=args.out,
+        )
+    except reports.ReportError as exc:
+        code = EXIT_NOT_FOUND if exc.code == "not_found" else EXIT_USAGE
+        raise _Usage(exc.code, exc.detail, code) from None
+    finally:
+        db.dispose()
+    print(f"signature: {written.signature}")
+    print(written.path)
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from server.reports import verify_report
+
+    for path in (args.file, args.sig):
+        if not path.is_file():
+            raise _Usage("not_found", f"{path} does not exist", EXIT_NOT_FOUND)
+    if args.pubkey is not None:
+        from agent.keys import KeyFileError, load_public_pem
+
+        try:
+            public = load_public_pem(args.pubkey.read_bytes())
+        except KeyFileError as exc:
+            raise _Usage("bad_pubkey", f"{args.pubkey}: {exc}") from None
+    else:
+        settings = _settings(args)
+        if not settings.verifier_key_path.exists():
+            raise _Usage(
+                "no_key", "give --pubkey (the verifier's public key) or --data-dir of the verifier"
+            )
+        from server.results import load_or_create_key
+
+        public = load_or_create_key(settings.verifier_key_path).public
+    if verify_report(args.file.read_bytes(), args.sig.read_bytes(), public):
+        print(f"valid: {args.file} is signed by the verifier key")
+        return EXIT_OK
+    print(f"INVALID: the signature does not match {args.file}", file=sys.stderr)
+    return EXIT_INVALID

@@ -1,0 +1,3 @@
+from tests.dashboard.conftest import policy
+
+__all__ = ["policy"]

@@ -77,6 +77,22 @@ class Database:
             yield session
 
     @contextmanager
+    def lookup(self) -> Iterator[Session]:
+        """Reads outside any transaction (autocommit): no BEGIN/ROLLBACK round trips.
+
+        For independent point reads whose result is re-checked by a later conditional write.
+        On SQLite switching the mode costs more than it saves; there it is a plain read.
+        """
+        if self.is_sqlite:
+            with self.read() as session:
+                yield session
+            return
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            with Session(bind=conn) as session:
+                yield session
+
+    @contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         if self.is_sqlite:

@@ -122,7 +122,7 @@ def ingest(svc: Services, data: bytes) -> IngestOutcome:
     """The whole appraisal of one body; raises APIError for every refusal."""
     try:
         parsed = preparse(data, svc.verify)
-        with svc.db.read() as session:
+        with svc.db.lookup() as session:
             state = lookup(session, parsed.key_ids, parsed.digest, parsed.nonce)
             stored = (
                 IngestOutcome(state.stored.digest, state.stored.status, state.stored.result, True)

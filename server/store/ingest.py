@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -164,11 +164,13 @@ def stored_result(session: Session, digest: str) -> StoredResult | None:
 def lookup(
     session: Session, key_ids: Sequence[str], digest: str, nonce: str | None
 ) -> TrustedState:
-    """Everything appraisal needs, in at most three indexed reads."""
+    """Everything appraisal needs, in one indexed read (two with a nonce)."""
     host: HostRecord | None = None
     head: HeadRecord | None = None
     inventory_digest: str | None = None
+    stored: StoredResult | None = None
     if key_ids:
+        # One round trip: the hosts, their heads, and this digest if it is already stored.
         rows = {
             r[0]: r
             for r in session.execute(
@@ -181,8 +183,19 @@ def lookup(
                     _HEADS.c.seq,
                     _HEADS.c.digest,
                     _HEADS.c.inventory_digest,
+                    _SNAPSHOTS.c.digest,
+                    _SNAPSHOTS.c.status,
+                    _SNAPSHOTS.c.result,
                 )
-                .select_from(_HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id))
+                .select_from(
+                    _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id).outerjoin(
+                        _SNAPSHOTS,
+                        and_(
+                            _SNAPSHOTS.c.key_id == _HOSTS.c.key_id,
+                            _SNAPSHOTS.c.digest == digest,
+                        ),
+                    )
+                )
                 .where(_HOSTS.c.key_id.in_(list(key_ids)))
             )
         }
@@ -193,8 +206,9 @@ def lookup(
                 if r[5] is not None and not (r[5] == 0 and r[6] is None):
                     head = HeadRecord(seq=int(r[5]), digest=r[6])
                 inventory_digest = r[7]
+                if r[8] is not None:
+                    stored = StoredResult(r[8], r[0], r[9], r[10])
                 break
-    stored: StoredResult | None = None
     nonce_record: NonceRecord | None = None
     if host is not None:
         stored = stored_result(session, digest)

@@ -71,8 +71,8 @@ def seed_fleet(
     with db.write() as s:
         org = repo.add_org(s, "Acme AI", "universal", "US", None, now - timedelta(days=400))
         fleet = Fleet(org.id, {})
-        admin, _ = repo.create_api_key(s, "admin", "alice (admin)", now)
-        auditor, _ = repo.create_api_key(s, "auditor", "bob (auditor)", now)
+        admin, _ = repo.create_api_key(s, "admin", "alice", now)
+        auditor, _ = repo.create_api_key(s, "auditor", "bob", now)
         fleet.admin_key, fleet.auditor_key = admin, auditor
         org_agg = OrgAggregate()
         index = 0

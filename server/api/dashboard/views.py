@@ -68,6 +68,14 @@ def _pct(value: float) -> str:
     return f"{value:.1%}"
 
 
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def _bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -77,7 +85,9 @@ def _bytes(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-_env.filters.update(tpp=_tpp, ts=_ts, pct=_pct, bytes=_bytes, short=lambda s: (s or "")[:12])
+_env.filters.update(
+    dur=_duration, tpp=_tpp, ts=_ts, pct=_pct, bytes=_bytes, short=lambda s: (s or "")[:12]
+)
 _env.globals.update(STATUS=STATUS, SEVERITY=SEVERITY, SEVERITIES=queries.SEVERITIES)
 
 
@@ -294,18 +304,22 @@ def _periods(today: date) -> list[str]:
 
 def _chart(dist: reports.Distribution) -> dict[str, Any]:
     """Geometry of the inline SVG bar chart: one bar per country, thresholds as lines."""
-    width, label_w, bar_h, gap = 520, 90, 22, 8
+    width, label_w, bar_h, gap = 560, 110, 22, 8
     span = width - label_w - 70
-    bars = []
-    for i, c in enumerate(dist.countries):
+    bars: list[dict[str, Any]] = []
+    rows = [
+        ("Tier 1 total", dist.tier1_share, True, dist.tier1_ok),
+        *[(c.code, c.share, c.tier1, c.ok) for c in dist.countries],
+    ]
+    for i, (code, share, tier1, ok) in enumerate(rows):
         bars.append(
             {
                 "y": 30 + i * (bar_h + gap),
-                "w": max(1.0, c.share * span),
-                "code": c.code,
-                "share": c.share,
-                "tier1": c.tier1,
-                "ok": c.ok,
+                "w": max(1.0, share * span),
+                "code": code,
+                "share": share,
+                "tier1": tier1,
+                "ok": ok,
             }
         )
     height = 30 + len(bars) * (bar_h + gap) + 30
@@ -384,9 +398,9 @@ def site_page(
 
 def _chip_name(policy: PolicySet, chip_id: str) -> str:
     for pack in policy.packs:
-        for chip in getattr(pack.catalog, "chips", ()):
-            if getattr(chip, "id", None) == chip_id:
-                return str(getattr(chip, "name", chip_id))
+        for chip in pack.catalog.chips:
+            if chip.id == chip_id:
+                return chip.title
     return chip_id
 
 

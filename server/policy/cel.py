@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cel
@@ -89,12 +89,37 @@ def references(source: str) -> tuple[set[str], set[str], set[tuple[str, str]], s
     return roots - bound, funcs, {f for f in fields if f[0] not in bound}, bound
 
 
+#: Verdicts remembered per compiled expression before the memo is cleared.
+MEMO_LIMIT = 100_000
+
+
 @dataclass(frozen=True)
 class Expression:
     source: str
     program: cel.Program
     roots: frozenset[str]
     params_used: frozenset[str]
+
+    #: Verdicts by fingerprint of the inputs (see :meth:`holds_memo`). Bounded; owned by this
+    #: compiled expression, so reloading a pack starts empty.
+    memo: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def holds_memo(self, variables: Mapping[str, Any], fingerprint: str) -> bool:
+        """:meth:`holds`, remembered by ``fingerprint`` (a canonical encoding of the inputs).
+
+        Expressions are pure functions of their variables, so the same inputs give the same
+        verdict. Most evidence repeats from one snapshot of a host to the next (the same weight
+        files, the same GPUs); converting each item into CEL values dominates evaluation cost,
+        and this skips it for everything seen before.
+        """
+        cached = self.memo.get(fingerprint)
+        if cached is not None:
+            return cached
+        verdict = self.holds(variables)
+        if len(self.memo) >= MEMO_LIMIT:
+            self.memo.clear()
+        self.memo[fingerprint] = verdict
+        return verdict
 
     def holds(self, variables: Mapping[str, Any]) -> bool:
         """True when the condition holds. Anything but a bool is an evaluation error."""

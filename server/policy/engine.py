@@ -17,6 +17,7 @@ No SQL, no HTTP, no clock: the store hands in facts and the date, the engine han
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
@@ -199,16 +200,22 @@ def judge_condition(
         return [] if holds else [_finding(pack, cond, variables, on, None)]
     out: list[Finding] = []
     scoped = dict(variables)
+    expr = cond.expression
+    context = _fingerprint({r: variables[r] for r in sorted(expr.roots) if r != cond.item})
     for item in variables[cond.for_each]:
         scoped[cond.item] = item
         try:
-            holds = cond.expression.holds(scoped)
+            holds = expr.holds_memo(scoped, context + _fingerprint(item))
         except PolicyEvaluationError as exc:
             out.append(_error_finding(cond, scoped, exc))
             continue
         if not holds:
             out.append(_finding(pack, cond, scoped, on, item))
     return out
+
+
+def _fingerprint(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _judge(pack: Pack, scope: str, variables: dict[str, Any], on: date) -> list[Finding]:

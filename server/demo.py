@@ -79,7 +79,7 @@ class DemoSite:
 SITES = [
     DemoSite("us-east", "US", 2_000_000, True, True),
     DemoSite("de-fra", "DE", 1_000_000, True, False),
-    DemoSite("nl-ams", "NL", 200_000, True, False),  # 3 x 126,656 TPP: above its authorization
+    DemoSite("nl-ams", "NL", 100_000, True, False),  # each server 126,656 TPP: above it
     DemoSite("ae-auh", "AE", 400_000, True, False),  # Tier 2: its share of TPP exceeds 7%
     DemoSite("us-lab", "US", 50_000, False, False),  # this machine: real probes, not a test site
 ]
@@ -87,7 +87,10 @@ SITES = [
 
 def plan_hosts(hosts_per_site: int) -> list[DemoHost]:
     n = max(1, hosts_per_site)
-    hosts = [DemoHost(f"us-east-{i + 1:02d}", "us-east", "b200", ["open-llm-8b"]) for i in range(n)]
+    hosts = [  # the U.S. keeps at least half of the TPP
+        DemoHost(f"us-east-{i + 1:02d}", "us-east", "b200", ["open-llm-8b"])
+        for i in range(max(2, n))
+    ]
     hosts[0].weights.append("frontier-x")  # controlled weights, storage not known encrypted
     hosts += [
         DemoHost(f"de-fra-{i + 1:02d}", "de-fra", "h100", ["open-llm-8b"])

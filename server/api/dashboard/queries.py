@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
+from server.findings import SEVERITY_STATUS, STATUS_RANK
 from server.store.compliance_models import (
     FindingRow,
     HostState,
@@ -84,6 +85,16 @@ class SiteRow:
     def hosts_silent(self) -> int:
         """Active hosts that never delivered accepted evidence."""
         return self.hosts - self.hosts_reporting
+
+    @property
+    def overall(self) -> str:
+        """The site's own status, worsened by any open finding at the site (hosts included)."""
+        worst = self.status
+        for severity, count in self.findings.items():
+            candidate = SEVERITY_STATUS.get(severity, "affirming")
+            if count and STATUS_RANK[candidate] > STATUS_RANK.get(worst, 0):
+                worst = candidate
+        return worst
 
     @property
     def over_authorization(self) -> bool:
@@ -198,15 +209,31 @@ def fleet_totals(session: Session, now: datetime, max_age: timedelta) -> FleetTo
             .group_by(FindingRow.severity)
         ).all()
     }
+    rank = case(
+        (FindingRow.severity == "violation", 3),
+        (FindingRow.severity == "cannot_attest", 2),
+        (FindingRow.severity == "warning", 1),
+        else_=0,
+    )
+    worst = (
+        select(FindingRow.site_id, func.max(rank).label("rank"))
+        .where(FindingRow.is_open.is_(True), FindingRow.site_id.is_not(None))
+        .group_by(FindingRow.site_id)
+        .subquery()
+    )
+    by_rank = {3: "contraindicated", 2: "none", 1: "warning", 0: "affirming"}
     statuses: dict[str, int] = {}
     sites = 0
-    for status, n in session.execute(
-        select(func.coalesce(SiteState.status, "none"), func.count(Site.id))
+    for status, worst_rank in session.execute(
+        select(func.coalesce(SiteState.status, "none"), worst.c.rank)
+        .select_from(Site)
         .outerjoin(SiteState, SiteState.site_id == Site.id)
-        .group_by(func.coalesce(SiteState.status, "none"))
+        .outerjoin(worst, worst.c.site_id == Site.id)
     ).all():
-        statuses[status] = int(n)
-        sites += int(n)
+        from_findings = by_rank[int(worst_rank or 0)]
+        overall = max(status, from_findings, key=lambda x: STATUS_RANK.get(x, 0))
+        statuses[overall] = statuses.get(overall, 0) + 1
+        sites += 1
     return FleetTotals(sites, int(hosts), int(reporting), int(stale), findings, statuses)
 
 
@@ -607,7 +634,8 @@ def open_findings_for(
         (FindingRow.severity == "warning", 2),
         else_=3,
     )
-    return list(session.scalars(q.order_by(order, FindingRow.id).limit(limit)))
+    scope = case((FindingRow.scope == "host", 1), else_=0)  # site and organization first
+    return list(session.scalars(q.order_by(order, scope, FindingRow.id).limit(limit)))
 
 
 # --------------------------------------------------------------------------- attest now

@@ -16,6 +16,10 @@ ENV_DATABASE_URL = "VEU_DATABASE_URL"
 ENV_MAX_BODY = "VEU_MAX_BODY_BYTES"
 
 DEFAULT_DATA_DIR = Path("/var/lib/veu-server")
+#: The packs shipped with the source tree; deployments point VEU_POLICIES_DIR at their own copy.
+DEFAULT_POLICIES_DIR = Path(__file__).resolve().parents[1] / "policies"
+ENV_POLICIES_DIR = "VEU_POLICIES_DIR"
+ENV_REFRESH = "VEU_REFRESH_INTERVAL"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -36,6 +40,14 @@ class Settings:
     #: PostgreSQL connection pool per process (see docs/verifier.md, "Connections").
     pool_size: int = 5
     pool_max_overflow: int = 5
+    #: Policy packs to judge evidence by (``--policies``, VEU_POLICIES_DIR).
+    policies_dir: Path = DEFAULT_POLICIES_DIR
+    #: A host whose last accepted snapshot is older than this is stale (3 x the 15 min default
+    #: report interval).
+    max_host_age: timedelta = timedelta(minutes=45)
+    #: How often each process re-judges sites without new evidence (staleness, missing
+    #: shipments); 0 disables the periodic task.
+    refresh_interval_s: float = 60.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -54,7 +66,15 @@ class Settings:
         dd = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
         url = database_url or os.environ.get(ENV_DATABASE_URL) or None
         max_body = int(os.environ.get(ENV_MAX_BODY, str(16 * 1024 * 1024)))
-        return cls(data_dir=Path(dd), database_url=url, max_body_bytes=max_body)
+        policies = Path(os.environ.get(ENV_POLICIES_DIR) or DEFAULT_POLICIES_DIR)
+        refresh = float(os.environ.get(ENV_REFRESH) or 60.0)
+        return cls(
+            data_dir=Path(dd),
+            database_url=url,
+            max_body_bytes=max_body,
+            policies_dir=policies,
+            refresh_interval_s=refresh,
+        )
 
 
 def normalize_database_url(url: str) -> str:

@@ -7,22 +7,55 @@ unless ``migrate=False`` (``veu-server serve`` migrates once before starting its
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from server.api import errors
 from server.api.deps import Metrics, Services
 from server.api.routes_agents import router as agents_router
+from server.api.routes_compliance import router as compliance_router
 from server.api.routes_read import router as read_router
 from server.api.routes_snapshots import router as snapshots_router
 from server.config import Settings
 from server.db import Database, engine_for
+from server.policy import PolicySet, load_policy_set
 from server.results import load_or_create_key
+from server.store.compliance import ComplianceConfig, refresh_site
 from server.store.migrate import upgrade
+from server.store.models import Site
 from server.verify import VerifyConfig
 
 ENV_NO_MIGRATE = "VEU_NO_MIGRATE"
+
+log = logging.getLogger("veu.server")
+
+
+def refresh_all_sites(svc: Services) -> int:
+    """Re-judge every site without new evidence (hosts going stale, shipped chips not seen).
+
+    Each site is its own short transaction, so the periodic task never holds locks for long;
+    several workers running it at once only repeat idempotent work.
+    """
+    with svc.db.read() as session:
+        site_ids = list(session.scalars(select(Site.id).order_by(Site.id)))
+    for site_id in site_ids:
+        with svc.db.write() as session:
+            refresh_site(session, svc.policy, site_id, svc.now(), svc.compliance)
+    return len(site_ids)
+
+
+def _refresher(svc: Services, stop: threading.Event) -> None:
+    while not stop.wait(svc.settings.refresh_interval_s):
+        try:
+            refresh_all_sites(svc)
+        except Exception:  # keep the task alive; the next round tries again
+            log.exception("periodic site refresh failed")
 
 
 def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
@@ -30,14 +63,35 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     if migrate:
         upgrade(settings.resolved_database_url())
     db = Database(engine_for(settings))
+    policy: PolicySet = load_policy_set(settings.policies_dir)
     svc = Services(
         settings=settings,
         db=db,
         key=load_or_create_key(settings.verifier_key_path),
         verify=VerifyConfig(max_bytes=settings.max_body_bytes),
         metrics=Metrics(),
+        policy=policy,
+        compliance=ComplianceConfig(max_host_age=settings.max_host_age),
     )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = None
+        if settings.refresh_interval_s > 0:
+            thread = threading.Thread(
+                target=_refresher, args=(svc, stop), name="veu-refresh", daemon=True
+            )
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=5)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="VEU Attest verifier",
         version="1",
         description="Enrolls hosts, appraises signed inventory snapshots, answers signed results.",
@@ -47,6 +101,10 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(agents_router)
     app.include_router(snapshots_router)
     app.include_router(read_router)
+    app.include_router(compliance_router)
+    from server.api import dashboard
+
+    dashboard.mount(app)
     return app
 
 

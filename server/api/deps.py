@@ -11,7 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.config import Settings
 from server.db import Database
+from server.policy import PolicySet
 from server.results import VerifierKey
+from server.store.compliance import ComplianceConfig
 from server.verify import VerifyConfig
 
 
@@ -51,6 +53,8 @@ class Services:
     key: VerifierKey
     verify: VerifyConfig
     metrics: Metrics
+    policy: PolicySet
+    compliance: ComplianceConfig
 
     def now(self) -> datetime:
         return datetime.now(UTC)

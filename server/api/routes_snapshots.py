@@ -24,7 +24,7 @@ from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
 from server.findings import Finding, status_of
 from server.results import sign_result
-from server.store import repo
+from server.store import compliance, repo
 from server.store.ingest import (
     AlreadyStored,
     HeadMoved,
@@ -161,21 +161,27 @@ def _commit(
     now: Any,
     inventory_digest: str | None,
 ) -> IngestOutcome:
-    findings: tuple[Finding, ...] = accepted.findings
-    status = status_of(findings)
-    result = sign_result(
-        svc.key,
-        verifier_id=svc.settings.verifier_id,
-        issued_at=now,
-        findings=findings,
-        digest=accepted.digest,
-        host_key_id=accepted.key_id,
-        site_id=site_id,
-        seq=accepted.seq,
-        nonce=accepted.nonce,
-    )
+    """Judge and commit in one transaction; the result is signed with the policy digest."""
+    policy = svc.policy  # one pack set for the whole appraisal, even if a reload happens now
     try:
         with svc.db.write() as session:
+            judged = compliance.judge_host(
+                session, policy, accepted.snapshot, accepted.key_id, site_id
+            )
+            findings: tuple[Finding, ...] = accepted.findings + judged.findings
+            status = status_of(findings)
+            result = sign_result(
+                svc.key,
+                verifier_id=svc.settings.verifier_id,
+                issued_at=now,
+                findings=findings,
+                digest=accepted.digest,
+                host_key_id=accepted.key_id,
+                site_id=site_id,
+                seq=accepted.seq,
+                nonce=accepted.nonce,
+                policy_digest=policy.digest,
+            )
             commit_accepted(
                 session,
                 accepted,
@@ -187,6 +193,17 @@ def _commit(
                 result=result,
                 now=now,
                 inventory_digest=inventory_digest,
+            )
+            compliance.record(
+                session,
+                policy,
+                key_id=accepted.key_id,
+                snapshot=accepted.snapshot,
+                digest=accepted.digest,
+                judgement=judged,
+                findings=findings,
+                now=now,
+                config=svc.compliance,
             )
     except (AlreadyStored, HeadMoved):
         # A racing worker committed first. Which constraint fires first is up to the database,

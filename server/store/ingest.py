@@ -44,7 +44,7 @@ from server.verify import ChainHead as HeadRecord
 _NONCE = re.compile(r"^[0-9a-f]{64}$")  # the only nonces this verifier issues
 
 
-def _text(value: str | None, limit: int | None = None) -> str | None:
+def db_text(value: str | None, limit: int | None = None) -> str | None:
     """Evidence text for a derived column: PostgreSQL text cannot hold NUL, so escape it, and
     cut it to the column's width (the raw envelope keeps the whole value)."""
     if value is None:
@@ -331,12 +331,12 @@ def _inventory(accepted: Accepted) -> tuple[_Rows, str]:
     accelerators = [
         {
             "key_id": key_id,
-            "uuid": _text(a.uuid, 100),
-            "serial": _text(a.serial, 100),
-            "vendor": _text(a.vendor, 100),
-            "model": _text(a.model, 200),
-            "pci_device_id": _text(a.pci_device_id, 16),
-            "pci_bus_id": _text(a.pci_bus_id, 32),
+            "uuid": db_text(a.uuid, 100),
+            "serial": db_text(a.serial, 100),
+            "vendor": db_text(a.vendor, 100),
+            "model": db_text(a.model, 200),
+            "pci_device_id": db_text(a.pci_device_id, 16),
+            "pci_bus_id": db_text(a.pci_bus_id, 32),
             "memory_mib": a.memory_mib,
             "source": a.source,
         }
@@ -346,10 +346,10 @@ def _inventory(accepted: Accepted) -> tuple[_Rows, str]:
         {
             "key_id": key_id,
             "sha256": f.sha256,
-            "path": _text(f.path),
+            "path": db_text(f.path),
             "size": f.size,
             "format": f.format,
-            "root": _text(root.root),
+            "root": db_text(root.root),
             "encryption": root.encryption.status,
         }
         for root in snap.storage

@@ -58,6 +58,10 @@ def h100_accelerators(host_index: int = 0) -> list[Accelerator]:
     ]
 
 
+def weight_digests() -> list[str]:
+    return [hashlib.sha256(f"shard{i}".encode()).hexdigest() for i in range(1, 5)]
+
+
 def weights_root() -> StorageRoot:
     files = [
         WeightFile(

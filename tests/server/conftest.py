@@ -248,7 +248,28 @@ def seed(svc: object) -> tuple[str, str, str]:
         )
         admin, _ = repo.create_api_key(s, "admin", "ops", now)
         auditor, _ = repo.create_api_key(s, "auditor", "audit", now)
+        register_builder_model(s, svc, now)
         return site.id, admin, auditor
+
+
+def register_builder_model(session: object, svc: object, now: object) -> None:
+    """The weights in builders.weights_root() are a published open-weight model: registered, so
+    the policy classifies them (not controlled) and realistic snapshots judge as affirming."""
+    from server.store import ledger
+    from tests.server.builders import weight_digests
+
+    ledger.add_model(
+        session,  # type: ignore[arg-type]
+        svc.policy,  # type: ignore[attr-defined]
+        {
+            "name": "llama-3-70b",
+            "training_ops": 6.4e24,
+            "published": True,
+            "digests": weight_digests(),
+        },
+        now=now,  # type: ignore[arg-type]
+        actor="test",
+    )
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def test_a_valid_first_snapshot_is_accepted_with_an_affirming_signed_result(api:
     sub = claims["submods"]["veu-snapshot"]
     assert sub["digest"] == digest_of(data) == body["digest"]
     assert sub["host_key_id"] == kit.key_id and sub["site_id"] == api.site_id
-    assert sub["seq"] == 1 and sub["policy_digest"] is None
+    assert sub["seq"] == 1 and sub["policy_digest"] == api.services.policy.digest
 
 
 def test_the_same_envelope_twice_answers_the_stored_result_without_a_new_row(api: Any) -> None:

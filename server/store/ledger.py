@@ -1,0 +1,464 @@
+"""The compliance team's records and the status reads built on them.
+
+Shipments (with the License Exception LPP annual limit per consignee and the Tier 2 country
+allocation for licensed non-VEU exports), the model registry (with its ECCN 4E091
+classification), site authorization terms, and the site/organization status documents that the
+API and the dashboard show. Writes are audited in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from agent.evidence import Accelerator
+from server import audit
+from server.policy import (
+    ModelRecord,
+    OrgAggregate,
+    OrgFacts,
+    PolicySet,
+    SiteAggregate,
+    classify_model,
+)
+from server.policy.catalog import ChipMatch
+from server.policy.engine import H100E_TPP, org_variables
+from server.store.compliance import (
+    LPP_ANNUAL_TPP,
+    LPP_CITATION,
+    ComplianceConfig,
+    _model_record,
+    lpp_used,
+    new_id,
+    stale_hosts,
+)
+from server.store.compliance_models import (
+    FindingRow,
+    HostState,
+    ModelFile,
+    OrgState,
+    RegisteredModel,
+    Shipment,
+    ShipmentItem,
+    SiteAuthorization,
+    SiteState,
+)
+from server.store.models import Host, Organization, Site
+
+#: Tier 2 country allocation for licensed exports to non-VEU end users, 2025-2027 (RULES.md: S/C).
+TIER2_ALLOCATION_TPP = 790_000_000
+TIER2_ALLOCATION_CITATION = "15 CFR 742.6(a)(13) country allocations (90 FR 4544); figure S/C"
+
+
+class LedgerError(Exception):
+    def __init__(self, code: str, detail: str, status: int = 422) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+
+# --------------------------------------------------------------------------- status documents
+
+
+def site_status(
+    session: Session, site_id: str, now: datetime, config: ComplianceConfig
+) -> dict[str, Any] | None:
+    site = session.get(Site, site_id)
+    if site is None:
+        return None
+    state = session.get(SiteState, site_id)
+    agg = SiteAggregate.from_json(json.loads(state.aggregate)) if state else SiteAggregate()
+    stale = stale_hosts(session, site_id, now, config.max_host_age)
+    rows = session.scalars(
+        select(FindingRow)
+        .where(FindingRow.site_id == site_id, FindingRow.is_open.is_(True))
+        .order_by(FindingRow.id)
+        .limit(1000)
+    ).all()
+    hosts = session.scalar(
+        select(func.count())
+        .select_from(Host)
+        .where(Host.site_id == site_id, Host.status == "active")
+    )
+    return {
+        "site_id": site.id,
+        "name": site.name,
+        "country": site.country,
+        "status": state.status if state else "none",
+        "status_reason": None if state else "no accepted evidence from this site yet",
+        "policy_digest": state.policy_digest if state else None,
+        "updated_at": state.updated_at.isoformat() if state else None,
+        "authorized_tpp": int(site.authorized_tpp),
+        "installed_tpp": agg.tpp_3a090,
+        "installed_h100e": round(agg.tpp_3a090 / H100E_TPP, 1),
+        "accelerators": agg.accelerators,
+        "unidentified_accelerators": agg.unidentified,
+        "models": {
+            name: {"count": t.count, "tpp": t.tpp, "classification": t.classification}
+            for name, t in sorted(agg.models.items())
+        },
+        "hosts_reporting": agg.hosts,
+        "hosts_active": int(hosts or 0),
+        "stale_hosts": stale,
+        "finding_rows": rows,
+    }
+
+
+def org_status(
+    session: Session, policy: PolicySet, org_id: str, now: datetime
+) -> dict[str, Any] | None:
+    org = session.get(Organization, org_id)
+    if org is None:
+        return None
+    state = session.get(OrgState, org_id)
+    agg = OrgAggregate.from_json(json.loads(state.aggregate)) if state else OrgAggregate()
+    facts = OrgFacts(
+        org_id=org.id,
+        veu_type=org.veu,
+        hq_country=org.hq_country,
+        parent_hq_country=org.parent_hq_country or org.hq_country,
+        aggregate=agg,
+    )
+    packs = policy.active_packs(now.date())
+    table: dict[str, Any] = {}
+    if packs:
+        variables = org_variables(packs[0], facts, now.date())
+        table = {
+            "denominator": variables["org"]["denominator"],
+            "total_tpp": variables["org"]["total_tpp"],
+            "tier1_share": variables["org"]["tier1_share"],
+            "us_share": variables["org"]["us_share"],
+            "thresholds": {
+                k: v
+                for k, v in variables["params"].items()
+                if "share" in k or "tier1" in k or k.startswith("us_")
+            },
+            "countries": variables["countries"],
+        }
+    rows = session.scalars(
+        select(FindingRow)
+        .where(FindingRow.org_id == org_id, FindingRow.scope == "organization")
+        .where(FindingRow.is_open.is_(True))
+        .order_by(FindingRow.id)
+    ).all()
+    return {
+        "org_id": org.id,
+        "name": org.name,
+        "veu": org.veu,
+        "hq_country": org.hq_country,
+        "parent_hq_country": org.parent_hq_country,
+        "status": state.status if state else "none",
+        "policy_digest": state.policy_digest if state else None,
+        "distribution": table,
+        "finding_rows": rows,
+    }
+
+
+def find(
+    session: Session,
+    *,
+    site: str | None,
+    org: str | None,
+    severity: str | None,
+    condition: str | None,
+    is_open: bool | None,
+    limit: int,
+    after: int,
+) -> list[FindingRow]:
+    query = select(FindingRow).where(FindingRow.id > after)
+    if site is not None:
+        query = query.where(FindingRow.site_id == site)
+    if org is not None:
+        query = query.where(FindingRow.org_id == org)
+    if severity is not None:
+        query = query.where(FindingRow.severity == severity)
+    if condition is not None:
+        query = query.where(FindingRow.condition_id == condition)
+    if is_open is not None:
+        query = query.where(FindingRow.is_open.is_(is_open))
+    return list(session.scalars(query.order_by(FindingRow.id).limit(limit)))
+
+
+# --------------------------------------------------------------------------- shipments
+
+
+def chip_by_name(policy: PolicySet, name: str, on: date) -> ChipMatch | None:
+    """A catalog chip by its catalog id (``H100-SXM``) or a name the driver reports."""
+    for pack in policy.active_packs(on) or policy.packs:
+        for chip in pack.catalog.chips:
+            if chip.id.lower() == name.lower():
+                return pack.catalog.identify(
+                    Accelerator(
+                        model=chip.names[0] if chip.names else chip.id, source="inventory-file"
+                    )
+                ) or ChipMatch(
+                    chip.id,
+                    chip.title,
+                    chip.tpp_value,
+                    None,
+                    chip.classification,
+                    (chip.tpp.confidence,),
+                    chip.tpp.source,
+                    "name",
+                )
+    return policy.identify(Accelerator(model=name, source="inventory-file"), on)
+
+
+def add_shipment(
+    session: Session, policy: PolicySet, data: dict[str, Any], *, now: datetime, actor: str
+) -> dict[str, Any]:
+    site = None
+    if data.get("site"):
+        site = session.get(Site, data["site"])
+        if site is None:
+            raise LedgerError("not_found", f"no site {data['site']!r}", 404)
+    country = (data.get("destination_country") or (site.country if site else "")).upper()
+    if not country:
+        raise LedgerError("usage", "give the site or the destination country")
+    identities = [f"uuid:{u}" for u in data.get("uuids", [])] + [
+        f"serial:{s}" for s in data.get("serials", [])
+    ]
+    quantity = data.get("quantity") or len(identities)
+    if quantity < 1:
+        raise LedgerError("usage", "give a quantity or the shipped chips' UUIDs/serials")
+    shipped_on: date = data["shipped_on"]
+    chip = chip_by_name(policy, data["chip_model"], shipped_on)
+    if chip is None:
+        raise LedgerError(
+            "unknown_chip_model",
+            f"{data['chip_model']!r} is not in the chip catalog of the packs in force; "
+            "use a catalog name (see GET /v1/policy)",
+        )
+    tpp = chip.tpp * quantity
+    row = Shipment(
+        id=new_id("shp"),
+        shipped_on=shipped_on,
+        site_id=site.id if site else None,
+        destination_country=country,
+        consignee=data["consignee"],
+        license_exception=data.get("license_exception", "VEU"),
+        end_user=data.get("end_user", "veu"),
+        chip_model=chip.chip_id,
+        quantity=quantity,
+        tpp=tpp,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    for ident in identities:
+        session.add(ShipmentItem(shipment_id=row.id, site_id=row.site_id, identity=ident))
+    warnings: list[dict[str, Any]] = []
+    if row.license_exception == "LPP":
+        used = lpp_used(session, row.consignee, shipped_on.year)
+        if used > LPP_ANNUAL_TPP:
+            warnings.append(
+                {
+                    "code": "lpp_limit_exceeded",
+                    "detail": (
+                        f"consignee {row.consignee!r} received {used:,} TPP under LPP in "
+                        f"{shipped_on.year}; the limit is {LPP_ANNUAL_TPP:,}"
+                    ),
+                    "citation": LPP_CITATION,
+                }
+            )
+    if row.end_user == "non-veu" and row.license_exception == "license":
+        used = int(
+            session.scalar(
+                select(func.coalesce(func.sum(Shipment.tpp), 0)).where(
+                    Shipment.destination_country == country,
+                    Shipment.end_user == "non-veu",
+                    Shipment.license_exception == "license",
+                )
+            )
+            or 0
+        )
+        if used > TIER2_ALLOCATION_TPP:
+            warnings.append(
+                {
+                    "code": "country_allocation_exceeded",
+                    "detail": (
+                        f"licensed non-VEU exports to {country} total {used:,} TPP; the "
+                        f"2025-2027 allocation is {TIER2_ALLOCATION_TPP:,}"
+                    ),
+                    "citation": TIER2_ALLOCATION_CITATION,
+                }
+            )
+    audit.append(
+        session,
+        at=now,
+        actor=actor,
+        action="shipment.added",
+        subject=f"shipment:{row.id}",
+        details={
+            "site": row.site_id,
+            "chip_model": row.chip_model,
+            "quantity": quantity,
+            "tpp": tpp,
+            "license_exception": row.license_exception,
+        },
+    )
+    return {"id": row.id, "tpp": tpp, "chip_model": row.chip_model, "warnings": warnings}
+
+
+def list_shipments(session: Session, *, site: str | None, limit: int) -> list[dict[str, Any]]:
+    query = select(Shipment).order_by(Shipment.shipped_on.desc(), Shipment.id).limit(limit)
+    if site is not None:
+        query = query.where(Shipment.site_id == site)
+    return [
+        {
+            "id": s.id,
+            "shipped_on": s.shipped_on.isoformat(),
+            "site_id": s.site_id,
+            "destination_country": s.destination_country,
+            "consignee": s.consignee,
+            "license_exception": s.license_exception,
+            "end_user": s.end_user,
+            "chip_model": s.chip_model,
+            "quantity": s.quantity,
+            "tpp": s.tpp,
+        }
+        for s in session.scalars(query)
+    ]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def add_model(
+    session: Session, policy: PolicySet, data: dict[str, Any], *, now: datetime, actor: str
+) -> dict[str, Any]:
+    if session.scalar(select(RegisteredModel).where(RegisteredModel.name == data["name"])):
+        raise LedgerError("conflict", f"a model named {data['name']!r} is registered", 409)
+    taken = session.scalars(
+        select(ModelFile.digest).where(ModelFile.digest.in_(data.get("digests", [])))
+    ).all()
+    if taken:
+        raise LedgerError(
+            "conflict", f"digest {taken[0][:16]}… already belongs to another model", 409
+        )
+    row = RegisteredModel(
+        id=new_id("mdl"),
+        name=data["name"],
+        training_ops=data.get("training_ops"),
+        published=bool(data.get("published")),
+        derived_from=data.get("derived_from"),
+        derived_from_published=bool(data.get("derived_from_published")),
+        added_training_ops=data.get("added_training_ops"),
+        less_capable_than_published=bool(data.get("less_capable_than_published")),
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    for digest in sorted(set(data.get("digests", []))):
+        session.add(ModelFile(digest=digest, model_id=row.id))
+    verdict = classify_model(_model_record(row, ()), policy, now.date())
+    audit.append(
+        session,
+        at=now,
+        actor=actor,
+        action="model.registered",
+        subject=f"model:{row.id}",
+        details={
+            "name": row.name,
+            "digests": len(data.get("digests", [])),
+            "classification": verdict.classification,
+        },
+    )
+    return {"id": row.id, "name": row.name, **_classification_json(verdict)}
+
+
+def _classification_json(verdict: Any) -> dict[str, Any]:
+    return {
+        "classification": verdict.classification,
+        "controlled": verdict.controlled,
+        "reason": verdict.reason,
+        "confidence": list(verdict.confidence),
+    }
+
+
+def list_models(session: Session, policy: PolicySet, on: date) -> list[dict[str, Any]]:
+    rows = session.scalars(select(RegisteredModel).order_by(RegisteredModel.name)).all()
+    counts = dict(
+        session.execute(select(ModelFile.model_id, func.count()).group_by(ModelFile.model_id)).all()
+    )
+    out = []
+    for row in rows:
+        record: ModelRecord = _model_record(row, ())
+        out.append(
+            {
+                "id": row.id,
+                "name": row.name,
+                "training_ops": row.training_ops,
+                "published": row.published,
+                "files": int(counts.get(row.id, 0)),
+                **_classification_json(classify_model(record, policy, on)),
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- authorization
+
+
+def set_authorization(
+    session: Session, site_id: str, data: dict[str, Any], *, now: datetime, actor: str
+) -> dict[str, Any]:
+    if session.get(Site, site_id) is None:
+        raise LedgerError("not_found", f"no site {site_id[:64]!r}", 404)
+    row = session.get(SiteAuthorization, site_id)
+    allowed = data.get("allowed_models")
+    encoded = json.dumps(sorted(allowed)) if allowed is not None else None
+    if row is None:
+        row = SiteAuthorization(site_id=site_id)
+        session.add(row)
+    row.allowed_models = encoded
+    row.may_store_controlled_weights = bool(data.get("may_store_controlled_weights"))
+    audit.append(
+        session,
+        at=now,
+        actor=actor,
+        action="site.authorization",
+        subject=f"site:{site_id}",
+        details={
+            "allowed_models": allowed,
+            "may_store_controlled_weights": row.may_store_controlled_weights,
+        },
+    )
+    return {
+        "site_id": site_id,
+        "allowed_models": allowed,
+        "may_store_controlled_weights": row.may_store_controlled_weights,
+    }
+
+
+def policy_summary(policy: PolicySet) -> dict[str, Any]:
+    return {
+        "digest": policy.digest,
+        "packs": [
+            {
+                "id": p.id,
+                "version": p.version,
+                "title": p.title,
+                "status": p.status,
+                "status_note": p.status_note,
+                "effective": p.effective.isoformat(),
+                "expires": p.expires.isoformat() if p.expires else None,
+                "source": p.source,
+            }
+            for p in policy.packs
+        ],
+    }
+
+
+def host_count(session: Session, site_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(HostState).where(HostState.site_id == site_id)
+        )
+        or 0
+    )

@@ -50,6 +50,7 @@ def _db(args: argparse.Namespace) -> tuple[Settings, object]:
     from server.store.migrate import upgrade
 
     settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.resolved_database_url())
     return settings, Database(engine_for(settings))
 
@@ -353,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit", required=True)
     add(audit, "verify", cmd_audit_verify, "prove the audit hash chain unbroken")
+
+    from server import compliance_cli, demo, report_cli
+    from server.policy import cli as policy_cli
+
+    compliance_cli.register(sub, common, site, org)
+    policy_cli.register(sub)
+    report_cli.register(sub)
+    demo.register(sub)
     return parser
 
 
@@ -360,14 +369,16 @@ _STATUS_EXIT = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from server.compliance_cli import UsageError
+    from server.store.ledger import LedgerError
     from server.store.repo import StoreError
 
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
-    except CliError as exc:
+    except (CliError, UsageError, LedgerError) as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
-        return exc.exit_code
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except StoreError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return _STATUS_EXIT.get(exc.status, EXIT_USAGE)

@@ -103,8 +103,10 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(read_router)
     app.include_router(compliance_router)
     from server.api import dashboard
+    from server.api.dashboard.metrics import register_compliance_metrics
 
     dashboard.mount(app)
+    register_compliance_metrics(svc.metrics.registry, db, max_host_age=settings.max_host_age)
     return app
 
 

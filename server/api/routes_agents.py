@@ -161,31 +161,18 @@ def _issue_for_agent(svc: Services, key_id: str) -> dict[str, Any]:
 
 
 def _issue_for_admin(svc: Services, req: AdminChallengeRequest, actor: auth.User) -> dict[str, Any]:
-    from server import audit
+    from server.store.ledger import request_attestation
 
-    now = svc.now()
     with svc.db.write() as session:
-        site_id = repo.find_site(session, req.site).id if req.site else None
         if req.host is not None and session.get(Host, req.host) is None:
             raise APIError(404, "unknown_host", "no host with that key id")
-        hosts = repo.hosts_of(session, site_id=site_id, key_id=req.host)
-        out = []
-        for h in hosts:
-            row = repo.issue_nonce(session, h.key_id, "request", now, svc.settings.challenge_ttl)
-            out.append(
-                {
-                    "host_id": h.key_id,
-                    "nonce": row.nonce,
-                    "expires_at": format_timestamp(row.expires_at),
-                }
-            )
-        audit.append(
+        out = request_attestation(
             session,
-            at=now,
+            site=req.site,
+            host=req.host,
             actor=actor.actor,
-            action="attest.requested",
-            subject=f"site:{site_id}" if site_id else f"host:{req.host}",
-            details={"hosts": [c["host_id"] for c in out]},
+            now=svc.now(),
+            ttl=svc.settings.challenge_ttl,
         )
     return {"challenges": out}
 

@@ -55,7 +55,8 @@ def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
         status = ledger.site_status(session, site_id, svc.now(), svc.compliance)
     if status is None:
         raise APIError(404, "not_found", f"no site {site_id[:64]!r}")
-    return {**status, "findings": [_finding_json(r) for r in status.pop("finding_rows")]}
+    rows = status.pop("finding_rows")
+    return {**status, "findings": [_finding_json(r) for r in rows]}
 
 
 @router.get("/orgs/{org_id}/status")
@@ -66,7 +67,8 @@ def org_status(svc: SvcDep, request: Request, org_id: str) -> dict[str, Any]:
         status = ledger.org_status(session, svc.policy, org_id, svc.now())
     if status is None:
         raise APIError(404, "not_found", f"no organization {org_id[:64]!r}")
-    return {**status, "findings": [_finding_json(r) for r in status.pop("finding_rows")]}
+    rows = status.pop("finding_rows")
+    return {**status, "findings": [_finding_json(r) for r in rows]}
 
 
 @router.get("/findings")

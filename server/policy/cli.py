@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.evidence import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
+from server.config import DEFAULT_POLICIES_DIR
 from server.findings import status_of
 from server.policy.aggregate import SiteAggregate
 from server.policy.engine import load_policy_set
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
     sub = policy.add_subparsers(dest="policy_command", required=True)
     test = sub.add_parser("test", help="run each pack's fixtures (exit 0 when all pass)")
     test.add_argument("pack", nargs="?", help="pack folder name (default: every pack)")
-    test.add_argument("--policies", type=Path, default=Path("policies"))
+    test.add_argument("--policies", type=Path, default=DEFAULT_POLICIES_DIR)
     ev = sub.add_parser("eval", help="judge a snapshot envelope offline (signature not checked)")
     ev.add_argument("snapshot", type=Path)
     ev.add_argument("--site-country", required=True, help="ISO 3166 alpha-2 code, e.g. DE")
@@ -41,7 +42,7 @@ def register(subparsers: Any) -> None:
     ev.add_argument(
         "--date", type=date.fromisoformat, default=None, help="judge as of (default today)"
     )
-    ev.add_argument("--policies", type=Path, default=Path("policies"))
+    ev.add_argument("--policies", type=Path, default=DEFAULT_POLICIES_DIR)
     ev.add_argument("--json", action="store_true")
 
 

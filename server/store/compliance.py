@@ -215,17 +215,21 @@ def record(
     sync_findings(
         session, "host", key_id, site_id=site.id, org_id=org.id, findings=findings, now=now
     )
-    duplicates = duplicate_identities(session, key_id, new.identities)
+    duplicates = duplicate_identities(session, key_id, snapshot)
     _judge_site(session, policy, site, site_state, site_agg, now, config, duplicates, key_id)
     _judge_org(session, policy, org, org_state, org_agg, now)
 
 
 def duplicate_identities(
-    session: Session, key_id: str, identities: Sequence[str]
+    session: Session, key_id: str, snapshot: SnapshotV1
 ) -> list[tuple[str, list[str]]]:
-    """Identities of this host's accelerators that another host also reports (indexed lookup)."""
-    uuids = [i[5:] for i in identities if i.startswith("uuid:")]
-    serials = [i[7:] for i in identities if i.startswith("serial:")]
+    """UUIDs or serials of this host's accelerators that another host also reports.
+
+    Both are checked: a cloned board may keep its serial under a new UUID, or the reverse.
+    Two indexed lookups, whatever the size of the fleet.
+    """
+    uuids = sorted({a.uuid for a in snapshot.accelerators if a.uuid})
+    serials = sorted({a.serial for a in snapshot.accelerators if a.serial})
     found: dict[str, set[str]] = {}
     if uuids:
         for other, value in session.execute(

@@ -9,7 +9,7 @@ API and the dashboard show. Writes are audited in the caller's transaction.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -212,11 +212,9 @@ def chip_by_name(policy: PolicySet, name: str, on: date) -> ChipMatch | None:
 def add_shipment(
     session: Session, policy: PolicySet, data: dict[str, Any], *, now: datetime, actor: str
 ) -> dict[str, Any]:
-    site = None
-    if data.get("site"):
-        site = session.get(Site, data["site"])
-        if site is None:
-            raise LedgerError("not_found", f"no site {data['site']!r}", 404)
+    from server.store import repo
+
+    site = repo.find_site(session, data["site"]) if data.get("site") else None
     country = (data.get("destination_country") or (site.country if site else "")).upper()
     if not country:
         raise LedgerError("usage", "give the site or the destination country")
@@ -434,6 +432,52 @@ def set_authorization(
         "allowed_models": allowed,
         "may_store_controlled_weights": row.may_store_controlled_weights,
     }
+
+
+def request_attestation(
+    session: Session,
+    *,
+    site: str | None,
+    host: str | None,
+    actor: str,
+    now: datetime,
+    ttl: timedelta,
+) -> list[dict[str, Any]]:
+    """On-demand attestation: one challenge per active host of a site (or one host), audited.
+
+    Each host picks its nonce up at its next check-in and answers with a nonce-bound snapshot.
+    """
+    from agent.evidence import format_timestamp
+    from server.store import repo
+
+    site_id = repo.find_site(session, site).id if site else None
+    out = []
+    for h in repo.hosts_of(session, site_id=site_id, key_id=host):
+        row = repo.issue_nonce(session, h.key_id, "request", now, ttl)
+        out.append(
+            {
+                "host_id": h.key_id,
+                "nonce": row.nonce,
+                "expires_at": format_timestamp(row.expires_at),
+            }
+        )
+    audit.append(
+        session,
+        at=now,
+        actor=actor,
+        action="attest.requested",
+        subject=f"site:{site_id}" if site_id else f"host:{host}",
+        details={"hosts": [c["host_id"] for c in out]},
+    )
+    return out
+
+
+def challenge_answers(session: Session, nonces: list[str]) -> dict[str, bool]:
+    """Which of these challenges have been answered with accepted evidence."""
+    from server.store.models import Nonce
+
+    rows = session.execute(select(Nonce.nonce, Nonce.used).where(Nonce.nonce.in_(nonces))).all()
+    return {n: bool(u) for n, u in rows}
 
 
 def policy_summary(policy: PolicySet) -> dict[str, Any]:

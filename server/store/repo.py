@@ -322,6 +322,9 @@ def revoke_host(session: Session, key_id: str, now: datetime, actor: str) -> Hos
     if host.status != "revoked":
         host.status = "revoked"
         host.revoked_at = now
+        from server.store.compliance import mark_hosts_inactive
+
+        mark_hosts_inactive(session, key_id, now)  # a revoked host's chips stop counting
         audit.append(
             session,
             at=now,

@@ -35,6 +35,7 @@ from agent.evidence import (
     envelope_digest,
     parse_envelope,
     parse_statement,
+    payload_digest,
     sign_envelope,
     statement_bytes,
 )
@@ -127,9 +128,13 @@ class Chain:
             raw = journal.read_bytes()
         except FileNotFoundError:
             return
+        head = self.head()
         try:
             envelope = parse_envelope(raw)
-            _, snapshot = parse_statement(envelope.payload_bytes())
+            payload = envelope.payload_bytes()
+            if head is not None and payload_digest(payload) == head.digest:
+                return  # the usual case: the journal holds the head itself
+            _, snapshot = parse_statement(payload)
         except EvidenceError as exc:
             # The journal is written atomically, so this is outside damage. The head is intact
             # and still authoritative; keep the file aside for inspection.
@@ -138,7 +143,6 @@ class Chain:
             return
         if snapshot.agent.key_id != self.key_id:
             return
-        head = self.head()
         expected_seq = 1 if head is None else head.seq + 1
         expected_prev = None if head is None else head.digest
         if snapshot.seq == expected_seq and snapshot.prev == expected_prev:

@@ -10,6 +10,7 @@ collector or a stale host yields ``none``, never ``affirming``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,3 +72,37 @@ def status_of(findings: list[Finding] | tuple[Finding, ...]) -> Status:
         if STATUS_RANK[candidate] > STATUS_RANK[worst]:
             worst = candidate
     return worst
+
+
+def condensed(findings: Sequence[Finding], *, per_condition: int = 25) -> tuple[Finding, ...]:
+    """At most ``per_condition`` findings of each condition, then one that counts the rest.
+
+    A host with thousands of unregistered weight files would otherwise get a signed result of
+    megabytes. The status is computed from every finding before condensing, and every finding is
+    kept in the findings table; the summary says so and carries the worst severity it stands for.
+    """
+    kept: list[Finding] = []
+    extra: dict[str, list[Finding]] = {}
+    seen: dict[str, int] = {}
+    for finding in findings:
+        seen[finding.condition_id] = seen.get(finding.condition_id, 0) + 1
+        if seen[finding.condition_id] <= per_condition:
+            kept.append(finding)
+        else:
+            extra.setdefault(finding.condition_id, []).append(finding)
+    for condition_id, rest in extra.items():
+        worst = max(rest, key=lambda f: SEVERITY_RANK[f.severity])
+        kept.append(
+            Finding(
+                condition_id=condition_id,
+                severity=worst.severity,
+                subject=f"{len(rest)} more subjects",
+                message=(
+                    f"{len(rest)} more findings of this condition are not repeated in this "
+                    "result; all are listed by GET /v1/findings?condition=" + condition_id
+                ),
+                citation=worst.citation,
+                confidence=worst.confidence,
+            )
+        )
+    return tuple(kept)

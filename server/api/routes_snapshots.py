@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from server.api import auth
 from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
-from server.findings import Finding, status_of
+from server.findings import Finding, condensed, status_of
 from server.results import sign_result
 from server.store import compliance, repo
 from server.store.ingest import (
@@ -174,7 +174,8 @@ def _commit(
                 svc.key,
                 verifier_id=svc.settings.verifier_id,
                 issued_at=now,
-                findings=findings,
+                findings=condensed(findings),
+                status=status,
                 digest=accepted.digest,
                 host_key_id=accepted.key_id,
                 site_id=site_id,

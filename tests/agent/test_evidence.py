@@ -397,3 +397,36 @@ def test_flipping_any_signature_byte_fails_verification(index: int, flip: int) -
     envelope = _ENVELOPE.model_copy(update={"signatures": [sig]})
     with pytest.raises(SignatureError):
         verify_envelope(envelope, {_SIGNING_KID: _SIGNING_KEY.public_key()})
+
+
+json_any = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(json_any)
+@settings(max_examples=400, deadline=None)
+def test_fast_canonical_encoder_matches_the_rfc8785_reference(value: object) -> None:
+    import rfc8785
+
+    try:
+        reference = bytes(rfc8785.dumps(value))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError):
+        with pytest.raises(EvidenceError):
+            canonical_bytes(value)
+        return
+    assert canonical_bytes(value) == reference
+
+
+def test_keys_beyond_the_bmp_sort_by_utf16_even_on_the_fast_path() -> None:
+    # U+1F600 sorts before U+FB33 in UTF-16 (surrogate pair D83D...) but after it by code point.
+    value = {"\ufb33": 1, "\U0001f600": 2}
+    assert list(json.loads(canonical_bytes(value))) == ["\U0001f600", "\ufb33"]

@@ -316,3 +316,25 @@ def test_findings_can_be_filtered_by_severity_and_openness(api: Any) -> None:
         api.client.get("/v1/findings?severity=bogus", headers=api.as_auditor()).status_code == 422
     )
     assert api.client.get("/v1/findings").status_code == 401
+
+
+def test_a_host_with_thousands_of_findings_gets_a_small_signed_result(api: Any) -> None:
+    root = weights_root()
+    many = [
+        root.files[0].model_copy(
+            update={"path": f"/srv/models/x/{i}.safetensors", "sha256": f"{i:064x}"}
+        )
+        for i in range(2000)
+    ]
+    big = root.model_copy(update={"files": many, "file_count": 2000})
+    kit = enrolled(api, api.site_id, 0)
+    body = submit(api, kit, storage=[big])
+    assert len(body["result"]) < 100_000
+    found = findings_of(body, api)
+    unclassified = [f for f in found if f["condition_id"].endswith("weights-classified")]
+    assert len(unclassified) == 26 and "1975 more" in unclassified[-1]["message"]
+    listed = api.client.get(
+        f"/v1/findings?condition={unclassified[0]['condition_id']}&limit=1000",
+        headers=api.as_auditor(),
+    ).json()
+    assert len(listed["items"]) == 1000 and listed["next"]

@@ -158,6 +158,9 @@ class Snapshot(Base):
     result: Mapped[str] = mapped_column(Text)  # the signed result (JWT)
     size: Mapped[int] = mapped_column(Integer)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    #: Set when retention dropped the raw envelope (``envelope`` is then empty); see
+    #: server/retention.py. Migration 0003 adds the column and an index on ``received_at``.
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class InventoryAccelerator(Base):

@@ -228,8 +228,9 @@ def duplicate_identities(
     Both are checked: a cloned board may keep its serial under a new UUID, or the reverse.
     Two indexed lookups, whatever the size of the fleet.
     """
-    uuids = sorted({a.uuid for a in snapshot.accelerators if a.uuid})
-    serials = sorted({a.serial for a in snapshot.accelerators if a.serial})
+    # As stored in the inventory table (NUL escaped, cut to the column), so the lookup matches.
+    uuids = sorted({db_text(a.uuid, 100) or "" for a in snapshot.accelerators if a.uuid})
+    serials = sorted({db_text(a.serial, 100) or "" for a in snapshot.accelerators if a.serial})
     found: dict[str, set[str]] = {}
     if uuids:
         for other, value in session.execute(

@@ -355,13 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit", required=True)
     add(audit, "verify", cmd_audit_verify, "prove the audit hash chain unbroken")
 
-    from server import compliance_cli, demo, report_cli
+    from server import compliance_cli, demo, report_cli, retention, simulate
     from server.policy import cli as policy_cli
 
     compliance_cli.register(sub, common, site, org)
     policy_cli.register(sub)
     report_cli.register(sub)
     demo.register(sub)
+    simulate.register(sub)
+    retention.register(sub)
     return parser
 
 

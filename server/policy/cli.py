@@ -34,8 +34,16 @@ def register(subparsers: Any) -> None:
     test.add_argument("--policies", type=Path, default=DEFAULT_POLICIES_DIR)
     ev = sub.add_parser("eval", help="judge a snapshot envelope offline (signature not checked)")
     ev.add_argument("snapshot", type=Path)
-    ev.add_argument("--site-country", required=True, help="ISO 3166 alpha-2 code, e.g. DE")
-    ev.add_argument("--site", default="what-if", help="site id to report")
+    ev.add_argument(
+        "--site",
+        default=None,
+        help="judge as at this enrolled site (id or name, from --data-dir/--database-url): "
+        "its country, authorized TPP, test flag and weight-storage authorization, and the "
+        "model registry",
+    )
+    ev.add_argument("--site-country", help="or a hypothetical site in this country, e.g. DE")
+    ev.add_argument("--data-dir", help="verifier data directory (env VEU_DATA_DIR)")
+    ev.add_argument("--database-url", help="verifier database (env VEU_DATABASE_URL)")
     ev.add_argument("--authorized-tpp", type=int, default=None)
     ev.add_argument("--test-site", action="store_true")
     ev.add_argument("--may-store-weights", action="store_true")
@@ -56,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except (EvidenceError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the store's own errors (unknown site, unreachable database)
+        code, detail = getattr(exc, "code", None), getattr(exc, "detail", None)
+        if code is None or detail is None:
+            raise
+        print(f"error: {code}: {detail}", file=sys.stderr)
         return 2
 
 
@@ -82,21 +96,59 @@ def _load_snapshot(path: Path) -> SnapshotV1:
     return SnapshotV1.model_validate(value)
 
 
+def _enrolled_site_context(
+    args: argparse.Namespace, snapshot: SnapshotV1
+) -> tuple[HostContext, int]:
+    """The context the verifier would use for this site, read from its database."""
+    from server.config import Settings
+    from server.db import Database, engine_for
+    from server.store import repo
+    from server.store.compliance import model_registry
+    from server.store.compliance_models import SiteAuthorization
+
+    settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
+    db = Database(engine_for(settings))
+    try:
+        with db.read() as session:
+            site = repo.find_site(session, args.site)
+            auth = session.get(SiteAuthorization, site.id)
+            digests = [f.sha256 for r in snapshot.storage for f in r.files if f.sha256]
+            ctx = HostContext(
+                site_id=site.id,
+                site_country=site.country,
+                site_is_test=site.test_site or args.test_site,
+                site_may_store_controlled_weights=bool(
+                    (auth and auth.may_store_controlled_weights) or args.may_store_weights
+                ),
+                models=model_registry(session, digests),
+            )
+            return ctx, int(site.authorized_tpp)
+    finally:
+        db.dispose()
+
+
 def _eval(args: argparse.Namespace) -> int:
     on: date = args.date or datetime.now(UTC).date()
     policy = load_policy_set(args.policies)
     snapshot = _load_snapshot(args.snapshot)
-    ctx = HostContext(
-        site_id=args.site,
-        site_country=args.site_country.upper(),
-        site_is_test=args.test_site,
-        site_may_store_controlled_weights=args.may_store_weights,
-    )
+    if args.site_country:
+        ctx = HostContext(
+            site_id=args.site or "what-if",
+            site_country=args.site_country.upper(),
+            site_is_test=args.test_site,
+            site_may_store_controlled_weights=args.may_store_weights,
+        )
+    elif args.site:
+        ctx, authorized = _enrolled_site_context(args, snapshot)
+        if args.authorized_tpp is None:
+            args.authorized_tpp = authorized
+    else:
+        raise ValueError("give --site (an enrolled site) or --site-country (a hypothetical one)")
     findings = policy.evaluate_host(snapshot, ctx, on)
     if args.authorized_tpp is not None:
         agg = SiteAggregate()
         agg.apply(None, policy.contribution(snapshot, on, country=ctx.site_country))
-        facts = SiteFacts(args.site, ctx.site_country, args.authorized_tpp, agg, host_count=1)
+        facts = SiteFacts(ctx.site_id, ctx.site_country, args.authorized_tpp, agg, host_count=1)
         findings += policy.evaluate_site(facts, on)
     status = status_of(findings)
     if args.json:

@@ -155,3 +155,49 @@ def test_site_authorize_and_org_status(data_dir: Path, capsys: pytest.CaptureFix
 def test_policy_test_runs_the_shipped_pack_fixtures(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "policy", "test")
     assert code == 0 and "PASS" in out
+
+
+def test_policy_eval_judges_an_envelope_as_at_an_enrolled_site(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main as agent_main
+
+    inventory = Path(__file__).resolve().parents[1] / "fixtures" / "inventory" / "h100-sxm-8.json"
+    state = tmp_path / "agent"
+    assert agent_main(["init", "--state-dir", str(state)]) == 0
+    envelope = tmp_path / "snap.json"
+    assert (
+        agent_main(
+            [
+                "snapshot",
+                "--state-dir",
+                str(state),
+                "--inventory",
+                str(inventory),
+                "--out",
+                str(envelope),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code, out, _ = run(
+        capsys,
+        "policy",
+        "eval",
+        str(envelope),
+        "--site",
+        "fra-1",
+        "--json",
+        "--data-dir",
+        str(data_dir),
+    )
+    result = json.loads(out)
+    names = {f["condition_id"].split("/")[-1] for f in result["findings"]}
+    # fra-1 is not a test site, so declared inventory cannot attest; 126,656 TPP fits 1,000,000.
+    assert code == 1 and result["status"] == "none"
+    assert "host.probed-evidence" in names and "site.authorized-tpp" not in names
+    code, _, err = run(
+        capsys, "policy", "eval", str(envelope), "--site", "nowhere", "--data-dir", str(data_dir)
+    )
+    assert code == 2 and "nowhere" in err and "Traceback" not in err

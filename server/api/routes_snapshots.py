@@ -29,6 +29,7 @@ from server.store.ingest import (
     AlreadyStored,
     HeadMoved,
     NonceSpent,
+    audit_accepted,
     audit_rejection,
     commit_accepted,
     lookup,
@@ -206,6 +207,7 @@ def _commit(
                 now=now,
                 config=svc.compliance,
             )
+            audit_accepted(session, accepted, status=status, findings=findings, now=now)
     except (AlreadyStored, HeadMoved):
         # A racing worker committed first. Which constraint fires first is up to the database,
         # so ask: if this very envelope is stored, answer its result; otherwise the head moved.
@@ -262,6 +264,13 @@ def raw_envelope(svc: SvcDep, request: Request, digest: str = DIGEST) -> Respons
         row = repo.snapshot_by_digest(session, digest)
         if row is None:
             raise APIError(404, "not_found", "no accepted snapshot with that digest")
+        if row.pruned_at is not None:
+            raise APIError(
+                410,
+                "envelope_pruned",
+                f"the raw envelope was pruned by the retention setting on {row.pruned_at:%Y-%m-%d};"
+                " its digest and signed result are kept (GET /v1/results/{digest})",
+            )
         data = bytes(row.envelope)
     return Response(content=data, media_type="application/json")
 

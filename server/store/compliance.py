@@ -140,33 +140,52 @@ def judge_host(
 # --------------------------------------------------------------------------- aggregates
 
 
+def _ensure(session: Session, row: SiteState | OrgState) -> None:
+    """Insert the state row if no one has; a concurrent creator wins harmlessly (savepoint)."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        pass
+
+
 def _locked_site_state(session: Session, site_id: str, now: datetime) -> SiteState:
-    row = session.scalar(select(SiteState).where(SiteState.site_id == site_id).with_for_update())
+    query = select(SiteState).where(SiteState.site_id == site_id).with_for_update()
+    row = session.scalar(query)
     if row is None:
-        row = SiteState(
-            site_id=site_id,
-            aggregate=json.dumps(SiteAggregate().to_json()),
-            status="none",
-            policy_digest=None,
-            updated_at=now,
+        _ensure(
+            session,
+            SiteState(
+                site_id=site_id,
+                aggregate=json.dumps(SiteAggregate().to_json()),
+                status="none",
+                policy_digest=None,
+                updated_at=now,
+            ),
         )
-        session.add(row)
-        session.flush()
+        row = session.scalar(query.execution_options(populate_existing=True))
+        assert row is not None
     return row
 
 
 def _locked_org_state(session: Session, org_id: str, now: datetime) -> OrgState:
-    row = session.scalar(select(OrgState).where(OrgState.org_id == org_id).with_for_update())
+    query = select(OrgState).where(OrgState.org_id == org_id).with_for_update()
+    row = session.scalar(query)
     if row is None:
-        row = OrgState(
-            org_id=org_id,
-            aggregate=json.dumps(OrgAggregate().to_json()),
-            status="none",
-            policy_digest=None,
-            updated_at=now,
+        _ensure(
+            session,
+            OrgState(
+                org_id=org_id,
+                aggregate=json.dumps(OrgAggregate().to_json()),
+                status="none",
+                policy_digest=None,
+                updated_at=now,
+            ),
         )
-        session.add(row)
-        session.flush()
+        row = session.scalar(query.execution_options(populate_existing=True))
+        assert row is not None
     return row
 
 
@@ -289,7 +308,7 @@ def stale_hosts(session: Session, site_id: str, now: datetime, max_age: timedelt
                 HostState.collected_at < cutoff,
                 Host.status == "active",
             )
-            .order_by(HostState.key_id)
+            .order_by(HostState.collected_at, HostState.key_id)  # walks the (site, time) index
             .limit(1000)
         )
     )

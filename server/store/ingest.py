@@ -305,6 +305,18 @@ def commit_accepted(
             raise NonceSpent(accepted.nonce)
     if new_inventory != inventory_digest:
         _replace_inventory(session, accepted.key_id, rows)
+
+
+def audit_accepted(
+    session: Session,
+    accepted: Accepted,
+    *,
+    status: str,
+    findings: Sequence[Finding],
+    now: datetime,
+) -> None:
+    """The audit row of accepted evidence. Call it LAST in the ingest transaction: appending
+    locks the single audit head row, so everything before it runs concurrently across workers."""
     audit.append(
         session,
         at=now,
@@ -315,7 +327,7 @@ def commit_accepted(
             "digest": accepted.digest,
             "seq": accepted.seq,
             "status": status,
-            "findings": [f.condition_id for f in findings],
+            "findings": sorted({f.condition_id for f in findings}),
             "nonce": accepted.nonce,
         },
     )

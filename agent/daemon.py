@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import AgentConfig
 from agent.fsutil import atomic_write
+from agent.jsonlog import JsonFormatter
 from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt, SpoolFull
 
 log = logging.getLogger("agent.daemon")
@@ -616,25 +617,6 @@ class Daemon:
 def event(level: int, name: str, **fields_: Any) -> None:
     """One structured log event; :class:`JsonFormatter` writes it as one JSON line."""
     log.log(level, name, extra={"fields": {k: v for k, v in fields_.items() if v is not None}})
-
-
-class JsonFormatter(logging.Formatter):
-    """JSON lines: ``{"ts", "level", "logger", "event", ...fields}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": rfc3339(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            for key, value in extra.items():
-                out.setdefault(key, value)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
 
 
 def configure_logging(stream: Any = None) -> None:

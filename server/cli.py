@@ -63,6 +63,7 @@ def _now() -> datetime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from agent.jsonlog import dict_config
     from server.results import load_or_create_key
     from server.store.migrate import upgrade
 
@@ -94,6 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.tls_key,
         access_log=args.access_log,
         log_level=args.log_level,
+        log_config=dict_config(args.log_level),
         timeout_graceful_shutdown=10,
     )
     if args.workers > 1:

@@ -51,3 +51,15 @@ def test_a_changed_accelerator_inventory_is_reported_before_the_next_scheduled_s
     )
     wait_for(lambda: len(verifier.snapshots(agent.key_id)) >= 2, timeout=30, what="its delivery")
     assert agent.terminate() == 0
+
+
+def test_attest_request_wait_reports_when_every_host_of_the_site_answered(
+    verifier: VerifierProcess, agent: AgentProcess
+) -> None:
+    agent.report = "1h"
+    agent.start()
+    wait_for(lambda: len(verifier.snapshots(agent.key_id)) >= 1, timeout=60, what="first snapshot")
+    last = verifier.cli("attest-request", agent.key_id, "--wait", "--timeout", "60")
+    assert last == "all 1 hosts answered"
+    assert any(s["nonce"] for s in verifier.snapshots(agent.key_id))
+    assert agent.terminate() == 0

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
@@ -151,42 +151,37 @@ def _ensure(session: Session, row: SiteState | OrgState) -> None:
         pass
 
 
-def _locked_site_state(session: Session, site_id: str, now: datetime) -> SiteState:
-    query = select(SiteState).where(SiteState.site_id == site_id).with_for_update()
+_State = TypeVar("_State", SiteState, OrgState)
+
+
+def _locked_state(
+    session: Session, model: type[_State], key: str, now: datetime, empty: dict[str, Any]
+) -> _State:
+    """The aggregate row of one site or organization, locked until commit (created if new)."""
+    column = model.site_id if model is SiteState else model.org_id  # type: ignore[attr-defined]
+    query = select(model).where(column == key).with_for_update()
     row = session.scalar(query)
     if row is None:
-        _ensure(
-            session,
-            SiteState(
-                site_id=site_id,
-                aggregate=json.dumps(SiteAggregate().to_json()),
-                status="none",
-                policy_digest=None,
-                updated_at=now,
-            ),
+        id_field = "site_id" if model is SiteState else "org_id"
+        fresh = model(
+            **{id_field: key},
+            aggregate=json.dumps(empty),
+            status="none",
+            policy_digest=None,
+            updated_at=now,
         )
+        _ensure(session, fresh)
         row = session.scalar(query.execution_options(populate_existing=True))
         assert row is not None
     return row
+
+
+def _locked_site_state(session: Session, site_id: str, now: datetime) -> SiteState:
+    return _locked_state(session, SiteState, site_id, now, SiteAggregate().to_json())
 
 
 def _locked_org_state(session: Session, org_id: str, now: datetime) -> OrgState:
-    query = select(OrgState).where(OrgState.org_id == org_id).with_for_update()
-    row = session.scalar(query)
-    if row is None:
-        _ensure(
-            session,
-            OrgState(
-                org_id=org_id,
-                aggregate=json.dumps(OrgAggregate().to_json()),
-                status="none",
-                policy_digest=None,
-                updated_at=now,
-            ),
-        )
-        row = session.scalar(query.execution_options(populate_existing=True))
-        assert row is not None
-    return row
+    return _locked_state(session, OrgState, org_id, now, OrgAggregate().to_json())
 
 
 def record(

@@ -74,24 +74,33 @@ def shard_digest(i: int) -> str:
     return hashlib.sha256(f"shard{i}".encode()).hexdigest()
 
 
-def _accelerator(host: int, slot: int, generation: int, key_id: str) -> Accelerator:
-    """One board; UUID and serial derive from the host key, so they are unique fleet-wide."""
-    tag = hashlib.sha256(f"{key_id}/{slot}/{generation}".encode()).hexdigest()
+def h100_board(bus_id: str, uuid: str, serial: str) -> Accelerator:
+    """One NVIDIA H100 SXM as NVML reports it on an HGX host (the simulator's and tests' shape)."""
     return Accelerator(
         vendor="NVIDIA",
         model="NVIDIA H100 80GB HBM3",
         pci_vendor_id="0x10de",
         pci_device_id="0x2330",
         pci_class="0x030200",
-        pci_bus_id=f"0000:{BUSES[slot]}:00.0",
-        uuid=f"GPU-{host:08x}-{slot:04x}-{generation:04x}-{tag[:12]}",
-        serial=f"1652{int(tag[12:24], 16) % 10**10:010d}",
+        pci_bus_id=bus_id,
+        uuid=uuid,
+        serial=serial,
         board_part_number="692-2G520-0200-000",
         vbios_version="96.00.74.00.1C",
         driver_version="550.54.15",
         memory_mib=81559,
         architecture="Hopper",
         source="nvml",
+    )
+
+
+def _accelerator(host: int, slot: int, generation: int, key_id: str) -> Accelerator:
+    """One board; UUID and serial derive from the host key, so they are unique fleet-wide."""
+    tag = hashlib.sha256(f"{key_id}/{slot}/{generation}".encode()).hexdigest()
+    return h100_board(
+        f"0000:{BUSES[slot]}:00.0",
+        f"GPU-{host:08x}-{slot:04x}-{generation:04x}-{tag[:12]}",
+        f"1652{int(tag[12:24], 16) % 10**10:010d}",
     )
 
 

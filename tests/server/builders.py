@@ -33,26 +33,17 @@ from agent.evidence import (
 )
 from agent.keys import key_id, raw_public
 from agent.reqsign import enroll_message, sign_request
+from server.simulate import h100_board
 
 
 def h100_accelerators(host_index: int = 0) -> list[Accelerator]:
     buses = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
     return [
-        Accelerator(
-            vendor="NVIDIA",
-            model="NVIDIA H100 80GB HBM3",
-            pci_vendor_id="0x10de",
-            pci_device_id="0x2330",
-            pci_class="0x030200",
-            pci_bus_id=f"0000:{bus}:00.0",
-            uuid=f"GPU-{host_index:08x}-{i:04x}-4a2b-9c3d-{hashlib.sha256(f'{host_index}/{i}'.encode()).hexdigest()[:12]}",
-            serial=f"16523{host_index:05d}{i:03d}",
-            board_part_number="692-2G520-0200-000",
-            vbios_version="96.00.74.00.1C",
-            driver_version="550.54.15",
-            memory_mib=81559,
-            architecture="Hopper",
-            source="nvml",
+        h100_board(
+            f"0000:{bus}:00.0",
+            f"GPU-{host_index:08x}-{i:04x}-4a2b-9c3d-"
+            + hashlib.sha256(f"{host_index}/{i}".encode()).hexdigest()[:12],
+            f"16523{host_index:05d}{i:03d}",
         )
         for i, bus in enumerate(buses)
     ]

@@ -49,19 +49,21 @@ def _print(value: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 
 
 def _digests(values: list[str], files: list[Path]) -> list[str]:
-    """Digests given directly, or computed from weight files (streamed, large buffers)."""
-    import hashlib
+    """Digests given directly, or computed from weight files (the agent's streaming hasher)."""
+    import os
+
+    from agent.hashing import hash_fd
 
     out = [v.lower() for v in values]
     for path in files:
-        h = hashlib.sha256()
         try:
-            with path.open("rb") as handle:
-                while chunk := handle.read(8 * 1024 * 1024):
-                    h.update(chunk)
+            fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             raise UsageError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
-        out.append(h.hexdigest())
+        try:
+            out.append(hash_fd(fd)[0])
+        finally:
+            os.close(fd)
     return out
 
 

@@ -204,19 +204,17 @@ class Demo:
 
     def build_app(self) -> None:
         from server.api.app import create_app
-        from server.api.dashboard import mount
         from server.config import Settings
-        from server.store.compliance import ComplianceConfig
 
-        self.app = create_app(Settings(data_dir=self.data_dir / "server"))
-        mount(self.app)
-        svc = self.app.state.veu
-        # A host is stale after three missed reports, as in production (3 x report interval).
-        config = ComplianceConfig(max_host_age=timedelta(seconds=3 * self.interval_seconds()))
-        for attr in ("compliance", "compliance_config"):
-            current = getattr(svc, attr, None)
-            if current is None or isinstance(current, ComplianceConfig):
-                setattr(svc, attr, config)
+        interval = self.interval_seconds()
+        settings = Settings(
+            data_dir=self.data_dir / "server",
+            # A host is stale after three missed reports, as in production (3 x report interval),
+            # and the app's periodic task re-judges sites often enough to notice it on time.
+            max_host_age=timedelta(seconds=3 * interval),
+            refresh_interval_s=min(interval, 10.0),
+        )
+        self.app = create_app(settings)
 
     def seed(self) -> dict[str, str]:
         """Organization, sites, authorizations, API key, model registry, ledger; tokens."""
@@ -430,17 +428,6 @@ class Demo:
             proc.kill()
             proc.wait(timeout=5)
 
-    def refresh(self) -> None:
-        """Re-judge every site without new evidence, so a silent host turns stale on time."""
-        from server.store import compliance
-
-        svc = self.app.state.veu
-        policy = _policy_of(self.app)
-        config = getattr(svc, "compliance", None) or compliance.ComplianceConfig()
-        for site_id in self.site_ids.values():
-            with contextlib.suppress(Exception), svc.db.write() as s:
-                compliance.refresh_site(s, policy, site_id, svc.now(), config)
-
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
@@ -464,9 +451,7 @@ class Demo:
             f"Data directory: {self.data_dir} ({len(self.hosts)} agents; Ctrl-C stops them all)",
             flush=True,
         )
-        interval = self.interval_seconds()
-        while not self.stop.wait(min(interval, 10.0)):
-            self.refresh()
+        self.stop.wait()
         return 0
 
     def shutdown(self) -> None:
@@ -483,19 +468,6 @@ class Demo:
             self.server_thread.join(timeout=15)
         if self.app is not None:
             self.app.state.veu.db.dispose()
-
-
-def _policy_of(app: Any) -> Any:
-    found = getattr(app.state.veu, "policy", None)
-    if found is not None:
-        return found
-    from server.reports import load_default_policy
-
-    cached = getattr(app.state, "dashboard_policy", None)
-    if cached is None:
-        cached = load_default_policy()
-        app.state.dashboard_policy = cached
-    return cached
 
 
 def _agent_env() -> dict[str, str]:

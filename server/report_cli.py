@@ -86,7 +86,7 @@ def _create(args: argparse.Namespace) -> int:
         raise _Usage("usage", "give --org ORG and --period 2026H1 (or: report verify FILE SIG)")
     settings = _settings(args)
     try:
-        policy = load_policy_set(args.policies) if args.policies else reports.load_default_policy()
+        policy = load_policy_set(args.policies or settings.policies_dir)
     except PackError as exc:
         raise _Usage("policy", str(exc)) from None
     upgrade(settings.resolved_database_url())

@@ -48,16 +48,11 @@ from server.store.models import Host, Organization, Site, Snapshot
 FALLBACK = {"tier1_min": 0.75, "us_min": 0.50, "non_tier1_max": 0.07}
 
 
-def default_policies_dir() -> Path:
-    """``./policies`` when run from a checkout's root, else the one beside this package."""
-    here = Path("policies")
-    if (here / "README.md").exists() or any(here.glob("*/pack.yaml")):
-        return here
-    return Path(__file__).resolve().parents[1] / "policies"
-
-
 def load_default_policy() -> PolicySet:
-    return load_policy_set(default_policies_dir())
+    """The packs the verifier itself judges by (``VEU_POLICIES_DIR``, else the shipped ones)."""
+    from server.config import Settings
+
+    return load_policy_set(Settings.from_env().policies_dir)
 
 
 @dataclass(frozen=True)

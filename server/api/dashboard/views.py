@@ -96,26 +96,12 @@ _env.globals.update(STATUS=STATUS, SEVERITY=SEVERITY, SEVERITIES=queries.SEVERIT
 
 def max_host_age(svc: Services) -> timedelta:
     """The verifier's staleness bound, as the compliance judgement uses it."""
-    config = getattr(svc, "compliance", None)
-    age = getattr(config, "max_host_age", None)
-    if isinstance(age, timedelta):
-        return age
-    from server.store.compliance import ComplianceConfig
-
-    return ComplianceConfig().max_host_age
+    return svc.compliance.max_host_age
 
 
 def policy_of(request: Request) -> PolicySet:
-    svc = services(request)
-    found = getattr(svc, "policy", None)
-    if isinstance(found, PolicySet):
-        return found
-    cached = getattr(request.app.state, "dashboard_policy", None)
-    if isinstance(cached, PolicySet):
-        return cached
-    loaded = reports.load_default_policy()
-    request.app.state.dashboard_policy = loaded
-    return loaded
+    """The packs in force (reloaded in place by ``POST /v1/policy/reload``)."""
+    return services(request).policy
 
 
 class _Redirect(Exception):

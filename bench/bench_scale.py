@@ -8,7 +8,8 @@ contributions (computed by the policy engine from each host's real snapshot) and
 organization aggregates (summed from those contributions) — instead of 12,500 HTTP enrollments.
 Then, in-process (``create_app`` + Starlette's TestClient: server time, no network):
 
-1. **site status update**: ``compliance.judge_host`` + ``compliance.record`` + commit, in one
+1. **site status update**: ``compliance.judge_host`` + ``compliance.record_host`` +
+   ``compliance.settle_site`` (the site and its organization judged) + commit, in one
    write transaction, for a new snapshot of a random host of the site (its inventory alternates
    between 8 and 7 GPUs so every update moves the aggregate) — the cost the design says must not
    grow with the site. Median and p95 over ``--updates`` runs; the ratio big/small is judged
@@ -114,6 +115,9 @@ def populate(svc: Any, site_id: str, org_id: str, hosts: int) -> tuple[list[Host
                 "site_id": site_id,
                 "org_id": org_id,
                 "contribution": json.dumps(contribution.to_json()),
+                "applied": json.dumps(contribution.to_json()),  # already in the site total
+                "pending": False,
+                "revoked": False,
                 "collected_at": snap.collected_at_datetime(),
                 "status": "affirming",
                 "snapshot_digest": digest,
@@ -190,7 +194,7 @@ def populate(svc: Any, site_id: str, org_id: str, hosts: int) -> tuple[list[Host
 
 
 def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[float]:
-    """judge_host + record + commit for a new snapshot of a random host (8 <-> 7 GPUs)."""
+    """judge_host + record_host + settle_site + commit for a new snapshot of a random host (8 <-> 7 GPUs)."""
     rng = random.Random(11)
     out = []
     flip: dict[int, bool] = {}
@@ -205,7 +209,7 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
         t0 = time.perf_counter()
         with svc.db.write() as s:
             judged = compliance.judge_host(s, svc.policy, snap, kit.key_id, site_id)
-            compliance.record(
+            compliance.record_host(
                 s,
                 svc.policy,
                 key_id=kit.key_id,
@@ -214,8 +218,8 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
                 judgement=judged,
                 findings=judged.findings,
                 now=now,
-                config=svc.compliance,
             )
+            compliance.settle_site(s, svc.policy, site_id, now, svc.compliance)
         out.append(time.perf_counter() - t0)
     return out
 

@@ -183,14 +183,14 @@ def cmd_site_authorize(args: argparse.Namespace) -> int:
 
 def cmd_site_status(args: argparse.Namespace) -> int:
     from server.store import ledger, repo
-    from server.store.compliance import ComplianceConfig, finding_of
+    from server.store.compliance import ComplianceConfig, finding_of, settle_pending
 
-    settings, db, _ = _services(args)
+    settings, db, policy = _services(args)
+    config = ComplianceConfig(max_host_age=settings.max_host_age)
+    settle_pending(db, policy, config, _now)
     with db.read() as session:
         site = repo.find_site(session, args.site)
-        status = ledger.site_status(
-            session, site.id, _now(), ComplianceConfig(max_host_age=settings.max_host_age)
-        )
+        status = ledger.site_status(session, site.id, _now(), config)
         assert status is not None
         rows = status.pop("finding_rows")
         status["findings"] = [finding_of(r).to_json() for r in rows]
@@ -215,9 +215,10 @@ def _site_text(s: dict[str, Any]) -> str:
 
 def cmd_org_status(args: argparse.Namespace) -> int:
     from server.store import ledger, repo
-    from server.store.compliance import finding_of
+    from server.store.compliance import ComplianceConfig, finding_of, settle_pending
 
-    _, db, policy = _services(args)
+    settings, db, policy = _services(args)
+    settle_pending(db, policy, ComplianceConfig(max_host_age=settings.max_host_age), _now)
     with db.read() as session:
         org = repo.find_org(session, args.org)
         status = ledger.org_status(session, policy, org.id, _now())

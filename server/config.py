@@ -20,6 +20,7 @@ DEFAULT_DATA_DIR = Path("/var/lib/veu-server")
 DEFAULT_POLICIES_DIR = Path(__file__).resolve().parents[1] / "policies"
 ENV_POLICIES_DIR = "VEU_POLICIES_DIR"
 ENV_REFRESH = "VEU_REFRESH_INTERVAL"
+ENV_SETTLE = "VEU_SETTLE_INTERVAL"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -48,6 +49,10 @@ class Settings:
     #: How often each process re-judges sites without new evidence (staleness, missing
     #: shipments); 0 disables the periodic task.
     refresh_interval_s: float = 60.0
+    #: How often each process settles sites with newly accepted snapshots (folds them into the
+    #: site aggregate and judges the site and organization); 0 disables the background settler,
+    #: leaving settling to compliance reads.
+    settle_interval_s: float = 1.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -68,12 +73,14 @@ class Settings:
         max_body = int(os.environ.get(ENV_MAX_BODY, str(16 * 1024 * 1024)))
         policies = Path(os.environ.get(ENV_POLICIES_DIR) or DEFAULT_POLICIES_DIR)
         refresh = float(os.environ.get(ENV_REFRESH) or 60.0)
+        settle = float(os.environ.get(ENV_SETTLE) or 1.0)
         return cls(
             data_dir=Path(dd),
             database_url=url,
             max_body_bytes=max_body,
             policies_dir=policies,
             refresh_interval_s=refresh,
+            settle_interval_s=settle,
         )
 
 

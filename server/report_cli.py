@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         return exc.exit_code
 
 
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 class _Usage(Exception):
     def __init__(self, code: str, detail: str, exit_code: int = EXIT_USAGE) -> None:
         super().__init__(detail)
@@ -80,6 +84,7 @@ def _create(args: argparse.Namespace) -> int:
     from server.db import Database, engine_for
     from server.policy import PackError, load_policy_set
     from server.results import load_or_create_key
+    from server.store.compliance import ComplianceConfig, settle_pending
     from server.store.migrate import upgrade
 
     if not args.org or not args.period:
@@ -92,6 +97,7 @@ def _create(args: argparse.Namespace) -> int:
     upgrade(settings.resolved_database_url())
     db = Database(engine_for(settings))
     try:
+        settle_pending(db, policy, ComplianceConfig(max_host_age=settings.max_host_age), _now)
         key = load_or_create_key(settings.verifier_key_path)
         out_dir = settings.data_dir / "reports"
         if args.out is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -50,12 +51,21 @@ def refresh_all_sites(svc: Services) -> int:
     return len(site_ids)
 
 
-def _refresher(svc: Services, stop: threading.Event) -> None:
-    while not stop.wait(svc.settings.refresh_interval_s):
+def _background(svc: Services, stop: threading.Event) -> None:
+    """Settle sites with new evidence every ``settle_interval_s`` and re-judge every site every
+    ``refresh_interval_s`` (either 0 = off)."""
+    settle, refresh = svc.settings.settle_interval_s, svc.settings.refresh_interval_s
+    tick = min(t for t in (settle, refresh) if t > 0)
+    next_refresh = time.monotonic() + refresh
+    while not stop.wait(tick):
         try:
-            refresh_all_sites(svc)
+            if refresh > 0 and time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + refresh
+                refresh_all_sites(svc)
+            elif settle > 0:
+                svc.settle(skip_locked=True)
         except Exception:  # keep the task alive; the next round tries again
-            log.exception("periodic site refresh failed")
+            log.exception("background site judgement failed")
 
 
 def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
@@ -78,9 +88,9 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
         thread = None
-        if settings.refresh_interval_s > 0:
+        if settings.refresh_interval_s > 0 or settings.settle_interval_s > 0:
             thread = threading.Thread(
-                target=_refresher, args=(svc, stop), name="veu-refresh", daemon=True
+                target=_background, args=(svc, stop), name="veu-judge", daemon=True
             )
             thread.start()
         try:

@@ -13,7 +13,7 @@ from server.config import Settings
 from server.db import Database
 from server.policy import PolicySet
 from server.results import VerifierKey
-from server.store.compliance import ComplianceConfig
+from server.store.compliance import ComplianceConfig, settle_pending
 from server.verify import VerifyConfig
 
 
@@ -58,6 +58,12 @@ class Services:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    def settle(self, *, skip_locked: bool = False) -> int:
+        """Judge the sites with newly accepted snapshots now (see server.store.compliance)."""
+        return settle_pending(
+            self.db, self.policy, self.compliance, self.now, skip_locked=skip_locked
+        )
 
 
 def services(request: Request) -> Services:

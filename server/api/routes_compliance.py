@@ -51,6 +51,7 @@ def _finding_json(row: Any) -> dict[str, Any]:
 def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
     """The site's live status: aggregate, hosts fresh and stale, open findings."""
     auth.reader(svc, request)
+    svc.settle()
     with svc.db.read() as session:
         status = ledger.site_status(session, site_id, svc.now(), svc.compliance)
     if status is None:
@@ -63,6 +64,7 @@ def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
 def org_status(svc: SvcDep, request: Request, org_id: str) -> dict[str, Any]:
     """The organization's status and its country distribution table, denominator stated."""
     auth.reader(svc, request)
+    svc.settle()
     with svc.db.read() as session:
         status = ledger.org_status(session, svc.policy, org_id, svc.now())
     if status is None:
@@ -85,6 +87,7 @@ def findings(
 ) -> dict[str, Any]:
     """Findings with their open/close history, filtered, newest last, paginated by id."""
     auth.reader(svc, request)
+    svc.settle()
     with svc.db.read() as session:
         rows = ledger.find(
             session,

@@ -162,7 +162,11 @@ def _commit(
     now: Any,
     inventory_digest: str | None,
 ) -> IngestOutcome:
-    """Judge and commit in one transaction; the result is signed with the policy digest."""
+    """Judge the host and commit in one transaction; the result is signed with the policy digest.
+
+    The site and organization are judged when the site settles (about a second later, or before
+    any compliance read): see :mod:`server.store.compliance`.
+    """
     policy = svc.policy  # one pack set for the whole appraisal, even if a reload happens now
     try:
         with svc.db.write() as session:
@@ -196,7 +200,7 @@ def _commit(
                 now=now,
                 inventory_digest=inventory_digest,
             )
-            compliance.record(
+            compliance.record_host(
                 session,
                 policy,
                 key_id=accepted.key_id,
@@ -205,7 +209,6 @@ def _commit(
                 judgement=judged,
                 findings=findings,
                 now=now,
-                config=svc.compliance,
             )
             audit_accepted(session, accepted, status=status, findings=findings, now=now)
     except (AlreadyStored, HeadMoved):

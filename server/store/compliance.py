@@ -1,33 +1,39 @@
 """The compliance shell: trusted state from the database in, policy judgement out, recorded.
 
 The policy engine (:mod:`server.policy`) is pure; this module feeds it what the store knows and
-writes down what it said, inside the caller's ingest transaction:
+writes down what it said. Judgement is split in two so that ingest never waits on a site-wide
+or organization-wide lock:
 
-1. :func:`judge_host` — the host-scope findings of one accepted snapshot, judged against its
-   site's country, test flag, authorization and the model registry (only the digests in the
-   snapshot are looked up).
-2. :func:`record` — the host's contribution replaces its previous one in the site and
-   organization aggregates (a delta, O(chip models), never a rescan); the duplicate-identity check
-   looks up only this host's accelerator identities; stale hosts come from an index range scan;
-   then site and organization conditions are evaluated and the findings tables synchronized
-   (new findings open, vanished ones close, with timestamps).
-3. :func:`refresh_site` — the same site/organization evaluation without a new snapshot, for the
-   periodic task (hosts going stale, shipped chips never seen).
+1. In the ingest transaction, per host: :func:`judge_host` (the host-scope findings of one
+   accepted snapshot, judged against its site's country, test flag, authorization and the model
+   registry) and :func:`record_host` (the host's new contribution and its findings history; it
+   only touches this host's rows and marks the row ``pending``).
+2. Settling, per site (:func:`settle_site`): under the site's row lock, every pending host's
+   ``contribution - applied`` is folded into the site aggregate (a delta, O(chip models) per
+   host, never a rescan), duplicate identities of those hosts are looked up, stale hosts come
+   from an index range scan, the site is judged and its findings synchronized; then the
+   organization is judged under its own lock, its aggregate derived from its sites' aggregates
+   (O(sites)). Settling runs in every worker's background task about once a second
+   (:func:`settle_pending`), before any compliance read (so a reader never sees a status older
+   than the evidence already acknowledged), and for the periodic re-judgement of every site
+   (hosts going stale, shipped chips never seen).
 
-Lock order inside a transaction is always site state, then organization state, so two ingest
-transactions never deadlock on each other.
+Lock order: ingest takes only its host's rows, then the audit head; settling takes site state,
+then the pending host rows, then organization state. No cycle, so no deadlock; and no lock is
+shared by the ingests of two different hosts except the audit head at the very end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from agent.evidence import SnapshotV1
@@ -57,6 +63,9 @@ from server.store.compliance_models import (
 from server.store.ingest import db_text
 from server.store.models import Host, InventoryAccelerator, Organization, Site
 
+if TYPE_CHECKING:
+    from server.db import Database
+
 #: Citation for ledger reconciliation findings (chip installation reporting and diversion risk).
 LEDGER_CITATION = "15 CFR part 748, Supp. No. 10, para. 10 (reporting of chip installations)"
 LPP_CITATION = "15 CFR 740.29 (License Exception LPP)"
@@ -74,30 +83,37 @@ class ComplianceConfig:
 @dataclass(frozen=True)
 class HostJudgement:
     findings: tuple[Finding, ...]
-    site: Site
-    org: Organization
+    site_id: str
+    org_id: str
+    country: str
     on: date
 
 
 # --------------------------------------------------------------------------- host scope
 
 
+_MODEL_FILES = cast(Table, ModelFile.__table__)
+_MODELS = cast(Table, RegisteredModel.__table__)
+#: The registered models of a set of digests, built once (an expanding IN).
+_MODELS_OF_DIGESTS = (
+    select(_MODEL_FILES.c.digest, _MODELS)
+    .select_from(_MODEL_FILES.join(_MODELS, _MODELS.c.id == _MODEL_FILES.c.model_id))
+    .where(_MODEL_FILES.c.digest.in_(bindparam("digests", expanding=True)))
+)
+
+
 def model_registry(session: Session, digests: Iterable[str]) -> ModelRegistry:
     wanted = sorted({d.lower() for d in digests if d})
     if not wanted:
         return ModelRegistry()
-    rows = session.execute(
-        select(ModelFile.digest, RegisteredModel)
-        .join(RegisteredModel, RegisteredModel.id == ModelFile.model_id)
-        .where(ModelFile.digest.in_(wanted))
-    ).all()
     registry = ModelRegistry()
-    for digest, model in rows:
-        registry.by_digest[digest] = _model_record(model, (digest,))
+    for row in session.connection().execute(_MODELS_OF_DIGESTS, {"digests": wanted}):
+        registry.by_digest[row.digest] = _model_record(row, (row.digest,))
     return registry
 
 
-def _model_record(model: RegisteredModel, digests: tuple[str, ...]) -> ModelRecord:
+def _model_record(model: Any, digests: tuple[str, ...]) -> ModelRecord:
+    """From a :class:`RegisteredModel` or a row with the same column names."""
     return ModelRecord(
         name=model.name,
         training_ops=model.training_ops,
@@ -114,27 +130,145 @@ def _authorization(session: Session, site_id: str) -> SiteAuthorization | None:
     return session.get(SiteAuthorization, site_id)
 
 
+_SITES = cast(Table, Site.__table__)
+_AUTHS = cast(Table, SiteAuthorization.__table__)
+_HOST_STATE = cast(Table, HostState.__table__)
+_FINDINGS = cast(Table, FindingRow.__table__)
+_SITE_STATE = cast(Table, SiteState.__table__)
+_INVENTORY = cast(Table, InventoryAccelerator.__table__)
+
+#: Everything host judgement needs to know about the site, in one round trip.
+_SITE_FACTS = (
+    select(
+        _SITES.c.country,
+        _SITES.c.test_site,
+        _SITES.c.org_id,
+        _AUTHS.c.may_store_controlled_weights,
+    )
+    .select_from(_SITES.outerjoin(_AUTHS, _AUTHS.c.site_id == _SITES.c.id))
+    .where(_SITES.c.id == bindparam("site"))
+)
+
+
 def judge_host(
     session: Session, policy: PolicySet, snapshot: SnapshotV1, key_id: str, site_id: str
 ) -> HostJudgement:
-    site = session.get(Site, site_id)
-    if site is None:
+    row = session.connection().execute(_SITE_FACTS, {"site": site_id}).first()
+    if row is None:
         raise LookupError(f"site {site_id} vanished")
-    org = session.get(Organization, site.org_id)
-    if org is None:
-        raise LookupError(f"organization {site.org_id} vanished")
-    auth = _authorization(session, site_id)
+    country, test_site, org_id, may_store = row
     on = snapshot.collected_at_datetime().date()
     digests = [f.sha256 for root in snapshot.storage for f in root.files if f.sha256]
     ctx = HostContext(
         site_id=site_id,
-        site_country=site.country,
-        site_is_test=site.test_site,
-        site_may_store_controlled_weights=bool(auth and auth.may_store_controlled_weights),
+        site_country=country,
+        site_is_test=bool(test_site),
+        site_may_store_controlled_weights=bool(may_store),
         models=model_registry(session, digests),
         host_id=key_id,
     )
-    return HostJudgement(tuple(policy.evaluate_host(snapshot, ctx, on)), site, org, on)
+    findings = tuple(policy.evaluate_host(snapshot, ctx, on))
+    return HostJudgement(findings, site_id, org_id, country, on)
+
+
+_HOST_STATE_OF = select(_HOST_STATE.c.findings_key).where(_HOST_STATE.c.key_id == bindparam("k"))
+_HOST_STATE_UPDATE = (
+    update(_HOST_STATE)
+    .where(_HOST_STATE.c.key_id == bindparam("k"))
+    .values(
+        contribution=bindparam("contribution"),
+        collected_at=bindparam("collected_at"),
+        status=bindparam("status"),
+        snapshot_digest=bindparam("snapshot_digest"),
+        accelerators=bindparam("accelerators"),
+        tpp=bindparam("tpp"),
+        findings_key=bindparam("findings_key"),
+        pending=True,
+    )
+)
+_HOST_FINDINGS_SEEN = (
+    update(_FINDINGS)
+    .where(
+        _FINDINGS.c.scope == "host",
+        _FINDINGS.c.scope_id == bindparam("k"),
+        _FINDINGS.c.is_open.is_(True),
+    )
+    .values(last_seen_at=bindparam("at"))
+)
+
+
+def findings_key(findings: Sequence[Finding]) -> str:
+    """Names a set of open findings as :func:`sync_findings` would store them."""
+    rows = sorted(
+        (
+            *_key(f),
+            f.severity,
+            db_text(f.message, 4000) or "",
+            db_text(f.seen, 4000) or "",
+            db_text(f.expected, 4000) or "",
+        )
+        for f in findings
+        if f.severity != "info"
+    )
+    return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+
+
+def record_host(
+    session: Session,
+    policy: PolicySet,
+    *,
+    key_id: str,
+    snapshot: SnapshotV1,
+    digest: str,
+    judgement: HostJudgement,
+    findings: Sequence[Finding],
+    now: datetime,
+) -> None:
+    """The host's new contribution (pending until its site settles) and its findings history.
+
+    Touches only this host's rows. An unchanged set of open findings costs one UPDATE
+    (``last_seen_at``) instead of reading and comparing every open row.
+    """
+    new = policy.contribution(snapshot, judgement.on, country=judgement.country)
+    fkey = findings_key(findings)
+    conn = session.connection()
+    prior = conn.execute(_HOST_STATE_OF, {"k": key_id}).first()
+    values = {
+        "contribution": json.dumps(new.to_json()),
+        "collected_at": snapshot.collected_at_datetime(),
+        "status": status_of(list(findings)),
+        "snapshot_digest": digest,
+        "accelerators": len(snapshot.accelerators),
+        "tpp": sum(m.tpp for m in new.models.values()),
+        "findings_key": fkey,
+    }
+    if prior is None:
+        conn.execute(
+            insert(_HOST_STATE),
+            {
+                "key_id": key_id,
+                "site_id": judgement.site_id,
+                "org_id": judgement.org_id,
+                "applied": None,
+                "pending": True,
+                "revoked": False,
+                **values,
+            },
+        )
+    else:
+        conn.execute(_HOST_STATE_UPDATE, {"k": key_id, **values})
+    if prior is not None and prior[0] == fkey:
+        conn.execute(_HOST_FINDINGS_SEEN, {"k": key_id, "at": now})
+    else:
+        sync_findings(
+            session,
+            "host",
+            key_id,
+            site_id=judgement.site_id,
+            org_id=judgement.org_id,
+            findings=findings,
+            now=now,
+        )
 
 
 # --------------------------------------------------------------------------- aggregates
@@ -155,13 +289,25 @@ _State = TypeVar("_State", SiteState, OrgState)
 
 
 def _locked_state(
-    session: Session, model: type[_State], key: str, now: datetime, empty: dict[str, Any]
-) -> _State:
-    """The aggregate row of one site or organization, locked until commit (created if new)."""
+    session: Session,
+    model: type[_State],
+    key: str,
+    now: datetime,
+    empty: dict[str, Any],
+    *,
+    skip_locked: bool = False,
+) -> _State | None:
+    """The aggregate row of one site or organization, locked until commit (created if new).
+
+    ``skip_locked``: answer None instead of waiting when another transaction holds the row
+    (the background settler skips a site another worker is settling right now).
+    """
     column = model.site_id if model is SiteState else model.org_id  # type: ignore[attr-defined]
-    query = select(model).where(column == key).with_for_update()
-    row = session.scalar(query)
+    query = select(model).where(column == key)
+    row = session.scalar(query.with_for_update(skip_locked=skip_locked))
     if row is None:
+        if skip_locked and session.scalar(select(column).where(column == key)) is not None:
+            return None  # it exists: someone else holds it
         id_field = "site_id" if model is SiteState else "org_id"
         fresh = model(
             **{id_field: key},
@@ -171,95 +317,150 @@ def _locked_state(
             updated_at=now,
         )
         _ensure(session, fresh)
-        row = session.scalar(query.execution_options(populate_existing=True))
+        row = session.scalar(query.with_for_update().execution_options(populate_existing=True))
         assert row is not None
     return row
 
 
-def _locked_site_state(session: Session, site_id: str, now: datetime) -> SiteState:
-    return _locked_state(session, SiteState, site_id, now, SiteAggregate().to_json())
+_PENDING_OF_SITE = (
+    select(
+        _HOST_STATE.c.key_id,
+        _HOST_STATE.c.contribution,
+        _HOST_STATE.c.applied,
+        _HOST_STATE.c.revoked,
+    )
+    .where(_HOST_STATE.c.site_id == bindparam("site"), _HOST_STATE.c.pending.is_(True))
+    .order_by(_HOST_STATE.c.key_id)
+    .with_for_update()
+)
 
 
-def _locked_org_state(session: Session, org_id: str, now: datetime) -> OrgState:
-    return _locked_state(session, OrgState, org_id, now, OrgAggregate().to_json())
-
-
-def record(
+def settle_site(
     session: Session,
     policy: PolicySet,
-    *,
-    key_id: str,
-    snapshot: SnapshotV1,
-    digest: str,
-    judgement: HostJudgement,
-    findings: Sequence[Finding],
+    site_id: str,
     now: datetime,
     config: ComplianceConfig,
-) -> None:
-    """Fold one accepted snapshot into the site and organization state, and judge them."""
-    site, org = judgement.site, judgement.org
-    new = policy.contribution(snapshot, judgement.on, country=site.country)
-    prior = session.get(HostState, key_id)
-    old = HostContribution.from_json(json.loads(prior.contribution)) if prior else None
-    site_state = _locked_site_state(session, site.id, now)
-    org_state = _locked_org_state(session, org.id, now)
-    site_agg = SiteAggregate.from_json(json.loads(site_state.aggregate))
-    org_agg = OrgAggregate.from_json(json.loads(org_state.aggregate))
-    old_for_site = old if prior is not None and prior.site_id == site.id else None
-    site_agg.apply(old_for_site, new)
-    org_agg.apply(old if prior is not None and prior.org_id == org.id else None, new)
-    values = {
-        "site_id": site.id,
-        "org_id": org.id,
-        "contribution": json.dumps(new.to_json()),
-        "collected_at": snapshot.collected_at_datetime(),
-        "status": status_of(list(findings)),
-        "snapshot_digest": digest,
-        "accelerators": len(snapshot.accelerators),
-        "tpp": sum(m.tpp for m in new.models.values()),
-    }
-    if prior is None:
-        session.add(HostState(key_id=key_id, **values))
-    else:
-        for name, value in values.items():
-            setattr(prior, name, value)
-    site_state.aggregate = json.dumps(site_agg.to_json())
-    org_state.aggregate = json.dumps(org_agg.to_json())
-    session.flush()
-    sync_findings(
-        session, "host", key_id, site_id=site.id, org_id=org.id, findings=findings, now=now
+    *,
+    skip_locked: bool = False,
+) -> list[Finding] | None:
+    """Fold the site's pending host contributions into its aggregate and judge the site and its
+    organization. Returns the site's findings, or None when ``skip_locked`` found the site busy.
+    """
+    site = session.get(Site, site_id)
+    if site is None:
+        raise LookupError(site_id)
+    org = session.get(Organization, site.org_id)
+    if org is None:
+        raise LookupError(f"organization {site.org_id} vanished")
+    state = _locked_state(
+        session, SiteState, site.id, now, SiteAggregate().to_json(), skip_locked=skip_locked
     )
-    duplicates = duplicate_identities(session, key_id, snapshot)
-    _judge_site(session, policy, site, site_state, site_agg, now, config, duplicates, key_id)
-    _judge_org(session, policy, org, org_state, org_agg, now)
+    if state is None:
+        return None
+    conn = session.connection()
+    agg = SiteAggregate.from_json(json.loads(state.aggregate))
+    settled: list[str] = []
+    gone: list[str] = []
+    for key_id, contribution, applied, revoked in conn.execute(_PENDING_OF_SITE, {"site": site.id}):
+        old = HostContribution.from_json(json.loads(applied)) if applied else None
+        new = None if revoked else HostContribution.from_json(json.loads(contribution))
+        agg.apply(old, new)
+        (gone if revoked else settled).append(key_id)
+    for chunk in _chunks(settled):
+        conn.execute(
+            update(_HOST_STATE)
+            .where(_HOST_STATE.c.key_id.in_(chunk))
+            .values(applied=_HOST_STATE.c.contribution, pending=False)
+        )
+    for chunk in _chunks(gone):
+        conn.execute(delete(_HOST_STATE).where(_HOST_STATE.c.key_id.in_(chunk)))
+    if settled or gone:
+        state.aggregate = json.dumps(agg.to_json())
+    duplicates = duplicate_identities(session, settled)
+    findings = _judge_site(session, policy, site, state, agg, now, config, duplicates, settled)
+    _judge_org(session, policy, org, now)
+    return findings
 
 
-def duplicate_identities(
-    session: Session, key_id: str, snapshot: SnapshotV1
-) -> list[tuple[str, list[str]]]:
-    """UUIDs or serials of this host's accelerators that another host also reports.
+def refresh_site(
+    session: Session, policy: PolicySet, site_id: str, now: datetime, config: ComplianceConfig
+) -> list[Finding]:
+    """Re-judge a site (and its organization) now: pending hosts, staleness, ledger."""
+    found = settle_site(session, policy, site_id, now, config)
+    assert found is not None
+    return found
+
+
+def pending_sites(session: Session, limit: int = 10_000) -> list[str]:
+    """Sites with host contributions not yet folded into their aggregate (index scan)."""
+    return list(
+        session.scalars(
+            select(_HOST_STATE.c.site_id)
+            .where(_HOST_STATE.c.pending.is_(True))
+            .group_by(_HOST_STATE.c.site_id)
+            .order_by(_HOST_STATE.c.site_id)
+            .limit(limit)
+        )
+    )
+
+
+def settle_pending(
+    db: Database,
+    policy: PolicySet,
+    config: ComplianceConfig,
+    now: Callable[[], datetime],
+    *,
+    skip_locked: bool = False,
+) -> int:
+    """Settle every site with pending hosts, each in its own short transaction.
+
+    Several workers may run it at once: with ``skip_locked`` a site being settled elsewhere is
+    skipped (its settler picks up whatever arrived meanwhile on its next round). Returns the
+    number of sites settled here.
+    """
+    with db.read() as session:
+        site_ids = pending_sites(session)
+    done = 0
+    for site_id in site_ids:
+        with db.write() as session:
+            try:
+                found = settle_site(
+                    session, policy, site_id, now(), config, skip_locked=skip_locked
+                )
+            except LookupError:
+                continue
+        done += found is not None
+    return done
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def duplicate_identities(session: Session, key_ids: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """UUIDs or serials reported by one of ``key_ids`` that another host also reports.
 
     Both are checked: a cloned board may keep its serial under a new UUID, or the reverse.
-    Two indexed lookups, whatever the size of the fleet.
+    One indexed self-join per identity kind, whatever the size of the fleet.
     """
-    # As stored in the inventory table (NUL escaped, cut to the column), so the lookup matches.
-    uuids = sorted({db_text(a.uuid, 100) or "" for a in snapshot.accelerators if a.uuid})
-    serials = sorted({db_text(a.serial, 100) or "" for a in snapshot.accelerators if a.serial})
     found: dict[str, set[str]] = {}
-    if uuids:
-        for other, value in session.execute(
-            select(InventoryAccelerator.key_id, InventoryAccelerator.uuid).where(
-                InventoryAccelerator.uuid.in_(uuids), InventoryAccelerator.key_id != key_id
+    other = _INVENTORY.alias("other")
+    for kind in ("uuid", "serial"):
+        mine, theirs = _INVENTORY.c[kind], other.c[kind]
+        for chunk in _chunks(sorted(key_ids)):
+            rows = session.connection().execute(
+                select(_INVENTORY.c.key_id, other.c.key_id, mine)
+                .select_from(
+                    _INVENTORY.join(
+                        other, and_(theirs == mine, other.c.key_id != _INVENTORY.c.key_id)
+                    )
+                )
+                .where(_INVENTORY.c.key_id.in_(chunk), mine.is_not(None), mine != "")
             )
-        ):
-            found.setdefault(f"uuid:{value}", {key_id}).add(other)
-    if serials:
-        for other, value in session.execute(
-            select(InventoryAccelerator.key_id, InventoryAccelerator.serial).where(
-                InventoryAccelerator.serial.in_(serials), InventoryAccelerator.key_id != key_id
-            )
-        ):
-            found.setdefault(f"serial:{value}", {key_id}).add(other)
+            for key_id, other_key, value in rows:
+                found.setdefault(f"{kind}:{value}", set()).update((key_id, other_key))
     return [(ident, sorted(hosts)) for ident, hosts in sorted(found.items())]
 
 
@@ -318,7 +519,7 @@ def _judge_site(
     now: datetime,
     config: ComplianceConfig,
     duplicates: list[tuple[str, list[str]]],
-    key_id: str | None,
+    key_ids: Sequence[str],
 ) -> list[Finding]:
     auth = _authorization(session, site.id)
     allowed = json.loads(auth.allowed_models) if auth and auth.allowed_models else None
@@ -337,7 +538,7 @@ def _judge_site(
         duplicate_accelerators=duplicates,
     )
     findings = policy.evaluate_site(facts, now.date())
-    findings.extend(ledger_findings(session, site, key_id, now, config))
+    findings.extend(ledger_findings(session, site, key_ids, now, config))
     state.status = status_of(findings)
     state.policy_digest = policy.digest
     state.updated_at = now
@@ -347,14 +548,27 @@ def _judge_site(
     return findings
 
 
-def _judge_org(
-    session: Session,
-    policy: PolicySet,
-    org: Organization,
-    state: OrgState,
-    agg: OrgAggregate,
-    now: datetime,
-) -> list[Finding]:
+def org_aggregate(session: Session, org_id: str) -> OrgAggregate:
+    """The organization's installed 3A090 TPP per country, summed from its sites' aggregates."""
+    agg = OrgAggregate()
+    rows = session.connection().execute(
+        select(_SITES.c.country, _SITE_STATE.c.aggregate)
+        .select_from(_SITES.join(_SITE_STATE, _SITE_STATE.c.site_id == _SITES.c.id))
+        .where(_SITES.c.org_id == org_id)
+    )
+    for country, text in rows:
+        tpp = int(json.loads(text).get("tpp_3a090", 0))
+        if tpp:
+            agg.tpp_by_country[country] = agg.tpp_by_country.get(country, 0) + tpp
+    return agg
+
+
+def _judge_org(session: Session, policy: PolicySet, org: Organization, now: datetime) -> None:
+    """Judge the organization under its row lock (taken before its sites' aggregates are read,
+    so two sites settling at once judge it one after the other, the second seeing both)."""
+    state = _locked_state(session, OrgState, org.id, now, OrgAggregate().to_json())
+    assert state is not None
+    agg = org_aggregate(session, org.id)
     national = ""
     if org.veu == "national":
         national = session.scalar(select(Site.country).where(Site.org_id == org.id).limit(1)) or ""
@@ -367,37 +581,13 @@ def _judge_org(
         national_country=national,
     )
     findings = policy.evaluate_org(facts, now.date())
+    state.aggregate = json.dumps(agg.to_json())
     state.status = status_of(findings)
     state.policy_digest = policy.digest
     state.updated_at = now
     sync_findings(
         session, "organization", org.id, site_id=None, org_id=org.id, findings=findings, now=now
     )
-    return findings
-
-
-def refresh_site(
-    session: Session, policy: PolicySet, site_id: str, now: datetime, config: ComplianceConfig
-) -> list[Finding]:
-    """Re-judge a site (and its organization) without new evidence: staleness, ledger."""
-    site = session.get(Site, site_id)
-    if site is None:
-        raise LookupError(site_id)
-    org = session.get(Organization, site.org_id)
-    assert org is not None
-    state = _locked_site_state(session, site.id, now)
-    org_state = _locked_org_state(session, org.id, now)
-    agg = SiteAggregate.from_json(json.loads(state.aggregate))
-    findings = _judge_site(session, policy, site, state, agg, now, config, [], None)
-    _judge_org(
-        session,
-        policy,
-        org,
-        org_state,
-        OrgAggregate.from_json(json.loads(org_state.aggregate)),
-        now,
-    )
-    return findings
 
 
 # --------------------------------------------------------------------------- findings history
@@ -480,7 +670,7 @@ def finding_of(row: FindingRow) -> Finding:
 
 
 def ledger_findings(
-    session: Session, site: Site, key_id: str | None, now: datetime, config: ComplianceConfig
+    session: Session, site: Site, key_ids: Sequence[str], now: datetime, config: ComplianceConfig
 ) -> list[Finding]:
     """Shipments vs observed chips at a site that keeps a ledger (has at least one shipment)."""
     has_ledger = session.scalar(
@@ -534,7 +724,7 @@ def ledger_findings(
                 confidence=("U",),
             )
         )
-    if key_id is not None:
+    for key_id in key_ids:
         findings.extend(_unexpected(session, site, key_id))
     return findings
 
@@ -593,20 +783,13 @@ def new_id(prefix: str) -> str:
 
 
 def mark_hosts_inactive(session: Session, key_id: str, now: datetime) -> None:
-    """A revoked host stops counting: its contribution leaves the aggregates."""
-    prior = session.get(HostState, key_id)
-    if prior is None:
-        return
-    old = HostContribution.from_json(json.loads(prior.contribution))
-    site_state = _locked_site_state(session, prior.site_id, now)
-    org_state = _locked_org_state(session, prior.org_id, now)
-    site_agg = SiteAggregate.from_json(json.loads(site_state.aggregate))
-    org_agg = OrgAggregate.from_json(json.loads(org_state.aggregate))
-    site_agg.apply(old, None)
-    org_agg.apply(old, None)
-    site_state.aggregate = json.dumps(site_agg.to_json())
-    org_state.aggregate = json.dumps(org_agg.to_json())
-    session.delete(prior)
+    """A revoked host stops counting: its contribution leaves the site total when the site next
+    settles (the row is marked, not locked site-wide here), and its open findings close."""
+    session.execute(
+        update(_HOST_STATE)
+        .where(_HOST_STATE.c.key_id == key_id)
+        .values(revoked=True, pending=True, accelerators=0, tpp=0)
+    )
     session.execute(
         update(FindingRow)
         .where(

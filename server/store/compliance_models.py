@@ -21,15 +21,25 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from server.store.models import Base, InventoryAccelerator, UTCDateTime
 
 
 class HostState(Base):
-    """What the latest accepted snapshot of a host contributes to its site and organization."""
+    """What the latest accepted snapshot of a host contributes to its site and organization.
+
+    Ingest writes ``contribution`` and sets ``pending``; settling (:func:`server.store.compliance.
+    settle_site`) folds ``contribution - applied`` into the site aggregate under the site's lock
+    and copies ``contribution`` to ``applied``. A revoked host is ``revoked`` + ``pending`` until
+    settling takes ``applied`` out of the totals and deletes the row.
+    """
 
     __tablename__ = "host_state"
-    __table_args__ = (Index("ix_host_state_site_collected", "site_id", "collected_at"),)
+    __table_args__ = (
+        Index("ix_host_state_site_collected", "site_id", "collected_at"),
+        Index("ix_host_state_pending_site", "pending", "site_id"),
+    )
 
     key_id: Mapped[str] = mapped_column(ForeignKey("hosts.key_id"), primary_key=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"))
@@ -40,6 +50,10 @@ class HostState(Base):
     snapshot_digest: Mapped[str] = mapped_column(String(64))
     accelerators: Mapped[int] = mapped_column(Integer, default=0)
     tpp: Mapped[int] = mapped_column(BigInteger, default=0)
+    applied: Mapped[str | None] = mapped_column(Text)  # HostContribution JSON in the site total
+    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    findings_key: Mapped[str | None] = mapped_column(String(64))  # digest of open host findings
 
 
 class SiteState(Base):

@@ -152,15 +152,6 @@ def host_record(session: Session, key_id: str) -> HostRecord | None:
     return _host_record(row.key_id, row.public_key, row.site_id, row.status, row.machine_id)
 
 
-def stored_result(session: Session, digest: str) -> StoredResult | None:
-    row = session.execute(
-        select(
-            _SNAPSHOTS.c.digest, _SNAPSHOTS.c.key_id, _SNAPSHOTS.c.status, _SNAPSHOTS.c.result
-        ).where(_SNAPSHOTS.c.digest == digest)
-    ).first()
-    return StoredResult(row[0], row[1], row[2], row[3]) if row is not None else None
-
-
 def lookup(
     session: Session, key_ids: Sequence[str], digest: str, nonce: str | None
 ) -> TrustedState:
@@ -210,28 +201,26 @@ def lookup(
                     stored = StoredResult(r[8], r[0], r[9], r[10])
                 break
     nonce_record: NonceRecord | None = None
-    if host is not None:
-        stored = stored_result(session, digest)
-        if stored is not None and stored.key_id != host.key_id:
-            stored = None
-        if nonce is not None and _NONCE.match(nonce):
-            n = session.execute(
-                select(
-                    _NONCES.c.nonce,
-                    _NONCES.c.key_id,
-                    _NONCES.c.issued_at,
-                    _NONCES.c.expires_at,
-                    _NONCES.c.used,
-                ).where(_NONCES.c.nonce == nonce)
-            ).first()
-            if n is not None:
-                nonce_record = NonceRecord(
-                    nonce=n[0],
-                    key_id=n[1],
-                    issued_at=_utc(n[2]),
-                    expires_at=_utc(n[3]),
-                    used=bool(n[4]),
-                )
+    # ``stored`` came with the join: this digest under this host's key (a digest stored under
+    # another key is not this host's evidence and gets no cached answer).
+    if host is not None and nonce is not None and _NONCE.match(nonce):
+        n = session.execute(
+            select(
+                _NONCES.c.nonce,
+                _NONCES.c.key_id,
+                _NONCES.c.issued_at,
+                _NONCES.c.expires_at,
+                _NONCES.c.used,
+            ).where(_NONCES.c.nonce == nonce)
+        ).first()
+        if n is not None:
+            nonce_record = NonceRecord(
+                nonce=n[0],
+                key_id=n[1],
+                issued_at=_utc(n[2]),
+                expires_at=_utc(n[3]),
+                used=bool(n[4]),
+            )
     return TrustedState(
         host=host, head=head, nonce=nonce_record, stored=stored, inventory_digest=inventory_digest
     )

@@ -217,6 +217,7 @@ def overview(request: Request, after: str | None = Query(None, max_length=100)) 
     if user is None:
         return _login_redirect(request)
     svc = services(request)
+    svc.settle()  # judge sites with evidence not yet settled
     now, age = svc.now(), max_host_age(svc)
     with svc.db.read() as s:
         totals = queries.fleet_totals(s, now, age)
@@ -246,6 +247,7 @@ def org_page(
     if user is None:
         return _login_redirect(request)
     svc = services(request)
+    svc.settle()  # judge sites with evidence not yet settled
     now, age = svc.now(), max_host_age(svc)
     with svc.db.read() as s:
         found = queries.org_rows(s, org_id=org_id[:40])
@@ -336,6 +338,7 @@ def site_page(
     if user is None:
         return _login_redirect(request)
     svc = services(request)
+    svc.settle()  # judge sites with evidence not yet settled
     now, age = svc.now(), max_host_age(svc)
     with svc.db.read() as s:
         rows = queries.site_rows(s, now, age, site_ids=[site_id[:40]])
@@ -398,6 +401,7 @@ def host_page(request: Request, key_id: str, before: int | None = Query(None, ge
     if not _HEX64.match(key_id):
         return _not_found(request, user, "No host with that id.")
     svc = services(request)
+    svc.settle()  # judge sites with evidence not yet settled
     now, age = svc.now(), max_host_age(svc)
     with svc.db.read() as s:
         host = s.get(Host, key_id)
@@ -468,6 +472,7 @@ def findings_page(
     if user is None:
         return _login_redirect(request)
     svc = services(request)
+    svc.settle()  # judge sites with evidence not yet settled
     flt = queries.FindingFilter(
         site=site or None,
         org=org or None,
@@ -607,6 +612,7 @@ async def make_report(
             message="A period looks like 2026H1 or 2026H2.",
         )
     policy = policy_of(request)
+    await run_in_threadpool(svc.settle)
     with svc.db.read() as s:
         org = s.get(Organization, org_id[:40])
     if org is None:

@@ -54,7 +54,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pydantic import TypeAdapter
 
@@ -83,6 +83,7 @@ MAX_ERRORS_PER_ROOT = 50
 FS_IOC_GETFLAGS = 0x80086601
 FS_ENCRYPT_FL = 0x800
 
+_MISS: Any = object()
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MEMORY_FS = {"tmpfs", "ramfs", "devtmpfs", "hugetlbfs"}
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "lustre"}
@@ -332,11 +333,12 @@ def describe_encryption(
 
 @dataclass(slots=True)
 class _Candidate:
-    root_index: int
+    """A file the cache did not know: it is opened, identified and hashed."""
+
     raw: bytes
     st: os.stat_result
-    hit: bool = False
-    cached: WeightFile | None = None
+    root_index: int
+    entry: WeightFile | None = None
     found: Examined | None = None
     future: Future[Examined | None] | None = None
 
@@ -488,13 +490,13 @@ def _inside(target: bytes, roots: list[bytes]) -> bool:
     return any(target == r or target.startswith(r.rstrip(b"/") + b"/") for r in roots)
 
 
-def _walk(index: int, scan: _RootScan, real_roots: list[bytes], out: list[_Candidate]) -> None:
-    """Collect the regular files under one root (see the module docstring for the rules)."""
+def _walk(scan: _RootScan, real_roots: list[bytes]) -> list[tuple[bytes, os.stat_result]]:
+    """The regular files under one root, with their ``lstat`` (rules: the module docstring)."""
     assert scan.real is not None
     top = os.lstat(scan.real)
     if stat.S_ISREG(top.st_mode):
-        out.append(_Candidate(index, scan.real, top))
-        return
+        return [(scan.real, top)]
+    out: list[tuple[bytes, os.stat_result]] = []
     stack = [scan.real]
     while stack:
         directory = stack.pop()
@@ -506,7 +508,9 @@ def _walk(index: int, scan: _RootScan, real_roots: list[bytes], out: list[_Candi
             continue
         for entry in entries:
             try:
-                if entry.is_symlink():
+                if entry.is_file(follow_symlinks=False):  # the common case first
+                    out.append((entry.path, entry.stat(follow_symlinks=False)))
+                elif entry.is_symlink():
                     _symlink(entry.path, scan, real_roots)
                 elif entry.is_dir(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
@@ -518,10 +522,9 @@ def _walk(index: int, scan: _RootScan, real_roots: list[bytes], out: list[_Candi
                         )
                     else:
                         stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    out.append(_Candidate(index, entry.path, entry.stat(follow_symlinks=False)))
             except OSError as exc:  # vanished between readdir and stat
                 scan.error("stat_failed", f"{show_path(entry.path)[0]}: {exc.strerror}")
+    return out
 
 
 def _symlink(raw: bytes, scan: _RootScan, real_roots: list[bytes]) -> None:
@@ -573,11 +576,8 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None] | None, Callable[[]
     return (lambda n: bar.advance(task, n)), bar.stop
 
 
-def _fill(
-    candidates: list[_Candidate], workers: int, on_bytes: Callable[[int], None] | None
-) -> None:
-    """Examine every candidate the cache did not know, in parallel."""
-    misses = [cand for cand in candidates if not cand.hit]
+def _fill(misses: list[_Candidate], workers: int, on_bytes: Callable[[int], None] | None) -> None:
+    """Examine every file the cache did not know, in parallel."""
     if not misses:
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veu-hash") as pool:
@@ -594,13 +594,9 @@ def _fill(
                 cand.found = Examined(None, error=("internal_error", detail))
 
 
-def _from_cache(cand: _Candidate) -> WeightFile | None:
+def _labelled(raw: bytes, cached: WeightFile, owner: str | None) -> WeightFile:
     """The cached entry, re-labelled if the same file version now has another name or owner."""
-    cached = cand.cached
-    if cached is None:
-        return None
-    path, path_b64 = show_path(cand.raw)
-    owner = _owner(cand.st.st_uid)
+    path, path_b64 = show_path(raw)
     if cached.path != path or cached.path_b64 != path_b64 or cached.owner != owner:
         return cached.model_copy(update={"path": path, "path_b64": path_b64, "owner": owner})
     return cached
@@ -609,30 +605,70 @@ def _from_cache(cand: _Candidate) -> WeightFile | None:
 _TRANSIENT = {"changed_while_hashing", "read_error", "unreadable", "internal_error"}
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building many small acyclic objects (cache rows, evidence
-    entries): its generation sweeps otherwise cost as much as the work itself. Never held across
-    hashing, so the pause is bounded by the file count, not by the bytes."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
+class _GcPause:
+    """Pause the cyclic GC while a scan builds many small acyclic objects (cache rows, evidence
+    entries): its generation sweeps otherwise cost as much as the work itself. With one pause
+    around the whole scan, short-lived objects are freed by reference counting before any sweep
+    sees them, and only the evidence returned is swept once, afterwards. The pause is lifted
+    while files are hashed (:meth:`resumed`), so it is bounded by the file count, not the bytes.
+    """
+
+    def __enter__(self) -> _GcPause:
+        self._was_enabled = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was_enabled:
             gc.enable()
 
+    @contextlib.contextmanager
+    def resumed(self) -> Iterator[None]:
+        if self._was_enabled:
+            gc.enable()
+        try:
+            yield
+        finally:
+            gc.disable()
 
-def _assemble(
-    candidates: list[_Candidate], scans: list[_RootScan], cache: ScanCache
-) -> dict[int, list[WeightFile]]:
-    """Evidence entries per root: cached ones as they are, new ones validated in one bulk call
-    and remembered in the cache (unless their error is transient)."""
+
+def _look_up(
+    index: int, files: list[tuple[bytes, os.stat_result]], cache: ScanCache
+) -> tuple[list[WeightFile | _Candidate], list[_Candidate]]:
+    """One root's files in order: cached entries as they are, a candidate for every miss.
+
+    Runs once per file on every scan, so :func:`agent.hashing.cache_key` and the cheap case of
+    :func:`_labelled` are written out here."""
+    slots: list[WeightFile | _Candidate] = []
+    misses: list[_Candidate] = []
+    lookup = cache.lookup
+    owners: dict[int, str | None] = {}
+    for raw, st in files:
+        cached = lookup((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), _MISS)
+        if cached is _MISS:
+            cand = _Candidate(raw, st, index)
+            slots.append(cand)
+            misses.append(cand)
+        elif cached is not None:
+            uid = st.st_uid
+            owner = owners[uid] if uid in owners else owners.setdefault(uid, _owner(uid))
+            # A cached path without path_b64 is the strict UTF-8 decoding of the name it was
+            # made from, so comparing its encoding with the name is show_path's test, cheaper.
+            if cached.path_b64 is None and cached.owner == owner and cached.path.encode() == raw:
+                slots.append(cached)
+            else:
+                slots.append(_labelled(raw, cached, owner))
+    return slots, misses
+
+
+def _assemble(misses: list[_Candidate], scans: list[_RootScan], cache: ScanCache) -> None:
+    """Evidence entries of the files just examined (``entry``), validated in one bulk call and
+    remembered in the cache (unless their error is transient)."""
     fresh: list[dict[str, Any]] = []
     fresh_cands: list[_Candidate] = []
-    for cand in candidates:
+    for cand in misses:
         found = cand.found
-        if cand.hit or found is None:
+        if found is None:
             continue
         if found.st is not None:  # describe (and cache) the version that was actually read
             cand.st = found.st
@@ -649,15 +685,20 @@ def _assemble(
         fresh.append(_weight_file(cand.raw, cand.st, found))
         fresh_cands.append(cand)
     for cand, weight_file in zip(fresh_cands, _WEIGHT_FILES.validate_python(fresh), strict=True):
-        cand.cached = weight_file
+        cand.entry = weight_file
         if weight_file.error is None or weight_file.error.code not in _TRANSIENT:
             cache.put(cache_key(cand.st), weight_file)
-    by_root: dict[int, list[WeightFile]] = {}
-    for cand in candidates:
-        entry = _from_cache(cand)
-        if entry is not None:
-            by_root.setdefault(cand.root_index, []).append(entry)
-    return by_root
+
+
+def _entries(slots: list[WeightFile | _Candidate]) -> list[WeightFile]:
+    out: list[WeightFile] = []
+    for slot in slots:
+        if isinstance(slot, _Candidate):
+            if slot.entry is not None:
+                out.append(slot.entry)
+        else:
+            out.append(slot)
+    return out
 
 
 def scan_weight_roots(
@@ -677,10 +718,28 @@ def scan_weight_roots(
     """
     if low_priority:
         lower_priority()
-    cache = ScanCache(cache_path)
-    with _gc_paused():
-        cache.load()
+    with _GcPause() as pause:  # lifted only while hashing; see _GcPause
+        return _scan(roots, cache_path, workers, progress, proc_root, sys_root, pause)
+
+
+def _scan(
+    roots: list[Path],
+    cache_path: Path | None,
+    workers: int | None,
+    progress: bool,
+    proc_root: Path,
+    sys_root: Path,
+    pause: _GcPause,
+) -> tuple[list[StorageRoot], list[CollectorError]]:
     errors: list[CollectorError] = []
+    cache = ScanCache(cache_path)
+    cache.load()
+    if cache.problem is not None and cache.problem.reported:
+        errors.append(
+            CollectorError(
+                collector=COLLECTOR, code=f"scan_{cache.problem.code}", detail=cache.problem.detail
+            )
+        )
     try:
         mounts = read_mountinfo(proc_root)
     except OSError as exc:
@@ -706,34 +765,41 @@ def scan_weight_roots(
         scans.append(_RootScan(str(root), real))
     real_roots = [s.real for s in scans if s.real is not None]
 
-    candidates: list[_Candidate] = []
+    by_root: dict[int, list[WeightFile]] = {}
+    slots: dict[int, list[WeightFile | _Candidate]] = {}
+    misses: list[_Candidate] = []
     for index, scan in enumerate(scans):
         if scan.real is None:
             continue
         try:
-            with _gc_paused():
-                _walk(index, scan, real_roots, candidates)
+            walked = _walk(scan, real_roots)
         except OSError as exc:
             scan.error("root_unreadable", f"{scan.root}: {exc.strerror}")
-    candidates.sort(key=_by_path)  # evidence lists files in byte order of their paths
+            continue
+        walked.sort()  # evidence lists files in byte order of their paths (unique per root)
+        root_slots, root_misses = _look_up(index, walked, cache)
+        del walked
+        if root_misses:
+            slots[index] = root_slots
+            misses.extend(root_misses)
+        else:  # every file was cached: the slots are the entries
+            by_root[index] = cast(list[WeightFile], root_slots)
 
-    pending = 0
-    for cand in candidates:
-        cand.hit, cand.cached = cache.get(cache_key(cand.st))
-        if not cand.hit:
-            pending += cand.st.st_size
-
+    pending = sum(cand.st.st_size for cand in misses)
     advance: Callable[[int], None] | None = None
     stop: Callable[[], None] = _noop
     if progress and pending and sys.stderr.isatty():
         advance, stop = _progress_bar(pending)
     try:
-        _fill(candidates, max(1, workers or min(8, os.cpu_count() or 1)), advance)
+        if misses:
+            with pause.resumed():
+                _fill(misses, max(1, workers or min(8, os.cpu_count() or 1)), advance)
     finally:
         stop()
 
-    with _gc_paused():
-        by_root = _assemble(candidates, scans, cache)
+    _assemble(misses, scans, cache)
+    by_root.update((index, _entries(root_slots)) for index, root_slots in slots.items())
+    del slots, misses
     cache.save()
 
     results: list[StorageRoot] = []
@@ -770,10 +836,6 @@ def scan_weight_roots(
                 )
             )
     return results, errors
-
-
-def _by_path(cand: _Candidate) -> bytes:
-    return cand.raw
 
 
 def _noop() -> None:

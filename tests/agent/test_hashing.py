@@ -1,10 +1,10 @@
-"""Large-buffer hashing, the scan cache's persistence rules, and priority lowering."""
+"""Large-buffer hashing, the scan cache's file format and persistence, and priority lowering."""
 
 from __future__ import annotations
 
 import ast
 import hashlib
-import json
+import marshal
 import os
 import subprocess
 import sys
@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.evidence import WeightFile
+from agent.evidence import FileError, HeaderFacts, WeightFile
 from agent.hashing import (
+    SHAPE,
+    CacheKey,
+    CacheProblem,
     ChangedWhileHashingError,
     ScanCache,
+    _entry,
+    _row,
     cache_key,
     hash_fd,
 )
@@ -79,7 +84,7 @@ def weight_file(name: str, **changes: object) -> WeightFile:
 
 
 def test_cache_round_trips_and_drops_unseen_entries(tmp_path: Path) -> None:
-    path = tmp_path / "cache.json"
+    path = tmp_path / "cache"
     cache = ScanCache(path)
     cache.load()
     model = weight_file("model.safetensors")
@@ -102,44 +107,166 @@ def test_cache_round_trips_and_drops_unseen_entries(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "code"),
     [
-        b"",
-        b"not json",
-        b"[]",
-        b'{"v": 1, "e": []}',
-        b'{"v": 2, "e": "x"}',
-        b"[" * 100000,
+        (b"", "cache_damaged"),
+        (b"not json", "cache_damaged"),
+        (b"[]", "cache_damaged"),
+        (b"[" * 100000, "cache_damaged"),
+        (b"veu-scan-cache 3\n", "cache_damaged"),
+        (b'{"v": 1, "e": []}', "cache_outdated"),
+        (b'{"v":2,"e":"x"}', "cache_outdated"),
     ],
 )
-def test_corrupt_cache_is_ignored(tmp_path: Path, content: bytes) -> None:
-    path = tmp_path / "cache.json"
+def test_unusable_cache_is_ignored_with_a_reason(tmp_path: Path, content: bytes, code: str) -> None:
+    path = tmp_path / "cache"
     path.write_bytes(content)
     cache = ScanCache(path)
     cache.load()
-    assert len(cache) == 0 and cache.load_problem is not None
+    assert len(cache) == 0 and cache.get((1, 2, 3, 4, 5)) == (False, None)
+    assert cache.problem is not None and cache.problem.code == code
+    assert cache.problem.reported == (code != "cache_outdated")
+    cache.save()  # an unusable file is replaced, even by an empty cache
+    assert path.read_bytes().startswith(b"veu-scan-cache 3 ")
 
 
-def test_damaged_cache_rows_are_dropped_and_good_rows_kept(tmp_path: Path) -> None:
-    good = weight_file("ok.safetensors").model_dump(mode="json")
-    bad_rows = [
-        [1, 2, 3, 4, "5", good],  # key not an int
-        [1, 2, 3, 4, 6, {**good, "sha256": 5}],
-        [1, 2, 3, 4, 7, {**good, "format": "exe"}],
-        [1, 2, 3, 4, 8, {**good, "header": {"tensor_count": "many"}}],
-        [1, 2, 3, 4, 9, {**good, "extra": 1}],
-        [1, 2, 3, 4, 10, {**good, "size": "100"}],  # strict: no coercion
-        "row",
-    ]
-    path = tmp_path / "cache.json"
-    path.write_text(
-        json.dumps({"v": 2, "e": [[1, 2, 3, 4, 5, good], [1, 2, 3, 4, 11, None], *bad_rows]})
-    )
+def saved_cache(path: Path, entries: dict[CacheKey, WeightFile | None]) -> bytes:
+    cache = ScanCache(path)
+    for key, value in entries.items():
+        cache.put(key, value)
+    cache.save()
+    return path.read_bytes()
+
+
+def test_a_changed_byte_fails_the_checksum_and_nothing_is_used(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    data = saved_cache(path, {(1, 2, 3, 4, 5): weight_file("a.safetensors")})
+    at = data.index(b"a.safetensors")
+    path.write_bytes(data[:at] + b"b" + data[at + 1 :])  # a well-formed row, edited
     cache = ScanCache(path)
     cache.load()
+    assert cache.get((1, 2, 3, 4, 5)) == (False, None)
+    assert cache.problem == CacheProblem(
+        "cache_damaged", "cache checksum does not match; rehashing all"
+    )
+
+
+def test_cache_from_another_version_or_shape_is_outdated_not_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    data = saved_cache(path, {(1, 2, 3, 4, 5): None})
+    head, body = data.split(b"\n", 1)
+    magic, version, shape, digest = head.split(b" ")
+    for other in (
+        b" ".join((magic, b"4", shape, digest)),
+        b" ".join((magic, version, b"0" * 16, digest)),
+    ):
+        path.write_bytes(other + b"\n" + body)
+        cache = ScanCache(path)
+        cache.load()
+        assert cache.problem is not None and cache.problem.code == "cache_outdated"
+        assert not cache.problem.reported and len(cache) == 0
+
+
+def test_rows_that_pass_the_checksum_but_are_malformed_are_misses(tmp_path: Path) -> None:
+    good = _row(weight_file("ok.safetensors"))
+    rows = {
+        (1, 2, 3, 4, 5): good,
+        (1, 2, 3, 4, 6): ["short"],
+        (1, 2, 3, 4, 7): [*good[:10], "not a header", None],
+        "not a key": [],
+    }
+    body = marshal.dumps(rows)
+    head = b"veu-scan-cache 3 %s %s\n" % (SHAPE.encode(), hashlib.sha256(body).hexdigest().encode())
+    path = tmp_path / "cache"
+    path.write_bytes(head + body)
+    cache = ScanCache(path)
+    cache.load()
+    assert cache.problem is None
     assert cache.get((1, 2, 3, 4, 5)) == (True, weight_file("ok.safetensors"))
-    assert cache.get((1, 2, 3, 4, 11)) == (True, None)
-    assert cache.load_problem == f"{len(bad_rows)} damaged cache entries dropped"
+    assert cache.get((1, 2, 3, 4, 6)) == (False, None)
+    assert cache.get((1, 2, 3, 4, 7)) == (False, None)
+
+
+def test_unreadable_cache_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    path.mkdir()  # reading a directory fails with EISDIR
+    cache = ScanCache(path)
+    cache.load()
+    assert cache.problem is not None and cache.problem.code == "cache_unreadable"
+    assert cache.problem.reported
+
+
+ENTRIES = [
+    weight_file("plain.safetensors"),
+    weight_file("no-header.bin", format="pytorch-zip", header=None),
+    weight_file(
+        "bad.gguf",
+        format="gguf",
+        sha256=None,
+        header=None,
+        error={"code": "truncated", "detail": "file ends"},
+    ),
+    weight_file(
+        "x\\xff.gguf",
+        path_b64="eP8uZ2d1Zg==",
+        owner=None,
+        uid=4242,
+        gid=7,
+        header={
+            "tensor_count": None,
+            "parameter_count": 2**70,
+            "dtypes": [],
+            "metadata": {"k\u00e9y": "v\u2603\n", "": ""},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("validated", ENTRIES, ids=lambda e: e.path)
+def test_entries_read_back_without_validation_equal_validated_ones(validated: WeightFile) -> None:
+    built = _entry(_row(validated))
+    assert built == validated
+    assert built is not None and type(built) is WeightFile
+    assert set(built.__dict__) == set(WeightFile.model_fields)
+    # The scan validates entries with every field given (storage._weight_file): all are "set".
+    as_scanned = WeightFile.model_validate(validated.model_dump())
+    assert built.model_fields_set == as_scanned.model_fields_set == set(WeightFile.model_fields)
+    assert built.model_dump(mode="json") == validated.model_dump(mode="json")
+    assert built.model_dump_json() == validated.model_dump_json()
+    for name in ("header", "error"):
+        nested, expected = getattr(built, name), getattr(validated, name)
+        assert type(nested) is type(expected) and nested == expected
+        if nested is not None:
+            assert set(nested.__dict__) == set(type(nested).model_fields)
+    assert WeightFile.model_validate(built.model_dump()) == validated
+    copied = built.model_copy(update={"path": "/elsewhere"})
+    assert copied.path == "/elsewhere" and copied.sha256 == validated.sha256
+
+
+def test_rows_hold_every_field_of_the_models() -> None:
+    """_entry and _row spell the fields out; a field added to the models must be added there
+    too (the cache's SHAPE changes with the models, so old files are not misread meanwhile)."""
+    for validated in ENTRIES:
+        row = _row(validated)
+        assert len(row) == len(WeightFile.model_fields)
+    assert len(HeaderFacts.model_fields) == 4 and len(FileError.model_fields) == 2
+    for cls in (WeightFile, HeaderFacts, FileError):
+        assert cls.__pydantic_post_init__ is None and not cls.__pydantic_root_model__
+
+
+def test_many_entries_round_trip_through_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    entries: dict[CacheKey, WeightFile | None] = {
+        (1, i, 3, 4, 5): ENTRIES[i % len(ENTRIES)] if i % 3 else None for i in range(200)
+    }
+    saved_cache(path, entries)
+    cache = ScanCache(path)
+    cache.load()
+    assert cache.problem is None
+    assert {key: cache.get(key) for key in entries} == {k: (True, v) for k, v in entries.items()}
+    before = path.read_bytes()
+    cache.save()  # nothing changed and everything was seen: not rewritten
+    assert path.read_bytes() == before
 
 
 def test_cache_write_failure_is_not_fatal(tmp_path: Path) -> None:

@@ -20,7 +20,17 @@ from agent.collect.storage import (
     read_mountinfo,
     scan_weight_roots,
 )
-from agent.evidence import CollectorError, StorageRoot, WeightFile
+from agent.evidence import (
+    AgentInfo,
+    CollectorError,
+    HostInfo,
+    Posture,
+    SnapshotV1,
+    StorageRoot,
+    WeightFile,
+    parse_statement,
+    statement_bytes,
+)
 from tests.agent.weights_fixtures import (
     FIXTURES,
     safetensors_bytes,
@@ -322,13 +332,126 @@ def test_unchanged_files_are_not_opened_on_rescan(
     assert files_by_name(third[0])["q4.gguf"].error is not None
 
 
-def test_corrupt_cache_is_ignored_and_rebuilt(tree: Path, tmp_path: Path) -> None:
+def spy_opens(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    opened: list[bytes] = []
+    real_open = storage._open_file
+
+    def spy(raw: bytes) -> int:
+        opened.append(raw)
+        return real_open(raw)
+
+    monkeypatch.setattr(storage, "_open_file", spy)
+    return opened
+
+
+def test_damaged_cache_is_reported_and_every_file_rehashed(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = scan([tree], tmp_path)
+    cache_file = tmp_path / "state" / "scan-cache.json"
+    data = cache_file.read_bytes()
+    cache_file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped in the rows
+    opened = spy_opens(monkeypatch)
+    second, errors = scan([tree], tmp_path)
+    assert second == first and len(opened) == 5  # every file under the root, read again
+    assert errors == [
+        CollectorError(
+            collector="storage",
+            code="scan_cache_damaged",
+            detail="cache checksum does not match; rehashing all",
+        )
+    ]
+    assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
+    opened.clear()
+    third, errors = scan([tree], tmp_path)  # rebuilt: quiet again, nothing opened
+    assert third == first and errors == [] and opened == []
+
+
+def test_garbage_cache_is_reported_and_rebuilt(tree: Path, tmp_path: Path) -> None:
     first, _ = scan([tree], tmp_path)
     cache_file = tmp_path / "state" / "scan-cache.json"
     cache_file.write_bytes(b"\x00garbage{")
     second, errors = scan([tree], tmp_path)
-    assert second == first and errors == []
-    assert cache_file.read_bytes().startswith(b'{"v":2,')
+    assert second == first and [e.code for e in errors] == ["scan_cache_damaged"]
+    assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
+
+
+def test_cache_of_an_older_agent_is_rebuilt_without_an_error(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, _ = scan([tree], tmp_path, cache=False)
+    cache_file = tmp_path / "state" / "scan-cache.json"
+    cache_file.parent.mkdir()
+    cache_file.write_text('{"v":2,"e":[]}')  # what version 2 wrote: one JSON document
+    opened = spy_opens(monkeypatch)
+    second, errors = scan([tree], tmp_path)
+    assert second == first and errors == [] and len(opened) == 5
+    assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
+
+
+def snapshot_payload(roots: list[StorageRoot]) -> bytes:
+    """The signed statement bytes of a snapshot that differs only in its storage section."""
+    return statement_bytes(
+        SnapshotV1(
+            agent=AgentInfo(key_id="a" * 64, version="test"),
+            site_id=None,
+            host=HostInfo(),
+            seq=1,
+            prev=None,
+            nonce=None,
+            collected_at="2026-01-01T00:00:00.000000Z",
+            accelerators=[],
+            storage=roots,
+            posture=Posture(),
+            errors=[],
+        )
+    )
+
+
+def test_cached_rescan_gives_byte_identical_evidence(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries read back from the cache are not re-validated; they must still be the very
+    evidence a scan without a cache gives, down to the bytes that get signed."""
+    (tree / "evil.safetensors").write_bytes(safetensors_bytes(b'{"a":1}', length=2**63))
+    shutil.copyfile(tree / "llama" / "model.safetensors", os.fsencode(tree) + b"/caf\xe9\n.bin")
+    os.link(tree / "llama" / "q4.gguf", tree / "q4-link.gguf")
+    write_safetensors(tree / "meta.safetensors", {"n\u00e4me": "\u2603", "q": '"\\'})
+    uncached, errors = scan([tree], tmp_path, cache=False)
+    assert errors == [] and len(uncached[0].files) == 7
+    cold, _ = scan([tree], tmp_path)
+    opened = spy_opens(monkeypatch)
+    warm, errors = scan([tree], tmp_path)
+    assert opened == [] and errors == []
+    assert warm == cold == uncached
+    assert [f.model_dump() for f in warm[0].files] == [f.model_dump() for f in uncached[0].files]
+    payload = snapshot_payload(uncached)
+    assert snapshot_payload(cold) == payload and snapshot_payload(warm) == payload
+    _, parsed = parse_statement(payload)  # and the verifier accepts it
+    assert parsed.storage == warm
+
+
+def test_renamed_touched_and_chmodded_files_are_described_as_they_are_now(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan([tree], tmp_path)
+    os.rename(tree / "llama" / "q4.gguf", tree / "llama" / "renamed.gguf")
+    gguf_before = files_by_name(scan([tree], tmp_path)[0][0])["renamed.gguf"]
+    os.chmod(tree / "llama" / "pytorch_model.bin", 0o600)
+    os.utime(tree / "llama" / "model.safetensors", ns=(1, 2_000_000_000))
+    opened = spy_opens(monkeypatch)
+    roots, errors = scan([tree], tmp_path)
+    assert errors == []
+    assert sorted(os.path.basename(p) for p in opened) == [
+        b"model.safetensors",
+        b"pytorch_model.bin",
+    ]
+    files = files_by_name(roots[0])
+    assert files["pytorch_model.bin"].mode == "0600"
+    assert files["model.safetensors"].mtime == "1970-01-01T00:00:02.000000Z"
+    assert files["renamed.gguf"] == gguf_before
+    assert gguf_before.path.endswith("/llama/renamed.gguf")
+    assert roots == scan([tree], tmp_path, cache=False)[0]
 
 
 def test_nested_mounts_are_not_entered_but_reported(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from server.api import auth
 from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
 from server.findings import Finding, condensed, status_of
+from server.policy import PolicySet
 from server.results import sign_result
 from server.store import compliance, repo
 from server.store.ingest import (
@@ -121,6 +122,7 @@ async def submit(svc: SvcDep, request: Request) -> JSONResponse:
 
 def ingest(svc: Services, data: bytes) -> IngestOutcome:
     """The whole appraisal of one body; raises APIError for every refusal."""
+    policy = svc.policy  # one pack set for the whole appraisal, even if a reload happens now
     try:
         parsed = preparse(data, svc.verify)
         with svc.db.lookup() as session:
@@ -130,24 +132,26 @@ def ingest(svc: Services, data: bytes) -> IngestOutcome:
                 if state.stored is not None
                 else None
             )
-        now = svc.now()
-        verdict = appraise(
-            parsed,
-            host=state.host,
-            head=state.head,
-            nonce=state.nonce,
-            already_accepted=stored is not None,
-            now=now,
-            config=svc.verify,
-        )
-        if not isinstance(verdict, Accepted):
-            assert stored is not None
-            svc.metrics.duplicates.inc()
-            return stored
-        assert state.host is not None
-        return _commit(
-            svc, verdict, state.host.site_id, state.head, data, now, state.inventory_digest
-        )
+            now = svc.now()
+            verdict = appraise(
+                parsed,
+                host=state.host,
+                head=state.head,
+                nonce=state.nonce,
+                already_accepted=stored is not None,
+                now=now,
+                config=svc.verify,
+            )
+            if not isinstance(verdict, Accepted):
+                assert stored is not None
+                svc.metrics.duplicates.inc()
+                return stored
+            assert state.host is not None
+            # Judged before the write transaction: CPU work (CEL) never holds a write lock.
+            judged = compliance.judge_host(
+                session, policy, verdict.snapshot, verdict.key_id, state.host.site_id
+            )
+        return _commit(svc, policy, verdict, judged, state.head, data, now, state.inventory_digest)
     except Rejected as exc:
         _rejected(svc, exc, data)
         raise APIError(exc.http_status, exc.code, exc.detail) from None
@@ -155,43 +159,41 @@ def ingest(svc: Services, data: bytes) -> IngestOutcome:
 
 def _commit(
     svc: Services,
+    policy: PolicySet,
     accepted: Accepted,
-    site_id: str,
+    judged: compliance.HostJudgement,
     head: Any,
     raw: bytes,
     now: Any,
     inventory_digest: str | None,
 ) -> IngestOutcome:
-    """Judge the host and commit in one transaction; the result is signed with the policy digest.
+    """Commit the snapshot, head, nonce, inventory, host state and audit row in one transaction;
+    the result is signed with the policy digest.
 
     The site and organization are judged when the site settles (about a second later, or before
     any compliance read): see :mod:`server.store.compliance`.
     """
-    policy = svc.policy  # one pack set for the whole appraisal, even if a reload happens now
+    findings: tuple[Finding, ...] = accepted.findings + judged.findings
+    status = status_of(findings)
+    result = sign_result(
+        svc.key,
+        verifier_id=svc.settings.verifier_id,
+        issued_at=now,
+        findings=condensed(findings),
+        status=status,
+        digest=accepted.digest,
+        host_key_id=accepted.key_id,
+        site_id=judged.site_id,
+        seq=accepted.seq,
+        nonce=accepted.nonce,
+        policy_digest=policy.digest,
+    )
     try:
         with svc.db.write() as session:
-            judged = compliance.judge_host(
-                session, policy, accepted.snapshot, accepted.key_id, site_id
-            )
-            findings: tuple[Finding, ...] = accepted.findings + judged.findings
-            status = status_of(findings)
-            result = sign_result(
-                svc.key,
-                verifier_id=svc.settings.verifier_id,
-                issued_at=now,
-                findings=condensed(findings),
-                status=status,
-                digest=accepted.digest,
-                host_key_id=accepted.key_id,
-                site_id=site_id,
-                seq=accepted.seq,
-                nonce=accepted.nonce,
-                policy_digest=policy.digest,
-            )
             commit_accepted(
                 session,
                 accepted,
-                site_id=site_id,
+                site_id=judged.site_id,
                 head=head,
                 raw=raw,
                 status=status,

@@ -69,6 +69,7 @@ from agent.evidence import (
 )
 from agent.hashing import (
     CHUNK_SIZE,
+    CacheKey,
     ChangedWhileHashingError,
     ScanCache,
     cache_key,
@@ -490,13 +491,14 @@ def _inside(target: bytes, roots: list[bytes]) -> bool:
     return any(target == r or target.startswith(r.rstrip(b"/") + b"/") for r in roots)
 
 
-def _walk(scan: _RootScan, real_roots: list[bytes]) -> list[tuple[bytes, os.stat_result]]:
-    """The regular files under one root, with their ``lstat`` (rules: the module docstring)."""
+def _walk(scan: _RootScan, real_roots: list[bytes]) -> list[tuple[bytes, CacheKey, int]]:
+    """The regular files under one root (rules: the module docstring), each with its cache key
+    and owner's uid. Only these are kept from the ``lstat``: a rescan holds 10,000 of them."""
     assert scan.real is not None
     top = os.lstat(scan.real)
     if stat.S_ISREG(top.st_mode):
-        return [(scan.real, top)]
-    out: list[tuple[bytes, os.stat_result]] = []
+        return [(scan.real, cache_key(top), top.st_uid)]
+    out: list[tuple[bytes, CacheKey, int]] = []
     stack = [scan.real]
     while stack:
         directory = stack.pop()
@@ -509,7 +511,9 @@ def _walk(scan: _RootScan, real_roots: list[bytes]) -> list[tuple[bytes, os.stat
         for entry in entries:
             try:
                 if entry.is_file(follow_symlinks=False):  # the common case first
-                    out.append((entry.path, entry.stat(follow_symlinks=False)))
+                    st = entry.stat(follow_symlinks=False)
+                    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    out.append((entry.path, key, st.st_uid))
                 elif entry.is_symlink():
                     _symlink(entry.path, scan, real_roots)
                 elif entry.is_dir(follow_symlinks=False):
@@ -633,25 +637,30 @@ class _GcPause:
 
 
 def _look_up(
-    index: int, files: list[tuple[bytes, os.stat_result]], cache: ScanCache
+    index: int, scan: _RootScan, files: list[tuple[bytes, CacheKey, int]], cache: ScanCache
 ) -> tuple[list[WeightFile | _Candidate], list[_Candidate]]:
     """One root's files in order: cached entries as they are, a candidate for every miss.
 
-    Runs once per file on every scan, so :func:`agent.hashing.cache_key` and the cheap case of
-    :func:`_labelled` are written out here."""
+    Runs once per file on every scan, so the cheap case of :func:`_labelled` is written out."""
     slots: list[WeightFile | _Candidate] = []
     misses: list[_Candidate] = []
     lookup = cache.lookup
     owners: dict[int, str | None] = {}
-    for raw, st in files:
-        cached = lookup((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), _MISS)
+    for raw, key, uid in files:
+        cached = lookup(key, _MISS)
         if cached is _MISS:
+            try:
+                st = os.lstat(raw)  # the walk kept only the key
+            except OSError as exc:  # vanished since
+                scan.error("stat_failed", f"{show_path(raw)[0]}: {exc.strerror}")
+                continue
             cand = _Candidate(raw, st, index)
             slots.append(cand)
             misses.append(cand)
         elif cached is not None:
-            uid = st.st_uid
-            owner = owners[uid] if uid in owners else owners.setdefault(uid, _owner(uid))
+            owner = owners.get(uid, _MISS)
+            if owner is _MISS:
+                owner = owners[uid] = _owner(uid)
             # A cached path without path_b64 is the strict UTF-8 decoding of the name it was
             # made from, so comparing its encoding with the name is show_path's test, cheaper.
             if cached.path_b64 is None and cached.owner == owner and cached.path.encode() == raw:
@@ -777,7 +786,7 @@ def _scan(
             scan.error("root_unreadable", f"{scan.root}: {exc.strerror}")
             continue
         walked.sort()  # evidence lists files in byte order of their paths (unique per root)
-        root_slots, root_misses = _look_up(index, walked, cache)
+        root_slots, root_misses = _look_up(index, scan, walked, cache)
         del walked
         if root_misses:
             slots[index] = root_slots

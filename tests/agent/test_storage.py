@@ -566,3 +566,20 @@ def test_file_rewritten_between_walk_and_open_is_described_as_read(
     monkeypatch.setattr(storage, "_open_file", real_open)
     again, _ = scan([tree], tmp_path)
     assert files_by_name(again[0])["model.safetensors"] == model
+
+
+def test_file_deleted_between_walk_and_hashing_is_reported_not_listed(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_walk = storage._walk
+    victim = tree / "llama" / "q4.gguf"
+
+    def walk_then_delete(*args: object) -> object:
+        found = real_walk(*args)  # type: ignore[arg-type]
+        victim.unlink()
+        return found
+
+    monkeypatch.setattr(storage, "_walk", walk_then_delete)
+    roots, errors = scan([tree], tmp_path)
+    assert "q4.gguf" not in files_by_name(roots[0])
+    assert [e.code for e in errors] == ["stat_failed"] and "q4.gguf" in errors[0].detail

@@ -149,7 +149,7 @@ def ingest(svc: Services, data: bytes) -> IngestOutcome:
             assert state.host is not None
             # Judged before the write transaction: CPU work (CEL) never holds a write lock.
             judged = compliance.judge_host(
-                session, policy, verdict.snapshot, verdict.key_id, state.host.site_id
+                session, policy, verdict.snapshot, verdict.key_id, state.host.site_id, state.site
             )
         return _commit(svc, policy, verdict, judged, state.head, data, now, state.inventory_digest)
     except Rejected as exc:

@@ -189,9 +189,17 @@ def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -
 
 
 def judge_condition(
-    pack: Pack, cond: Condition, variables: dict[str, Any], on: date
+    pack: Pack,
+    cond: Condition,
+    variables: dict[str, Any],
+    on: date,
+    fingerprints: dict[int, str] | None = None,
 ) -> list[Finding]:
-    """Findings of one condition on one set of variables (empty when it holds)."""
+    """Findings of one condition on one set of variables (empty when it holds).
+
+    ``fingerprints``: memo keys of items already computed by an earlier condition over the same
+    variables (keyed by ``id``: valid only while ``variables`` is alive and unchanged).
+    """
     if cond.for_each is None or cond.item is None:
         try:
             holds = cond.expression.holds(variables)
@@ -202,10 +210,14 @@ def judge_condition(
     scoped = dict(variables)
     expr = cond.expression
     context = _fingerprint({r: variables[r] for r in sorted(expr.roots) if r != cond.item})
+    known = {} if fingerprints is None else fingerprints
     for item in variables[cond.for_each]:
         scoped[cond.item] = item
+        fp = known.get(id(item))
+        if fp is None:
+            fp = known[id(item)] = _fingerprint(item)
         try:
-            holds = expr.holds_memo(scoped, context + _fingerprint(item))
+            holds = expr.holds_memo(scoped, context + fp)
         except PolicyEvaluationError as exc:
             out.append(_error_finding(cond, scoped, exc))
             continue
@@ -220,8 +232,9 @@ def _fingerprint(value: Any) -> str:
 
 def _judge(pack: Pack, scope: str, variables: dict[str, Any], on: date) -> list[Finding]:
     out: list[Finding] = []
+    fingerprints: dict[int, str] = {}
     for cond in pack.conditions_for(scope):
-        out.extend(judge_condition(pack, cond, variables, on))
+        out.extend(judge_condition(pack, cond, variables, on, fingerprints))
     return out
 
 

@@ -60,7 +60,7 @@ from server.store.compliance_models import (
     SiteAuthorization,
     SiteState,
 )
-from server.store.ingest import db_text
+from server.store.ingest import SiteTerms, db_text
 from server.store.models import Host, InventoryAccelerator, Organization, Site
 
 if TYPE_CHECKING:
@@ -151,24 +151,32 @@ _SITE_FACTS = (
 
 
 def judge_host(
-    session: Session, policy: PolicySet, snapshot: SnapshotV1, key_id: str, site_id: str
+    session: Session,
+    policy: PolicySet,
+    snapshot: SnapshotV1,
+    key_id: str,
+    site_id: str,
+    terms: SiteTerms | None = None,
 ) -> HostJudgement:
-    row = session.connection().execute(_SITE_FACTS, {"site": site_id}).first()
-    if row is None:
-        raise LookupError(f"site {site_id} vanished")
-    country, test_site, org_id, may_store = row
+    """Host-scope findings. ``terms``: the site's facts if the caller already read them (ingest
+    reads them with the host in one query); otherwise one query here."""
+    if terms is None:
+        row = session.connection().execute(_SITE_FACTS, {"site": site_id}).first()
+        if row is None:
+            raise LookupError(f"site {site_id} vanished")
+        terms = SiteTerms(row[0], bool(row[1]), row[2], bool(row[3]))
     on = snapshot.collected_at_datetime().date()
     digests = [f.sha256 for root in snapshot.storage for f in root.files if f.sha256]
     ctx = HostContext(
         site_id=site_id,
-        site_country=country,
-        site_is_test=bool(test_site),
-        site_may_store_controlled_weights=bool(may_store),
+        site_country=terms.country,
+        site_is_test=terms.test_site,
+        site_may_store_controlled_weights=terms.may_store_controlled_weights,
         models=model_registry(session, digests),
         host_id=key_id,
     )
     findings = tuple(policy.evaluate_host(snapshot, ctx, on))
-    return HostJudgement(findings, site_id, org_id, country, on)
+    return HostJudgement(findings, site_id, terms.org_id, terms.country, on)
 
 
 _HOST_STATE_OF = select(_HOST_STATE.c.findings_key).where(_HOST_STATE.c.key_id == bindparam("k"))

@@ -30,12 +30,14 @@ from sqlalchemy.orm import Session
 from agent.keys import public_from_raw
 from server import audit
 from server.findings import Finding
+from server.store.compliance_models import SiteAuthorization
 from server.store.models import (
     ChainHead,
     Host,
     InventoryAccelerator,
     InventoryWeight,
     Nonce,
+    Site,
     Snapshot,
 )
 from server.verify import Accepted, HostRecord, NonceRecord
@@ -74,12 +76,23 @@ class StoredResult:
 
 
 @dataclass(frozen=True)
+class SiteTerms:
+    """What host judgement needs to know about the host's site (read with the host)."""
+
+    country: str
+    test_site: bool
+    org_id: str
+    may_store_controlled_weights: bool
+
+
+@dataclass(frozen=True)
 class TrustedState:
     host: HostRecord | None
     head: HeadRecord | None
     nonce: NonceRecord | None
     stored: StoredResult | None
     inventory_digest: str | None = None
+    site: SiteTerms | None = None
 
 
 _HOSTS = cast(Table, Host.__table__)
@@ -88,6 +101,8 @@ _SNAPSHOTS = cast(Table, Snapshot.__table__)
 _NONCES = cast(Table, Nonce.__table__)
 _ACCELERATORS = cast(Table, InventoryAccelerator.__table__)
 _WEIGHTS = cast(Table, InventoryWeight.__table__)
+_SITES = cast(Table, Site.__table__)
+_AUTHS = cast(Table, SiteAuthorization.__table__)
 
 
 _HEAD_VALUES: dict[str, Any] = {
@@ -160,6 +175,7 @@ def lookup(
     head: HeadRecord | None = None
     inventory_digest: str | None = None
     stored: StoredResult | None = None
+    site: SiteTerms | None = None
     if key_ids:
         # One round trip: the hosts, their heads, and this digest if it is already stored.
         rows = {
@@ -177,15 +193,22 @@ def lookup(
                     _SNAPSHOTS.c.digest,
                     _SNAPSHOTS.c.status,
                     _SNAPSHOTS.c.result,
+                    _SITES.c.country,
+                    _SITES.c.test_site,
+                    _SITES.c.org_id,
+                    _AUTHS.c.may_store_controlled_weights,
                 )
                 .select_from(
-                    _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id).outerjoin(
+                    _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id)
+                    .outerjoin(
                         _SNAPSHOTS,
                         and_(
                             _SNAPSHOTS.c.key_id == _HOSTS.c.key_id,
                             _SNAPSHOTS.c.digest == digest,
                         ),
                     )
+                    .outerjoin(_SITES, _SITES.c.id == _HOSTS.c.site_id)
+                    .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
                 )
                 .where(_HOSTS.c.key_id.in_(list(key_ids)))
             )
@@ -199,6 +222,8 @@ def lookup(
                 inventory_digest = r[7]
                 if r[8] is not None:
                     stored = StoredResult(r[8], r[0], r[9], r[10])
+                if r[11] is not None:
+                    site = SiteTerms(r[11], bool(r[12]), r[13], bool(r[14]))
                 break
     nonce_record: NonceRecord | None = None
     # ``stored`` came with the join: this digest under this host's key (a digest stored under
@@ -222,7 +247,12 @@ def lookup(
                 used=bool(n[4]),
             )
     return TrustedState(
-        host=host, head=head, nonce=nonce_record, stored=stored, inventory_digest=inventory_digest
+        host=host,
+        head=head,
+        nonce=nonce_record,
+        stored=stored,
+        inventory_digest=inventory_digest,
+        site=site,
     )
 
 

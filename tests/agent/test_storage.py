@@ -344,36 +344,23 @@ def spy_opens(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return opened
 
 
-def test_damaged_cache_is_reported_and_every_file_rehashed(
-    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_damaged_cache_is_logged_and_every_file_rehashed(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     first, _ = scan([tree], tmp_path)
     cache_file = tmp_path / "state" / "scan-cache.json"
     data = cache_file.read_bytes()
     cache_file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one bit flipped in the rows
     opened = spy_opens(monkeypatch)
-    second, errors = scan([tree], tmp_path)
+    with caplog.at_level("WARNING", logger="agent.hashing"):
+        second, errors = scan([tree], tmp_path)
     assert second == first and len(opened) == 5  # every file under the root, read again
-    assert errors == [
-        CollectorError(
-            collector="storage",
-            code="scan_cache_damaged",
-            detail="cache checksum does not match; rehashing all",
-        )
-    ]
+    assert errors == []  # nothing is missing from this snapshot: not an evidence error
+    assert "cache checksum does not match; rehashing all" in caplog.text
     assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
     opened.clear()
-    third, errors = scan([tree], tmp_path)  # rebuilt: quiet again, nothing opened
+    third, errors = scan([tree], tmp_path)  # rebuilt: nothing opened
     assert third == first and errors == [] and opened == []
-
-
-def test_garbage_cache_is_reported_and_rebuilt(tree: Path, tmp_path: Path) -> None:
-    first, _ = scan([tree], tmp_path)
-    cache_file = tmp_path / "state" / "scan-cache.json"
-    cache_file.write_bytes(b"\x00garbage{")
-    second, errors = scan([tree], tmp_path)
-    assert second == first and [e.code for e in errors] == ["scan_cache_damaged"]
-    assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
 
 
 def test_cache_of_an_older_agent_is_rebuilt_without_an_error(

@@ -57,10 +57,11 @@ from agent.evidence import (
     Socket,
     StorageRoot,
     WeightFile,
+    build_statement,
+    canonical_bytes,
     envelope_digest,
     format_timestamp,
     sign_envelope,
-    statement_bytes,
 )
 from agent.keys import key_id, raw_public
 from agent.reqsign import enroll_message, sign_request
@@ -156,6 +157,7 @@ class SimHost:
     _kid: str = ""
     _accs: list[Accelerator] | None = None
     _root: StorageRoot | None = None
+    _statement: dict[str, Any] | None = None
 
     @property
     def key_id(self) -> str:
@@ -181,21 +183,21 @@ class SimHost:
         if rng.random() < 0.5:
             slot = rng.randrange(8)
             self.generations[slot] += 1
-            self._accs = None
+            self._accs = self._statement = None
             return "board swapped"
         self.shards = (1, 2, 3, 4) if len(self.shards) == 3 else (1, 2, 3)
-        self._root = None
+        self._root = self._statement = None
         return "weights changed"
 
-    def envelope(self, nonce: str | None = None) -> tuple[bytes, str]:
-        """The next link of the chain (not yet acknowledged): bytes and digest."""
+    def snapshot(self, nonce: str | None = None, collected_at: str | None = None) -> SnapshotV1:
+        """The next link of the chain as the evidence model (the reference for :meth:`envelope`)."""
         if self._accs is None:
             self._accs = [
                 _accelerator(self.index, s, g, self.key_id) for s, g in enumerate(self.generations)
             ]
         if self._root is None:
             self._root = _weights(self.shards)
-        snap = SnapshotV1(
+        return SnapshotV1(
             agent=AgentInfo(key_id=self.key_id, version="0.1.0"),
             site_id=self.site_id,
             host=HostInfo(
@@ -210,13 +212,34 @@ class SimHost:
             seq=self.seq + 1,
             prev=self.prev,
             nonce=nonce,
-            collected_at=format_timestamp(datetime.now(UTC)),
+            collected_at=collected_at or format_timestamp(datetime.now(UTC)),
             accelerators=self._accs,
             storage=[self._root],
             posture=_POSTURE,
             errors=[],
         )
-        env = sign_envelope(statement_bytes(snap), self.key, self.key_id)
+
+    def envelope(
+        self, nonce: str | None = None, collected_at: str | None = None
+    ) -> tuple[bytes, str]:
+        """The next link of the chain (not yet acknowledged): bytes and digest.
+
+        The load generator shares the verifier's cores, so it does not rebuild the evidence
+        models for every snapshot: the in-toto statement of the current inventory is built once
+        (through the models) and only the fields that change per snapshot are replaced before
+        canonicalization — byte-identical to :meth:`snapshot` (tested).
+        """
+        if self._statement is None:
+            self._statement = build_statement(self.snapshot())
+        predicate = dict(self._statement["predicate"])
+        predicate.update(
+            seq=self.seq + 1,
+            prev=self.prev,
+            nonce=nonce,
+            collected_at=collected_at or format_timestamp(datetime.now(UTC)),
+        )
+        payload = canonical_bytes({**self._statement, "predicate": predicate})
+        env = sign_envelope(payload, self.key, self.key_id)
         return env.to_bytes(), envelope_digest(env)
 
     def acknowledged(self, digest: str) -> None:

@@ -574,6 +574,11 @@ class ChainHead:
     seq: int
     #: None only for a head recorded at enrollment, before any snapshot.
     digest: str | None
+    #: The head snapshot's own ``prev``, when the verifier holds that snapshot (``parent_known``):
+    #: a different snapshot with the head's seq AND this prev is a second child of the same
+    #: parent — a fork — rather than a replay.
+    parent: str | None = None
+    parent_known: bool = False
 
 
 @dataclass(frozen=True)
@@ -813,6 +818,13 @@ def _check_chain(
             Fork,
             f"seq {seq} continues head seq {head.seq}, but its prev is {prev or 'null'}, "
             f"not the head's digest {head.digest}",
+        )
+    if seq == head.seq and head.parent_known and prev == head.parent:
+        raise reject(
+            Fork,
+            f"seq {seq} is a second child of {prev or 'the start of the chain'}: seq {seq} was "
+            f"already accepted with digest {head.digest}, and this different snapshot names the "
+            "same predecessor (the host's chain forked)",
         )
     if seq == head.seq:
         raise reject(

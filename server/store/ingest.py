@@ -102,6 +102,8 @@ _NONCES = cast(Table, Nonce.__table__)
 _ACCELERATORS = cast(Table, InventoryAccelerator.__table__)
 _WEIGHTS = cast(Table, InventoryWeight.__table__)
 _SITES = cast(Table, Site.__table__)
+#: The snapshot the chain head names (for its ``prev``: a second child of it is a fork).
+_HEAD_SNAPSHOT = _SNAPSHOTS.alias("head_snapshot")
 _AUTHS = cast(Table, SiteAuthorization.__table__)
 
 
@@ -197,6 +199,8 @@ def lookup(
                     _SITES.c.test_site,
                     _SITES.c.org_id,
                     _AUTHS.c.may_store_controlled_weights,
+                    _HEAD_SNAPSHOT.c.digest,
+                    _HEAD_SNAPSHOT.c.prev,
                 )
                 .select_from(
                     _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id)
@@ -209,6 +213,7 @@ def lookup(
                     )
                     .outerjoin(_SITES, _SITES.c.id == _HOSTS.c.site_id)
                     .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
+                    .outerjoin(_HEAD_SNAPSHOT, _HEAD_SNAPSHOT.c.digest == _HEADS.c.digest)
                 )
                 .where(_HOSTS.c.key_id.in_(list(key_ids)))
             )
@@ -218,7 +223,13 @@ def lookup(
                 r = rows[key_id]
                 host = _host_record(r[0], r[1], r[2], r[3], r[4])
                 if r[5] is not None and not (r[5] == 0 and r[6] is None):
-                    head = HeadRecord(seq=int(r[5]), digest=r[6])
+                    known = r[15] is not None
+                    head = HeadRecord(
+                        seq=int(r[5]),
+                        digest=r[6],
+                        parent=r[16] if known else None,
+                        parent_known=known,
+                    )
                 inventory_digest = r[7]
                 if r[8] is not None:
                     stored = StoredResult(r[8], r[0], r[9], r[10])

@@ -204,9 +204,10 @@ def test_two_children_of_one_head_on_two_workers_one_wins_one_is_a_fork(
         codes = sorted(r.status_code for r in answers)
         assert codes == [200, 409], [r.text for r in answers]
         loser = next(r for r in answers if r.status_code == 409)
-        # "fork" when both reach the database together; "replay" (same seq as the new head)
-        # when the loser is appraised after the winner's commit. Either way: one accepted.
-        assert loser.json()["code"] in ("fork", "replay")
+        # "fork" both when the two reach the database together (the head moved under the
+        # loser) and when the loser is appraised after the winner's commit (a second child of
+        # the same predecessor).
+        assert loser.json()["code"] == "fork", loser.text
         winner = a if answers[0].status_code == 200 else b
         kit.seq, kit.prev = kit.seq + 1, digest_of(winner)
     page = httpx.get(

@@ -792,6 +792,19 @@ def test_a_new_snapshot_with_the_head_seq_is_a_replay() -> None:
     assert "expected seq 8" in exc.detail and HEAD_DIGEST in exc.detail
 
 
+def test_a_sibling_of_the_head_appraised_after_it_was_accepted_is_a_fork() -> None:
+    """The loser of a race appraised after the winner committed: same seq as the new head and
+    the same predecessor -> a second child of that predecessor, i.e. a fork, not a replay."""
+    parent = "99" * 32
+    head = ChainHead(seq=7, digest=HEAD_DIGEST, parent=parent, parent_known=True)
+    exc = rejected(verify.Fork, app(envelope(seq=7, prev=parent), head=head), authenticated=True)
+    assert "second child" in exc.detail and HEAD_DIGEST in exc.detail
+    other = ChainHead(seq=7, digest=HEAD_DIGEST, parent="aa" * 32, parent_known=True)
+    rejected(verify.Replay, app(envelope(seq=7, prev=parent), head=other), authenticated=True)
+    first = ChainHead(seq=1, digest=HEAD_DIGEST, parent=None, parent_known=True)
+    rejected(verify.Fork, app(envelope(seq=1, prev=None), head=first), authenticated=True)
+
+
 def test_a_new_snapshot_below_the_head_is_a_rollback() -> None:
     data = envelope(seq=3, prev="99" * 32)
     exc = rejected(

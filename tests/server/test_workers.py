@@ -1,20 +1,20 @@
 """Several verifier workers on one PostgreSQL database: ``veu-server serve --workers 2``.
 
 tests/server/test_ingest.py already proves the two races across two separate ``serve``
-processes (two children of one head: one accepted, one ``fork`` or ``replay``; one envelope twice
+processes (two children of one head: one accepted, one ``fork``; one envelope twice
 at once: one row, identical answers). This file adds what it does not cover:
 
 - the same two races through ONE ``serve --workers 2`` (uvicorn's multiprocess mode, the
   documented deployment; the kernel spreads connections over the workers' shared socket);
 - the site and organization aggregates staying exact under a concurrent burst from many hosts of
   one site on two workers — including the very first snapshots of a site, when its aggregate row
-  does not exist yet. The aggregate rows are read with ``SELECT ... FOR UPDATE``, so deltas are
-  applied one after another: the installed TPP must equal the sum of the hosts' contributions.
+  does not exist yet. Both workers' settlers fold the pending hosts in under the site row's lock
+  (``SKIP LOCKED``): the installed TPP must equal the sum of the hosts' contributions.
 
-Why the loser of a fork race is ``fork`` or ``replay``: when both children reach the database
-together, the second commit finds the head moved (a lost race, ``fork``); when the loser is
-appraised after the winner committed, its seq equals the new head's and its digest differs, which
-the appraisal calls a ``replay`` of that seq. Either way one is accepted and one refused (409).
+Why the loser of a fork race is always ``fork``: when both children reach the database together,
+the second commit finds the head moved (a lost race); when the loser is appraised after the
+winner committed, its seq equals the new head's and it names the head's own predecessor, which
+the appraisal recognizes as a second child of that predecessor (server/verify.py, rule 9).
 
 Skipped without ``VEU_TEST_PG_URL``.
 """
@@ -99,7 +99,7 @@ def test_two_children_of_one_head_through_two_workers_one_accepted_one_refused(
         answers = _race([_post(url, a), _post(url, b)])
         assert sorted(r.status_code for r in answers) == [200, 409], [r.text for r in answers]
         loser = next(r for r in answers if r.status_code == 409)
-        assert loser.json()["code"] in ("fork", "replay")
+        assert loser.json()["code"] == "fork", loser.text
         winner = a if answers[0].status_code == 200 else b
         kit.seq, kit.prev = kit.seq + 1, digest_of(winner)
     page = httpx.get(

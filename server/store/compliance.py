@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ from server.store.models import Host, InventoryAccelerator, Organization, Site
 
 if TYPE_CHECKING:
     from server.db import Database
+
+log = logging.getLogger("veu.compliance")
 
 #: Citation for ledger reconciliation findings (chip installation reporting and diversion risk).
 LEDGER_CITATION = "15 CFR part 748, Supp. No. 10, para. 10 (reporting of chip installations)"
@@ -424,20 +427,25 @@ def settle_pending(
     """Settle every site with pending hosts, each in its own short transaction.
 
     Several workers may run it at once: with ``skip_locked`` a site being settled elsewhere is
-    skipped (its settler picks up whatever arrived meanwhile on its next round). Returns the
+    skipped (its settler picks up whatever arrived meanwhile on its next round). A site that
+    fails to settle (a database error, a deadlock victim) is logged and left pending for the next
+    round; the others go on, and a compliance read that settled first still answers. Returns the
     number of sites settled here.
     """
     with db.read() as session:
         site_ids = pending_sites(session)
     done = 0
     for site_id in site_ids:
-        with db.write() as session:
-            try:
+        try:
+            with db.write() as session:
                 found = settle_site(
                     session, policy, site_id, now(), config, skip_locked=skip_locked
                 )
-            except LookupError:
-                continue
+        except LookupError:
+            continue
+        except Exception:
+            log.exception("settling site %s failed; it stays pending for the next round", site_id)
+            continue
         done += found is not None
     return done
 

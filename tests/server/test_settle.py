@@ -303,3 +303,33 @@ def test_the_migration_marks_existing_contributions_as_already_in_the_site_total
         assert "pending" in {c["name"] for c in inspect(engine).get_columns("host_state")}
     finally:
         engine.dispose()
+
+
+def test_a_site_that_fails_to_settle_stays_pending_and_the_others_go_on(
+    quiet: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc: Any = quiet.services
+    now = datetime.now(UTC)
+    with svc.db.write() as s:
+        paris = repo.add_site(s, "Acme Compute", "Paris-1", "FR", 5e6, None, False, now).id
+    submit(quiet, enrolled(quiet, 0))
+    submit(quiet, enrolled(quiet, 1, paris))
+    real = compliance.settle_site
+
+    def failing(session: Any, policy: Any, site_id: str, *args: Any, **kw: Any) -> Any:
+        if site_id == paris:
+            raise RuntimeError("deadlock detected")
+        return real(session, policy, site_id, *args, **kw)
+
+    monkeypatch.setattr(compliance, "settle_site", failing)
+    with caplog.at_level("ERROR", logger="veu.compliance"):
+        assert svc.settle() == 1
+    assert "settling site" in caplog.text and paris in caplog.text
+    response = quiet.client.get(  # type: ignore[attr-defined]
+        f"/v1/sites/{paris}/status", headers=quiet.as_auditor()
+    )
+    assert response.status_code == 200  # the read still answers, with the last settled state
+    monkeypatch.setattr(compliance, "settle_site", real)
+    assert svc.settle() == 1  # the failed site is still pending, and settles now
+    agg = site_aggregate(quiet, paris)
+    assert agg is not None and agg["hosts"] == 1

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from agent.evidence import SnapshotV1
@@ -333,16 +333,24 @@ def _locked_state(
     return row
 
 
-_PENDING_OF_SITE = (
-    select(
-        _HOST_STATE.c.key_id,
-        _HOST_STATE.c.contribution,
-        _HOST_STATE.c.applied,
-        _HOST_STATE.c.revoked,
+_PENDING_OF_SITE = select(
+    _HOST_STATE.c.key_id,
+    _HOST_STATE.c.contribution,
+    _HOST_STATE.c.applied,
+    _HOST_STATE.c.revoked,
+).where(_HOST_STATE.c.site_id == bindparam("site"), _HOST_STATE.c.pending == true())
+# Read without a row lock (the site row's lock already keeps other settlers out). What was folded
+# is recorded at the very end of the transaction: ``applied`` = the contribution read, and the
+# row stays pending if an ingest replaced the contribution meanwhile (READ COMMITTED re-checks
+# the row after waiting for that ingest). So an ingest of a host of this site never waits for
+# the site's judgement, only for this final UPDATE and the commit.
+_MARK_SETTLED = (
+    update(_HOST_STATE)
+    .where(_HOST_STATE.c.key_id == bindparam("k"))
+    .values(
+        applied=bindparam("folded"),
+        pending=_HOST_STATE.c.contribution != bindparam("folded"),
     )
-    .where(_HOST_STATE.c.site_id == bindparam("site"), _HOST_STATE.c.pending.is_(True))
-    .order_by(_HOST_STATE.c.key_id)
-    .with_for_update()
 )
 
 
@@ -373,24 +381,25 @@ def settle_site(
     agg = SiteAggregate.from_json(json.loads(state.aggregate))
     settled: list[str] = []
     gone: list[str] = []
+    folded: list[dict[str, str]] = []
     for key_id, contribution, applied, revoked in conn.execute(_PENDING_OF_SITE, {"site": site.id}):
         old = HostContribution.from_json(json.loads(applied)) if applied else None
         new = None if revoked else HostContribution.from_json(json.loads(contribution))
         agg.apply(old, new)
-        (gone if revoked else settled).append(key_id)
-    for chunk in _chunks(settled):
-        conn.execute(
-            update(_HOST_STATE)
-            .where(_HOST_STATE.c.key_id.in_(chunk))
-            .values(applied=_HOST_STATE.c.contribution, pending=False)
-        )
-    for chunk in _chunks(gone):
-        conn.execute(delete(_HOST_STATE).where(_HOST_STATE.c.key_id.in_(chunk)))
+        if revoked:
+            gone.append(key_id)
+        else:
+            settled.append(key_id)
+            folded.append({"k": key_id, "folded": contribution})
     if settled or gone:
         state.aggregate = json.dumps(agg.to_json())
     duplicates = duplicate_identities(session, settled)
     findings = _judge_site(session, policy, site, state, agg, now, config, duplicates, settled)
     _judge_org(session, policy, org, now)
+    if folded:
+        conn.execute(_MARK_SETTLED, folded)
+    for chunk in _chunks(gone):
+        conn.execute(delete(_HOST_STATE).where(_HOST_STATE.c.key_id.in_(chunk)))
     return findings
 
 
@@ -408,7 +417,7 @@ def pending_sites(session: Session, limit: int = 10_000) -> list[str]:
     return list(
         session.scalars(
             select(_HOST_STATE.c.site_id)
-            .where(_HOST_STATE.c.pending.is_(True))
+            .where(_HOST_STATE.c.pending == true())
             .group_by(_HOST_STATE.c.site_id)
             .order_by(_HOST_STATE.c.site_id)
             .limit(limit)
@@ -459,25 +468,34 @@ def duplicate_identities(session: Session, key_ids: Sequence[str]) -> list[tuple
     """UUIDs or serials reported by one of ``key_ids`` that another host also reports.
 
     Both are checked: a cloned board may keep its serial under a new UUID, or the reverse.
-    One indexed self-join per identity kind, whatever the size of the fleet.
+    Two indexed lookups per batch of hosts (their identities by key id, then other holders by
+    identity), whatever the size of the fleet. Deliberately not one self-join: SQLite's planner
+    may drive such a join from the other side and scan the whole inventory.
     """
-    found: dict[str, set[str]] = {}
-    other = _INVENTORY.alias("other")
-    for kind in ("uuid", "serial"):
-        mine, theirs = _INVENTORY.c[kind], other.c[kind]
-        for chunk in _chunks(sorted(key_ids)):
-            rows = session.connection().execute(
-                select(_INVENTORY.c.key_id, other.c.key_id, mine)
-                .select_from(
-                    _INVENTORY.join(
-                        other, and_(theirs == mine, other.c.key_id != _INVENTORY.c.key_id)
-                    )
-                )
-                .where(_INVENTORY.c.key_id.in_(chunk), mine.is_not(None), mine != "")
+    conn = session.connection()
+    mine: dict[str, set[str]] = {}
+    for chunk in _chunks(sorted(key_ids)):
+        for key_id, uuid_, serial in conn.execute(
+            select(_INVENTORY.c.key_id, _INVENTORY.c.uuid, _INVENTORY.c.serial).where(
+                _INVENTORY.c.key_id.in_(chunk)
             )
-            for key_id, other_key, value in rows:
-                found.setdefault(f"{kind}:{value}", set()).update((key_id, other_key))
-    return [(ident, sorted(hosts)) for ident, hosts in sorted(found.items())]
+        ):
+            if uuid_:
+                mine.setdefault(f"uuid:{uuid_}", set()).add(key_id)
+            if serial:
+                mine.setdefault(f"serial:{serial}", set()).add(key_id)
+    found: dict[str, set[str]] = {}
+    for kind in ("uuid", "serial"):
+        column = _INVENTORY.c[kind]
+        values = sorted(i.split(":", 1)[1] for i in mine if i.startswith(f"{kind}:"))
+        for chunk in _chunks(values):
+            for key_id, value in conn.execute(
+                select(_INVENTORY.c.key_id, column).where(column.in_(chunk))
+            ):
+                ident = f"{kind}:{value}"
+                holders = found.setdefault(ident, set(mine[ident]))
+                holders.add(key_id)
+    return [(ident, sorted(hosts)) for ident, hosts in sorted(found.items()) if len(hosts) > 1]
 
 
 def _open_duplicates_elsewhere(session: Session, site_id: str) -> list[tuple[str, list[str]]]:

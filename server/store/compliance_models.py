@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.sql.expression import false
+from sqlalchemy.sql.expression import false, text
 
 from server.store.models import Base, InventoryAccelerator, UTCDateTime
 
@@ -38,7 +38,13 @@ class HostState(Base):
     __tablename__ = "host_state"
     __table_args__ = (
         Index("ix_host_state_site_collected", "site_id", "collected_at"),
-        Index("ix_host_state_pending_site", "pending", "site_id"),
+        # Partial (only rows waiting to be settled): see migration 0004.
+        Index(
+            "ix_host_state_pending_site",
+            "site_id",
+            sqlite_where=text("pending = 1"),
+            postgresql_where=text("pending = true"),
+        ),
     )
 
     key_id: Mapped[str] = mapped_column(ForeignKey("hosts.key_id"), primary_key=True)

@@ -333,3 +333,41 @@ def test_a_site_that_fails_to_settle_stays_pending_and_the_others_go_on(
     assert svc.settle() == 1  # the failed site is still pending, and settles now
     agg = site_aggregate(quiet, paris)
     assert agg is not None and agg["hosts"] == 1
+
+
+def test_a_contribution_replaced_while_its_site_settles_stays_pending(
+    quiet: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingest that lands between settling's read and its final mark: what was folded is
+    recorded as ``applied`` and the row stays pending, so the next settle folds the rest."""
+    svc: Any = quiet.services
+    kit = enrolled(quiet, 0)
+    submit(quiet, kit)
+    svc.settle()
+    submit(quiet, kit, accelerators=h100_accelerators(0)[:6])  # pending: 8 -> 6
+    with svc.db.read() as s:
+        six = s.get(HostState, kit.key_id).contribution
+    four = six.replace('"nvidia-h100-sxm": [6, ', '"nvidia-h100-sxm": [4, ').replace(
+        str(6 * H100_TPP), str(4 * H100_TPP)
+    )
+    assert four != six
+    real = compliance._judge_org
+
+    def ingest_meanwhile(session: Any, *args: Any) -> None:
+        real(session, *args)
+        session.execute(
+            text("UPDATE host_state SET contribution = :c WHERE key_id = :k"),
+            {"c": four, "k": kit.key_id},
+        )
+
+    monkeypatch.setattr(compliance, "_judge_org", ingest_meanwhile)
+    assert svc.settle() == 1
+    agg = site_aggregate(quiet)
+    assert agg is not None and agg["accelerators"] == 6  # what was read was folded
+    row = host_rows(quiet)[kit.key_id]
+    assert row.pending and row.applied == six and row.contribution == four
+    monkeypatch.setattr(compliance, "_judge_org", real)
+    svc.settle()
+    agg = site_aggregate(quiet)
+    assert agg is not None and agg["accelerators"] == 4 and agg["tpp_3a090"] == 4 * H100_TPP
+    assert not host_rows(quiet)[kit.key_id].pending

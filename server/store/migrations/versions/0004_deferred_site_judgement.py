@@ -32,7 +32,16 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("findings_key", sa.String(64), nullable=True))
     op.execute("UPDATE host_state SET applied = contribution")
-    op.create_index("ix_host_state_pending_site", "host_state", ["pending", "site_id"])
+    # Partial: a queue flag is almost always false, so a full index on it has no selectivity
+    # (SQLite's planner then scans every host of the site); the partial index holds only the
+    # rows waiting to be settled.
+    op.create_index(
+        "ix_host_state_pending_site",
+        "host_state",
+        ["site_id"],
+        sqlite_where=sa.text("pending = 1"),
+        postgresql_where=sa.text("pending = true"),
+    )
 
 
 def downgrade() -> None:

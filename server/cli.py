@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
-from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, Settings
+from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError, Settings
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DB = 0, 1, 2, 3, 4, 5
 
@@ -380,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
-    except (CliError, UsageError, LedgerError) as exc:
+    except (CliError, UsageError, LedgerError, ConfigError) as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USAGE)
     except StoreError as exc:

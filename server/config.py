@@ -70,10 +70,10 @@ class Settings:
         """Flags win over the environment; the environment wins over defaults."""
         dd = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
         url = database_url or os.environ.get(ENV_DATABASE_URL) or None
-        max_body = int(os.environ.get(ENV_MAX_BODY, str(16 * 1024 * 1024)))
+        max_body = int(_env_number(ENV_MAX_BODY, 16 * 1024 * 1024, "a number of bytes"))
         policies = Path(os.environ.get(ENV_POLICIES_DIR) or DEFAULT_POLICIES_DIR)
-        refresh = float(os.environ.get(ENV_REFRESH) or 60.0)
-        settle = float(os.environ.get(ENV_SETTLE) or 1.0)
+        refresh = _env_number(ENV_REFRESH, 60.0, "seconds (0 turns it off)")
+        settle = _env_number(ENV_SETTLE, 1.0, "seconds (0 turns it off)")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -82,6 +82,30 @@ class Settings:
             refresh_interval_s=refresh,
             settle_interval_s=settle,
         )
+
+
+class ConfigError(ValueError):
+    """A setting from the environment that cannot be used; ``code`` is stable."""
+
+    code = "bad_config"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _env_number(name: str, default: float, what: str) -> float:
+    """A non-negative number from the environment, or a clear error naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"{name} is {raw[:40]!r}; give {what}, a number >= 0")
+    return value
 
 
 def normalize_database_url(url: str) -> str:

@@ -180,3 +180,18 @@ def test_serve_with_tls_answers_https_verified_by_the_given_ca(tmp_path: Path) -
 def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     out = run_cli("serve", "--data-dir", str(tmp_path), "--workers", "2", check=False)
     assert out.returncode == 2 and "PostgreSQL" in out.stderr
+
+
+def test_a_bad_setting_in_the_environment_is_a_clear_error(tmp_path: Path) -> None:
+    for name, value in (
+        ("VEU_SETTLE_INTERVAL", "abc"),
+        ("VEU_REFRESH_INTERVAL", "-1"),
+        ("VEU_MAX_BODY_BYTES", "lots"),
+        ("VEU_SETTLE_INTERVAL", "inf"),
+    ):
+        out = run_cli("site", "list", "--data-dir", str(tmp_path), check=False, env={name: value})
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.startswith(f"error: bad_config: {name} is ")
+        assert "Traceback" not in out.stderr
+    ok = run_cli("site", "list", "--data-dir", str(tmp_path), env={"VEU_SETTLE_INTERVAL": "0"})
+    assert ok.returncode == 0

@@ -41,6 +41,7 @@ import httpx  # noqa: E402
 
 from agent.evidence import open_envelope  # noqa: E402
 from agent.keys import public_from_raw, raw_public  # noqa: E402
+from bench.fleet import pg_create, pg_drop  # noqa: E402
 from tests.server.builders import HostKit  # noqa: E402
 from tests.server.conftest import (  # noqa: E402
     LiveServer,
@@ -153,33 +154,6 @@ def http_run(label: str, server: LiveServer, hosts: int, per_host: int, concurre
     return Run(label, count, seconds, latencies, errors, cpu)
 
 
-def _pg_database(admin_url: str) -> tuple[str, str]:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from server.config import normalize_database_url
-
-    admin_url = normalize_database_url(admin_url)
-    name = f"veu_bench_{os.getpid()}"
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False), name
-
-
-def _drop_pg(admin_url: str, name: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    from server.config import normalize_database_url
-
-    engine = create_engine(normalize_database_url(admin_url), isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
 def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
     load1, load5, load15 = os.getloadavg()
     lines = [
@@ -267,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 stop_server(server)
         if args.pg_url:
-            url, name = _pg_database(args.pg_url)
+            url, name = pg_create(args.pg_url)
             data = Path(tmp) / "pg"
             server = start_server(data, url, "--workers", str(args.workers))
             try:
@@ -282,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 stop_server(server)
-                _drop_pg(args.pg_url, name)
+                pg_drop(args.pg_url, name)
         kits, streams = build_load("site_floor", min(args.hosts, 16), min(args.per_host, 10))
         floor_run = floor(kits, streams, seconds=0.5 if args.smoke else 3.0)
     text = markdown(runs, floor_run, args)

@@ -61,7 +61,7 @@ from server.store.compliance_models import (
     SiteAuthorization,
     SiteState,
 )
-from server.store.ingest import SiteTerms, db_text
+from server.store.ingest import SiteTerms, db_text, site_terms
 from server.store.models import Host, InventoryAccelerator, Organization, Site
 
 if TYPE_CHECKING:
@@ -134,23 +134,10 @@ def _authorization(session: Session, site_id: str) -> SiteAuthorization | None:
 
 
 _SITES = cast(Table, Site.__table__)
-_AUTHS = cast(Table, SiteAuthorization.__table__)
 _HOST_STATE = cast(Table, HostState.__table__)
 _FINDINGS = cast(Table, FindingRow.__table__)
 _SITE_STATE = cast(Table, SiteState.__table__)
 _INVENTORY = cast(Table, InventoryAccelerator.__table__)
-
-#: Everything host judgement needs to know about the site, in one round trip.
-_SITE_FACTS = (
-    select(
-        _SITES.c.country,
-        _SITES.c.test_site,
-        _SITES.c.org_id,
-        _AUTHS.c.may_store_controlled_weights,
-    )
-    .select_from(_SITES.outerjoin(_AUTHS, _AUTHS.c.site_id == _SITES.c.id))
-    .where(_SITES.c.id == bindparam("site"))
-)
 
 
 def judge_host(
@@ -164,10 +151,9 @@ def judge_host(
     """Host-scope findings. ``terms``: the site's facts if the caller already read them (ingest
     reads them with the host in one query); otherwise one query here."""
     if terms is None:
-        row = session.connection().execute(_SITE_FACTS, {"site": site_id}).first()
-        if row is None:
+        terms = site_terms(session, site_id)
+        if terms is None:
             raise LookupError(f"site {site_id} vanished")
-        terms = SiteTerms(row[0], bool(row[1]), row[2], bool(row[3]))
     on = snapshot.collected_at_datetime().date()
     digests = [f.sha256 for root in snapshot.storage for f in root.files if f.sha256]
     ctx = HostContext(

@@ -107,6 +107,24 @@ _HEAD_SNAPSHOT = _SNAPSHOTS.alias("head_snapshot")
 _AUTHS = cast(Table, SiteAuthorization.__table__)
 
 
+#: A site's terms alone, for callers that do not come through :func:`lookup`.
+_SITE_TERMS_OF = (
+    select(
+        _SITES.c.country,
+        _SITES.c.test_site,
+        _SITES.c.org_id,
+        _AUTHS.c.may_store_controlled_weights,
+    )
+    .select_from(_SITES.outerjoin(_AUTHS, _AUTHS.c.site_id == _SITES.c.id))
+    .where(_SITES.c.id == bindparam("site"))
+)
+
+
+def site_terms(session: Session, site_id: str) -> SiteTerms | None:
+    row = session.connection().execute(_SITE_TERMS_OF, {"site": site_id}).first()
+    return SiteTerms(row[0], bool(row[1]), row[2], bool(row[3])) if row is not None else None
+
+
 _HEAD_VALUES: dict[str, Any] = {
     "seq": bindparam("new_seq"),
     "digest": bindparam("new_digest"),

@@ -94,19 +94,21 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a parsed JSON value, iteratively (no recursion limit surprises)."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > deepest:
-                deepest = depth
-                if deepest > limit:
-                    return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """Nesting depth of a parsed JSON value, level by level over containers only (no recursion
+    limit surprises, and scalars, most of a snapshot, are never visited one by one). Stops as
+    soon as the depth passes ``limit``."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return depth
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below.extend([c for c in children if type(c) is dict or type(c) is list])
+        level = below
+    return depth
 
 
 def parse_json_strict(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -418,9 +420,15 @@ def statement_bytes(snapshot: SnapshotV1) -> bytes:
     return canonical_bytes(build_statement(snapshot))
 
 
-def parse_statement(payload: bytes) -> tuple[Statement, SnapshotV1]:
-    """Validate payload bytes: canonical JCS, an in-toto Statement, a known predicate."""
-    value = parse_json_strict(payload)
+def parse_statement(
+    payload: bytes, *, parsed: tuple[Any] | None = None
+) -> tuple[Statement, SnapshotV1]:
+    """Validate payload bytes: canonical JCS, an in-toto Statement, a known predicate.
+
+    ``parsed``: the caller's own :func:`parse_json_strict` of exactly ``payload`` (as a 1-tuple,
+    with a depth limit no looser than :data:`MAX_JSON_DEPTH`), so the bytes are not parsed twice.
+    """
+    value = parsed[0] if parsed is not None else parse_json_strict(payload)
     if canonical_bytes(value) != payload:
         raise MalformedError(
             "payload is not in RFC 8785 canonical form", code="non_canonical_payload"

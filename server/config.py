@@ -21,6 +21,7 @@ DEFAULT_POLICIES_DIR = Path(__file__).resolve().parents[1] / "policies"
 ENV_POLICIES_DIR = "VEU_POLICIES_DIR"
 ENV_REFRESH = "VEU_REFRESH_INTERVAL"
 ENV_SETTLE = "VEU_SETTLE_INTERVAL"
+ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -53,6 +54,17 @@ class Settings:
     #: site aggregate and judges the site and organization); 0 disables the background settler,
     #: leaving settling to compliance reads.
     settle_interval_s: float = 1.0
+    #: Snapshots one process appraises at once (the rest wait their turn, in order). None: 1 on
+    #: SQLite (one writer; more threads only contend for the GIL and the write lock) and 4 on
+    #: PostgreSQL (overlaps the database round trips). Each is CPU-bound Python, so more than a
+    #: few per process never helps; add workers instead.
+    ingest_concurrency: int | None = None
+
+    @property
+    def effective_ingest_concurrency(self) -> int:
+        if self.ingest_concurrency is not None:
+            return max(1, self.ingest_concurrency)
+        return 1 if self.database_url is None else 4
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -74,6 +86,7 @@ class Settings:
         policies = Path(os.environ.get(ENV_POLICIES_DIR) or DEFAULT_POLICIES_DIR)
         refresh = _env_number(ENV_REFRESH, 60.0, "seconds (0 turns it off)")
         settle = _env_number(ENV_SETTLE, 1.0, "seconds (0 turns it off)")
+        concurrency = _env_number(ENV_INGEST_CONCURRENCY, 0, "a number of snapshots (0: default)")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -81,6 +94,7 @@ class Settings:
             policies_dir=policies,
             refresh_interval_s=refresh,
             settle_interval_s=settle,
+            ingest_concurrency=int(concurrency) if concurrency >= 1 else None,
         )
 
 

@@ -76,10 +76,10 @@ from agent.evidence import (
     SnapshotV1,
     Statement,
     b64decode_strict,
-    envelope_digest,
     format_timestamp,
     parse_json_strict,
     parse_statement,
+    payload_digest,
     verify_envelope,
 )
 from server.findings import Finding
@@ -492,6 +492,9 @@ class Parsed:
     #: The unauthenticated payload's nonce, or None if it has none or cannot be read.
     nonce: str | None
     size: int
+    #: The payload strictly parsed (a 1-tuple), or None if it is not strict JSON within the depth
+    #: limit: parsed once here, for the nonce, and reused by appraisal once the signature holds.
+    payload_json: tuple[Any] | None = None
 
 
 def preparse(data: bytes, config: VerifyConfig = VerifyConfig()) -> Parsed:
@@ -525,13 +528,18 @@ def preparse(data: bytes, config: VerifyConfig = VerifyConfig()) -> Parsed:
     except EvidenceError as exc:
         raise _from_evidence(exc) from None
     key_ids = tuple(dict.fromkeys(s.keyid for s in envelope.signatures if _KEY_ID.match(s.keyid)))
+    try:
+        payload_json: tuple[Any] | None = (parse_json_strict(payload, max_depth=config.max_depth),)
+    except EvidenceError:
+        payload_json = None
     return Parsed(
         envelope=envelope,
         raw=data,
-        digest=envelope_digest(envelope),
+        digest=payload_digest(payload),
         key_ids=key_ids,
-        nonce=_peek_nonce(payload, config.max_depth),
+        nonce=_peek_nonce(payload_json[0]) if payload_json is not None else None,
         size=size,
+        payload_json=payload_json,
     )
 
 
@@ -544,11 +552,7 @@ def _summarize(exc: ValidationError, limit: int = 2) -> str:
     return "envelope: " + "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _peek_nonce(payload: bytes, max_depth: int) -> str | None:
-    try:
-        value = parse_json_strict(payload, max_depth=max_depth)
-    except EvidenceError:
-        return None
+def _peek_nonce(value: Any) -> str | None:
     predicate = value.get("predicate") if isinstance(value, dict) else None
     nonce = predicate.get("nonce") if isinstance(predicate, dict) else None
     if isinstance(nonce, str) and 0 < len(nonce) <= _MAX_NONCE_CHARS:
@@ -640,8 +644,11 @@ def appraise(
     def reject(cls: type[Rejected], message: str) -> Rejected:
         return cls(message, authenticated=True, key_id=key_id)
 
+    # The payload parsed in stage 1 is these very bytes (the same base64 text); reuse it when it
+    # was parsed under a depth limit no looser than the statement's own.
+    reuse = parsed.payload_json if config.max_depth <= MAX_JSON_DEPTH else None
     try:
-        statement, snapshot = parse_statement(payload)
+        statement, snapshot = parse_statement(payload, parsed=reuse)
     except EvidenceError as exc:
         raise _from_evidence(exc, authenticated=True, key_id=key_id) from None
     if snapshot.agent.key_id != key_id:

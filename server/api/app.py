@@ -22,6 +22,7 @@ from server.api.deps import Metrics, Services
 from server.api.routes_agents import router as agents_router
 from server.api.routes_compliance import router as compliance_router
 from server.api.routes_read import router as read_router
+from server.api.routes_snapshots import IngestFastPath
 from server.api.routes_snapshots import router as snapshots_router
 from server.config import Settings
 from server.db import Database, engine_for
@@ -108,6 +109,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     )
     app.state.veu = svc
     errors.install(app)
+    app.add_middleware(IngestFastPath)
     app.include_router(agents_router)
     app.include_router(snapshots_router)
     app.include_router(read_router)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -55,6 +57,17 @@ class Services:
     metrics: Metrics
     policy: PolicySet
     compliance: ComplianceConfig
+    _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
+        default=None, init=False, repr=False
+    )
+
+    def ingest_limiter(self) -> CapacityLimiter:
+        """How many snapshots this process appraises at once (``ingest_concurrency``); one
+        limiter per event loop (a test process may run several apps, each on its own loop)."""
+        loop = asyncio.get_running_loop()
+        if self._limiter is None or self._limiter[0] is not loop:
+            self._limiter = (loop, CapacityLimiter(self.settings.effective_ingest_concurrency))
+        return self._limiter[1]
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -72,4 +85,10 @@ def services(request: Request) -> Services:
     return svc
 
 
-SvcDep = Annotated[Services, Depends(services)]
+async def _services_dependency(request: Request) -> Services:
+    """Async on purpose: FastAPI runs a plain ``def`` dependency in its threadpool, which cost
+    every request a thread hop just to read ``app.state``."""
+    return services(request)
+
+
+SvcDep = Annotated[Services, Depends(_services_dependency)]

@@ -46,15 +46,31 @@ def error_response(
     return JSONResponse({"code": code, "detail": detail}, status_code=status, headers=headers)
 
 
-def install(app: FastAPI) -> None:
-    @app.exception_handler(APIError)
-    async def _api(_: Request, exc: APIError) -> JSONResponse:
+def known_error_response(exc: Exception) -> JSONResponse | None:
+    """The answer to an error the API raises on purpose (or input the database refused), or
+    None for anything else. Shared by the exception handlers and the ingest fast path."""
+    if isinstance(exc, APIError):
         return error_response(exc.status, exc.code, exc.detail, exc.headers)
-
-    @app.exception_handler(StoreError)
-    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+    if isinstance(exc, StoreError):
         headers = {"Retry-After": "60"} if exc.status == 429 else None
         return error_response(exc.status, exc.code, exc.detail, headers)
+    if isinstance(exc, DataError):
+        # Input the database cannot hold (NUL in text, a value too wide): the caller's fault.
+        log.info("database refused input: %s", str(exc.orig).splitlines()[0][:200])
+        return error_response(
+            400, "bad_request", "the request holds a value the verifier cannot store"
+        )
+    return None
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    @app.exception_handler(StoreError)
+    @app.exception_handler(DataError)
+    async def _known(_: Request, exc: Exception) -> JSONResponse:
+        response = known_error_response(exc)
+        assert response is not None
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,14 +85,6 @@ def install(app: FastAPI) -> None:
         code = _STATUS_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else code
         return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
-
-    @app.exception_handler(DataError)
-    async def _data(_: Request, exc: DataError) -> JSONResponse:
-        # Input the database cannot hold (NUL in text, a value too wide): the caller's fault.
-        log.info("database refused input: %s", str(exc.orig).splitlines()[0][:200])
-        return error_response(
-            400, "bad_request", "the request holds a value the verifier cannot store"
-        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

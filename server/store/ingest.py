@@ -120,6 +120,55 @@ _SITE_TERMS_OF = (
 )
 
 
+#: The hosts named by an envelope, with their chain heads (and the head snapshot's ``prev``), this
+#: digest if it is already stored under the host's key, and the site's terms: one round trip,
+#: built once (constructing it per call cost more than running it).
+_LOOKUP = (
+    select(
+        _HOSTS.c.key_id,
+        _HOSTS.c.public_key,
+        _HOSTS.c.site_id,
+        _HOSTS.c.status,
+        _HOSTS.c.machine_id,
+        _HEADS.c.seq,
+        _HEADS.c.digest,
+        _HEADS.c.inventory_digest,
+        _SNAPSHOTS.c.digest,
+        _SNAPSHOTS.c.status,
+        _SNAPSHOTS.c.result,
+        _SITES.c.country,
+        _SITES.c.test_site,
+        _SITES.c.org_id,
+        _AUTHS.c.may_store_controlled_weights,
+        _HEAD_SNAPSHOT.c.digest,
+        _HEAD_SNAPSHOT.c.prev,
+    )
+    .select_from(
+        _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id)
+        .outerjoin(
+            _SNAPSHOTS,
+            and_(
+                _SNAPSHOTS.c.key_id == _HOSTS.c.key_id,
+                _SNAPSHOTS.c.digest == bindparam("digest"),
+            ),
+        )
+        .outerjoin(_SITES, _SITES.c.id == _HOSTS.c.site_id)
+        .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
+        .outerjoin(_HEAD_SNAPSHOT, _HEAD_SNAPSHOT.c.digest == _HEADS.c.digest)
+    )
+    .where(_HOSTS.c.key_id.in_(bindparam("keys", expanding=True)))
+)
+
+#: A nonce's record.
+_NONCE_OF = select(
+    _NONCES.c.nonce,
+    _NONCES.c.key_id,
+    _NONCES.c.issued_at,
+    _NONCES.c.expires_at,
+    _NONCES.c.used,
+).where(_NONCES.c.nonce == bindparam("nonce"))
+
+
 def site_terms(session: Session, site_id: str) -> SiteTerms | None:
     row = session.connection().execute(_SITE_TERMS_OF, {"site": site_id}).first()
     return SiteTerms(row[0], bool(row[1]), row[2], bool(row[3])) if row is not None else None
@@ -197,44 +246,8 @@ def lookup(
     stored: StoredResult | None = None
     site: SiteTerms | None = None
     if key_ids:
-        # One round trip: the hosts, their heads, and this digest if it is already stored.
         rows = {
-            r[0]: r
-            for r in session.execute(
-                select(
-                    _HOSTS.c.key_id,
-                    _HOSTS.c.public_key,
-                    _HOSTS.c.site_id,
-                    _HOSTS.c.status,
-                    _HOSTS.c.machine_id,
-                    _HEADS.c.seq,
-                    _HEADS.c.digest,
-                    _HEADS.c.inventory_digest,
-                    _SNAPSHOTS.c.digest,
-                    _SNAPSHOTS.c.status,
-                    _SNAPSHOTS.c.result,
-                    _SITES.c.country,
-                    _SITES.c.test_site,
-                    _SITES.c.org_id,
-                    _AUTHS.c.may_store_controlled_weights,
-                    _HEAD_SNAPSHOT.c.digest,
-                    _HEAD_SNAPSHOT.c.prev,
-                )
-                .select_from(
-                    _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id)
-                    .outerjoin(
-                        _SNAPSHOTS,
-                        and_(
-                            _SNAPSHOTS.c.key_id == _HOSTS.c.key_id,
-                            _SNAPSHOTS.c.digest == digest,
-                        ),
-                    )
-                    .outerjoin(_SITES, _SITES.c.id == _HOSTS.c.site_id)
-                    .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
-                    .outerjoin(_HEAD_SNAPSHOT, _HEAD_SNAPSHOT.c.digest == _HEADS.c.digest)
-                )
-                .where(_HOSTS.c.key_id.in_(list(key_ids)))
-            )
+            r[0]: r for r in session.execute(_LOOKUP, {"keys": list(key_ids), "digest": digest})
         }
         for key_id in key_ids:  # the first enrolled key named by the envelope
             if key_id in rows:
@@ -258,15 +271,7 @@ def lookup(
     # ``stored`` came with the join: this digest under this host's key (a digest stored under
     # another key is not this host's evidence and gets no cached answer).
     if host is not None and nonce is not None and _NONCE.match(nonce):
-        n = session.execute(
-            select(
-                _NONCES.c.nonce,
-                _NONCES.c.key_id,
-                _NONCES.c.issued_at,
-                _NONCES.c.expires_at,
-                _NONCES.c.used,
-            ).where(_NONCES.c.nonce == nonce)
-        ).first()
+        n = session.execute(_NONCE_OF, {"nonce": nonce}).first()
         if n is not None:
             nonce_record = NonceRecord(
                 nonce=n[0],

@@ -430,3 +430,41 @@ def test_keys_beyond_the_bmp_sort_by_utf16_even_on_the_fast_path() -> None:
     # U+1F600 sorts before U+FB33 in UTF-16 (surrogate pair D83D...) but after it by code point.
     value = {"\ufb33": 1, "\U0001f600": 2}
     assert list(json.loads(canonical_bytes(value))) == ["\U0001f600", "\ufb33"]
+
+
+def _reference_depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_reference_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_reference_depth(v) for v in value), default=0)
+    return 0
+
+
+_JSON_TREES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.text(max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300)
+@given(_JSON_TREES)
+def test_depth_check_matches_a_plain_recursive_definition(value: object) -> None:
+    from agent.evidence import _depth
+
+    expected = _reference_depth(value)
+    assert _depth(value, 1000) == expected
+    # With a limit below the depth, it stops early but still reports "over the limit".
+    if expected > 1:
+        assert _depth(value, expected - 1) > expected - 1
+
+
+def test_parse_statement_reuses_the_callers_strict_parse(key: Ed25519PrivateKey) -> None:
+    from agent.evidence import parse_json_strict, parse_statement, statement_bytes
+
+    payload = statement_bytes(make_snapshot(key))
+    assert parse_statement(payload, parsed=(parse_json_strict(payload),)) == parse_statement(
+        payload
+    )

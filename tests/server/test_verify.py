@@ -926,3 +926,41 @@ def test_the_digest_ignores_how_the_envelope_itself_is_formatted() -> None:
     data = envelope()
     pretty = json.dumps(envelope_dict(data), indent=4).encode()
     assert accepted(pretty).digest == accepted(data).digest
+
+
+# --------------------------------------------------------------------------- parse once
+
+
+def test_preparse_keeps_the_strictly_parsed_payload_for_appraisal() -> None:
+    data = envelope()
+    parsed = preparse(data)
+    assert parsed.payload_json is not None
+    assert parsed.payload_json[0] == json.loads(statement_bytes(make_snapshot()))
+    assert isinstance(accepted(data), Accepted)
+
+
+def _deep_payload(depth: int) -> bytes:
+    value: Any = 1
+    for _ in range(depth - 1):
+        value = [value]
+    return canonical_bytes({"deep": value})
+
+
+@pytest.mark.parametrize("envelope_limit", [64, 100])
+def test_a_looser_envelope_depth_limit_never_loosens_the_statement_limit(
+    envelope_limit: int,
+) -> None:
+    # 70 levels: within a 100-level envelope limit, beyond the statement's own 64.
+    data = sign(_deep_payload(70))
+    exc = rejected(
+        verify.JsonTooDeep,
+        app(data, config=VerifyConfig(max_depth=envelope_limit)),
+        authenticated=True,
+    )
+    assert "64" in exc.detail
+
+
+def test_a_payload_too_deep_to_peek_is_still_appraised_and_refused_precisely() -> None:
+    data = sign(_deep_payload(70))
+    assert preparse(data).payload_json is None
+    assert preparse(data).nonce is None

@@ -19,7 +19,6 @@ A real ``veu-server serve`` (SQLite by default; ``--pg-url`` for PostgreSQL with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -39,6 +38,7 @@ from bench.fleet import (  # noqa: E402
     pg_create,
     pg_drop,
     rss_mb,
+    run_async,
     start_server,
     stop_server,
     tree_pids,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep_digests=True,
             )
             gen0 = time.process_time()
-            report = asyncio.run(drive(server.url, fleet.hosts, traffic))
+            report = run_async(drive(server.url, fleet.hosts, traffic))
             gen_cpu = time.process_time() - gen0
             stop.set()
             thread.join(timeout=10)

@@ -14,7 +14,6 @@ PostgreSQL (every ``postgres`` process, deltas) — all on the same cores.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -37,6 +36,7 @@ from bench.fleet import (  # noqa: E402
     pg_create,
     pg_drop,
     postgres_pids,
+    run_async,
     start_server,
     stop_server,
     tree_pids,
@@ -76,7 +76,7 @@ def one_run(admin_url: str, workers: int, sites: int, args: argparse.Namespace) 
                     change_rate=0.01,
                     challenge_rate=0.0,
                 )
-                report = asyncio.run(drive(server.url, hosts, traffic))
+                report = run_async(drive(server.url, hosts, traffic))
                 gen_cpu = time.process_time() - g0
                 server_cpu = cpu_seconds(server_pids) - s0
                 p1 = _pg_cpu()

@@ -15,7 +15,6 @@ Run on its own it starts a server on SQLite in a temporary directory and drives 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -39,6 +38,7 @@ from server.simulate import (  # noqa: E402
     make_hosts,
     make_site,
     make_tokens,
+    run_async,
 )
 from server.simulate import run as simulate_run  # noqa: E402
 from tests.server.conftest import LiveServer, start_server, stop_server  # noqa: E402
@@ -56,6 +56,7 @@ __all__ = [
     "pg_drop",
     "postgres_pids",
     "rss_mb",
+    "run_async",
     "start_server",
     "stop_server",
     "tree_pids",
@@ -77,7 +78,7 @@ def enroll_fleet(
     site = site_id or make_site(db_url)
     fleet = make_hosts(site, hosts)
     tokens = make_tokens(db_url, site, hosts)
-    report = asyncio.run(enroll_all(server.url, fleet, tokens, concurrency))
+    report = run_async(enroll_all(server.url, fleet, tokens, concurrency))
     if report.errors:
         raise RuntimeError(f"enrollment failed: {report.error_samples[:3]}")
     return Fleet(site, fleet, report)

@@ -118,22 +118,15 @@ async def _drive(
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
         async def worker(group: list[list[bytes]]) -> None:
-            rounds = max((len(s) for s in group), default=0)
-            for r in range(rounds):
-                for stream in group:
-                    if r >= len(stream):
-                        continue
-                    t0 = time.perf_counter()
-                    try:
-                        response = await client.post(
-                            "/v1/snapshots", content=stream[r], headers=headers
-                        )
-                        ok = response.status_code == 200
-                        if not ok:
-                            errors.append(f"{response.status_code} {response.text[:120]}")
-                    except httpx.HTTPError as exc:
-                        errors.append(repr(exc))
-                    latencies.append(time.perf_counter() - t0)
+            for body in loadgen.in_order(group):
+                t0 = time.perf_counter()
+                try:
+                    response = await client.post("/v1/snapshots", content=body, headers=headers)
+                    if response.status_code != 200:
+                        errors.append(f"{response.status_code} {response.text[:120]}")
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                latencies.append(time.perf_counter() - t0)
 
         begin = time.perf_counter()
         await asyncio.gather(*(worker(g) for g in groups if g))
@@ -153,17 +146,17 @@ def http_run(
     kits, streams = build_load(fleet.site_id, hosts, per_host)
     for kit in kits:
         fleet.enroll(kit)
+    # Encoded before the clock starts, like the envelopes themselves.
+    requests = [
+        [loadgen.encode_post(server.url, "/v1/snapshots", body) for body in stream]
+        for stream in streams
+    ]
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     if client == "httpx":
         count, seconds, latencies, errors, samples = asyncio.run(
             _drive(server.url, streams, concurrency)
         )
     else:
-        requests = [
-            [loadgen.encode_post(server.url, "/v1/snapshots", body) for body in stream]
-            for stream in streams
-        ]
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         outcome = loadgen.run(server.url, requests, concurrency)
         count, seconds, latencies = outcome.count, outcome.seconds, outcome.latencies
         errors, samples = len(outcome.errors), outcome.errors[:5]

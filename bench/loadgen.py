@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from server.simulate import run_async
 
 
 def encode_post(url: str, path: str, body: bytes, content_type: str = "application/json") -> bytes:
@@ -87,6 +89,16 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
 
+def in_order(group: Sequence[Sequence[bytes]]) -> Iterator[bytes]:
+    """The requests of several streams, round by round: each stream's requests stay in order
+    (a host's chain must arrive in order) and the streams take turns."""
+    rounds = max((len(s) for s in group), default=0)
+    for r in range(rounds):
+        for stream in group:
+            if r < len(stream):
+                yield stream[r]
+
+
 async def drive(url: str, streams: Sequence[Sequence[bytes]], concurrency: int) -> Outcome:
     """Send every stream's requests in order (a host's chain must arrive in order), streams
     spread round-robin over ``concurrency`` keep-alive connections; 200 is success."""
@@ -101,20 +113,16 @@ async def drive(url: str, streams: Sequence[Sequence[bytes]], concurrency: int) 
         transport, conn = await loop.create_connection(_Connection, parts.hostname, parts.port)
         conn.transport = transport  # type: ignore[assignment]  # uvloop may call connection_made later
         try:
-            rounds = max((len(s) for s in group), default=0)
-            for r in range(rounds):
-                for stream in group:
-                    if r >= len(stream):
-                        continue
-                    t0 = time.perf_counter()
-                    try:
-                        status, body = await conn.send(stream[r])
-                        if status != 200:
-                            out.errors.append(f"{status} {body[:120]!r}")
-                    except (ConnectionError, ValueError) as exc:
-                        out.errors.append(repr(exc))
-                        return
-                    out.latencies.append(time.perf_counter() - t0)
+            for request in in_order(group):
+                t0 = time.perf_counter()
+                try:
+                    status, body = await conn.send(request)
+                    if status != 200:
+                        out.errors.append(f"{status} {body[:120]!r}")
+                except (ConnectionError, ValueError) as exc:
+                    out.errors.append(repr(exc))
+                    return
+                out.latencies.append(time.perf_counter() - t0)
         finally:
             if conn.transport is not None:
                 conn.transport.close()
@@ -127,8 +135,4 @@ async def drive(url: str, streams: Sequence[Sequence[bytes]], concurrency: int) 
 
 def run(url: str, streams: Sequence[Sequence[bytes]], concurrency: int) -> Outcome:
     """:func:`drive` on uvloop when it is installed (cheaper per request), else asyncio."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(drive(url, streams, concurrency))
-    return uvloop.run(drive(url, streams, concurrency))
+    return run_async(drive(url, streams, concurrency))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -30,10 +31,10 @@ from server.store.models import AuditEntry, AuditHead
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
 # Built once: statement construction costs more than executing these on SQLite.
-_CLAIM_SEQ = (
+_CLAIM_SEQS = (
     update(_HEAD)
     .where(_HEAD.c.id == 1)
-    .values(seq=_HEAD.c.seq + 1)
+    .values(seq=_HEAD.c.seq + bindparam("n"))
     .returning(_HEAD.c.seq, _HEAD.c.hash)
 )
 _INSERT = insert(_LOG)
@@ -62,6 +63,17 @@ def row_hash(
     return hashlib.sha256(canonical_bytes(body)).hexdigest()
 
 
+@dataclass(frozen=True)
+class Event:
+    """One change to record: who did what to what, with details."""
+
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any] | None = None
+
+
 def append(
     session: Session,
     *,
@@ -72,34 +84,46 @@ def append(
     details: dict[str, Any] | None = None,
 ) -> AuditEntry:
     """Append one row to the chain in the caller's transaction."""
-    details = details or {}
-    text = canonical_bytes(details).decode("utf-8")
-    row = session.execute(_CLAIM_SEQ).one()
-    seq, prev_hash = int(row[0]), row[1]
-    stamp = format_timestamp(at)
-    digest = row_hash(
-        seq=seq,
-        at=stamp,
-        actor=actor,
-        action=action,
-        subject=subject,
-        details=json.loads(text),
-        prev_hash=prev_hash,
-    )
-    values = {
-        "seq": seq,
-        "at": stamp,
-        "actor": actor,
-        "action": action,
-        "subject": subject,
-        "details": text,
-        "prev_hash": prev_hash,
-        "hash": digest,
-    }
+    return append_many(session, [Event(at, actor, action, subject, details)])[0]
+
+
+def append_many(session: Session, events: Sequence[Event]) -> list[AuditEntry]:
+    """Append rows to the chain in the caller's transaction, in order: the head row is claimed
+    (and locked) once for all of them, with one INSERT and one head update."""
+    if not events:
+        return []
+    texts = [canonical_bytes(e.details or {}).decode("utf-8") for e in events]
+    row = session.execute(_CLAIM_SEQS, {"n": len(events)}).one()
+    seq, prev_hash = int(row[0]) - len(events), row[1]
+    values: list[dict[str, Any]] = []
+    for event, text in zip(events, texts, strict=True):
+        seq += 1
+        stamp = format_timestamp(event.at)
+        digest = row_hash(
+            seq=seq,
+            at=stamp,
+            actor=event.actor,
+            action=event.action,
+            subject=event.subject,
+            details=json.loads(text),
+            prev_hash=prev_hash,
+        )
+        values.append(
+            {
+                "seq": seq,
+                "at": stamp,
+                "actor": event.actor,
+                "action": event.action,
+                "subject": event.subject,
+                "details": text,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
     session.execute(_INSERT, values)
-    session.execute(_SET_HASH, {"new_hash": digest})
-    entry = AuditEntry(**values)
-    return entry
+    session.execute(_SET_HASH, {"new_hash": prev_hash})
+    return [AuditEntry(**v) for v in values]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ ENV_POLICIES_DIR = "VEU_POLICIES_DIR"
 ENV_REFRESH = "VEU_REFRESH_INTERVAL"
 ENV_SETTLE = "VEU_SETTLE_INTERVAL"
 ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
+ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -59,6 +60,10 @@ class Settings:
     #: PostgreSQL (overlaps the database round trips). Each is CPU-bound Python, so more than a
     #: few per process never helps; add workers instead.
     ingest_concurrency: int | None = None
+    #: Most accepted snapshots one process commits in one transaction (group commit,
+    #: server/groupcommit.py). Batches form only while a commit is running, so a lightly loaded
+    #: verifier commits each snapshot alone; 1 turns batching off.
+    ingest_batch_max: int = 32
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -87,6 +92,9 @@ class Settings:
         refresh = _env_number(ENV_REFRESH, 60.0, "seconds (0 turns it off)")
         settle = _env_number(ENV_SETTLE, 1.0, "seconds (0 turns it off)")
         concurrency = _env_number(ENV_INGEST_CONCURRENCY, 0, "a number of snapshots (0: default)")
+        batch = _env_number(ENV_INGEST_BATCH, 32, "a number of snapshots (1: no batching)")
+        if batch < 1:
+            raise ConfigError(f"{ENV_INGEST_BATCH} must be at least 1 (1 turns batching off)")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -95,6 +103,7 @@ class Settings:
             refresh_interval_s=refresh,
             settle_interval_s=settle,
             ingest_concurrency=int(concurrency) if concurrency >= 1 else None,
+            ingest_batch_max=int(batch),
         )
 
 

@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
             stop.set()
             if thread is not None:
                 thread.join(timeout=5)
+            svc.close()
 
     app = FastAPI(
         lifespan=lifespan,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.config import Settings
 from server.db import Database
+from server.groupcommit import GroupCommitter
 from server.policy import PolicySet
 from server.results import VerifierKey
 from server.store.compliance import ComplianceConfig, settle_pending
@@ -46,6 +49,18 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.commit_batch = Histogram(
+            "veu_ingest_commit_batch_size",
+            "Accepted snapshots committed per transaction (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.batch_retries = Counter(
+            "veu_ingest_batch_retries_total",
+            "Group commits that failed as a whole (a race, a duplicate, a deadlock) and were "
+            "retried one snapshot per transaction",
+            registry=self.registry,
+        )
 
 
 @dataclass
@@ -60,6 +75,8 @@ class Services:
     _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
         default=None, init=False, repr=False
     )
+    _committer: GroupCommitter[Any, Any] | None = field(default=None, init=False, repr=False)
+    _committer_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def ingest_limiter(self) -> CapacityLimiter:
         """How many snapshots this process appraises at once (``ingest_concurrency``); one
@@ -68,6 +85,28 @@ class Services:
         if self._limiter is None or self._limiter[0] is not loop:
             self._limiter = (loop, CapacityLimiter(self.settings.effective_ingest_concurrency))
         return self._limiter[1]
+
+    def ingest_committer(
+        self, write: Callable[[Sequence[Any]], Sequence[Any]]
+    ) -> GroupCommitter[Any, Any]:
+        """This process's group committer of accepted snapshots (built on first use with
+        ``write``; see server/groupcommit.py)."""
+        with self._committer_lock:
+            if self._committer is None:
+                self._committer = GroupCommitter(
+                    write,
+                    max_batch=self.settings.ingest_batch_max,
+                    name="veu-ingest-commit",
+                    on_batch=self.metrics.commit_batch.observe,
+                )
+            return self._committer
+
+    def close(self) -> None:
+        """Stop the group committer once it has written what is queued."""
+        with self._committer_lock:
+            if self._committer is not None:
+                self._committer.close()
+                self._committer = None
 
     def now(self) -> datetime:
         return datetime.now(UTC)

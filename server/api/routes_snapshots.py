@@ -7,19 +7,24 @@ host's inventory and the audit row in ONE transaction, and answer 2xx only after
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server import audit
 from server.api import auth
 from server.api.deps import Services, SvcDep, services
 from server.api.errors import APIError, known_error_response
@@ -31,12 +36,14 @@ from server.store.ingest import (
     AlreadyStored,
     HeadMoved,
     NonceSpent,
-    audit_accepted,
+    Write,
+    accepted_event,
     audit_rejection,
     commit_accepted,
     lookup,
 )
 from server.verify import Accepted, Fork, NonceReused, Rejected, appraise, preparse
+from server.verify import ChainHead as HeadRecord
 
 log = logging.getLogger("veu.ingest")
 router = APIRouter(prefix="/v1", tags=["evidence"])
@@ -120,7 +127,16 @@ async def _submit(svc: Services, request: Request) -> JSONResponse:
     try:
         # A few at a time per process (Settings.ingest_concurrency): the rest queue here, in
         # order, instead of contending for the GIL and the database in the threadpool.
-        outcome = await anyio.to_thread.run_sync(ingest, svc, data, limiter=svc.ingest_limiter())
+        prepared = await anyio.to_thread.run_sync(
+            appraise_body, svc, data, limiter=svc.ingest_limiter()
+        )
+        if isinstance(prepared, Pending):
+            # The limiter is free again: the next snapshot is appraised while this one waits
+            # for its (group) commit.
+            committer = svc.ingest_committer(lambda batch: write_batch(svc, batch))
+            outcome: IngestOutcome = await asyncio.wrap_future(committer.submit(prepared))
+        else:
+            outcome = prepared
     finally:
         svc.metrics.ingest_seconds.observe(time.perf_counter() - started)
     # Built directly: the shape is fixed, and re-validating it costs more than building it.
@@ -156,8 +172,28 @@ class IngestFastPath:
         await response(scope, receive, send)
 
 
-def ingest(svc: Services, data: bytes) -> IngestOutcome:
-    """The whole appraisal of one body; raises APIError for every refusal."""
+@dataclass(frozen=True)
+class Pending:
+    """An accepted snapshot, judged and its result signed, waiting for its transaction."""
+
+    accepted: Accepted
+    judged: compliance.HostJudgement
+    policy: PolicySet
+    head: HeadRecord | None
+    inventory_digest: str | None
+    raw: bytes
+    now: datetime
+    findings: tuple[Finding, ...]
+    status: str
+    result: str
+
+    def outcome(self) -> IngestOutcome:
+        return IngestOutcome(self.accepted.digest, self.status, self.result, False)
+
+
+def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
+    """Everything before the write: the stored answer for an envelope already accepted, or the
+    accepted snapshot with its judgement and signed result. Raises APIError for every refusal."""
     policy = svc.policy  # one pack set for the whole appraisal, even if a reload happens now
     try:
         parsed = preparse(data, svc.verify)
@@ -187,90 +223,159 @@ def ingest(svc: Services, data: bytes) -> IngestOutcome:
             judged = compliance.judge_host(
                 session, policy, verdict.snapshot, verdict.key_id, state.host.site_id, state.site
             )
-        return _commit(svc, policy, verdict, judged, state.head, data, now, state.inventory_digest)
     except Rejected as exc:
         _rejected(svc, exc, data)
         raise APIError(exc.http_status, exc.code, exc.detail) from None
-
-
-def _commit(
-    svc: Services,
-    policy: PolicySet,
-    accepted: Accepted,
-    judged: compliance.HostJudgement,
-    head: Any,
-    raw: bytes,
-    now: Any,
-    inventory_digest: str | None,
-) -> IngestOutcome:
-    """Commit the snapshot, head, nonce, inventory, host state and audit row in one transaction;
-    the result is signed with the policy digest.
-
-    The site and organization are judged when the site settles (about a second later, or before
-    any compliance read): see :mod:`server.store.compliance`.
-    """
-    findings: tuple[Finding, ...] = accepted.findings + judged.findings
+    findings: tuple[Finding, ...] = verdict.findings + judged.findings
     status = status_of(findings)
+    # Signed with the policy digest. The site and organization are judged when the site
+    # settles (about a second later, or before any compliance read): server.store.compliance.
     result = sign_result(
         svc.key,
         verifier_id=svc.settings.verifier_id,
         issued_at=now,
         findings=condensed(findings),
         status=status,
-        digest=accepted.digest,
-        host_key_id=accepted.key_id,
+        digest=verdict.digest,
+        host_key_id=verdict.key_id,
         site_id=judged.site_id,
-        seq=accepted.seq,
-        nonce=accepted.nonce,
+        seq=verdict.seq,
+        nonce=verdict.nonce,
         policy_digest=policy.digest,
     )
+    return Pending(
+        accepted=verdict,
+        judged=judged,
+        policy=policy,
+        head=state.head,
+        inventory_digest=state.inventory_digest,
+        raw=data,
+        now=now,
+        findings=findings,
+        status=status,
+        result=result,
+    )
+
+
+def ingest(svc: Services, data: bytes) -> IngestOutcome:
+    """Appraise one body and commit it alone (no group commit); raises APIError for refusals."""
+    prepared = appraise_body(svc, data)
+    if isinstance(prepared, IngestOutcome):
+        return prepared
+    (outcome,) = write_batch(svc, [prepared])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _write(session: Session, items: Sequence[Pending]) -> None:
+    """Snapshots, chain heads, nonces, inventories, host states and audit rows of accepted
+    snapshots of distinct hosts, in host order (two workers' batches lock host rows in one
+    order), the audit rows last with one claim of the audit head."""
+    ordered = sorted(items, key=lambda item: item.accepted.key_id)
+    commit_accepted(
+        session,
+        [
+            Write(
+                accepted=item.accepted,
+                site_id=item.judged.site_id,
+                head=item.head,
+                raw=item.raw,
+                status=item.status,
+                findings=item.findings,
+                result=item.result,
+                now=item.now,
+                inventory_digest=item.inventory_digest,
+            )
+            for item in ordered
+        ],
+    )
+    by_policy: dict[int, list[Pending]] = {}
+    for item in ordered:
+        by_policy.setdefault(id(item.policy), []).append(item)
+    for group in by_policy.values():  # one pack set, unless a reload happened mid-batch
+        compliance.record_hosts(
+            session,
+            group[0].policy,
+            [
+                compliance.HostUpdate(
+                    key_id=item.accepted.key_id,
+                    snapshot=item.accepted.snapshot,
+                    digest=item.accepted.digest,
+                    judgement=item.judged,
+                    findings=item.findings,
+                    now=item.now,
+                )
+                for item in group
+            ],
+        )
+    audit.append_many(session, [_event(item) for item in ordered])
+
+
+def _event(item: Pending) -> audit.Event:
+    return accepted_event(item.accepted, status=item.status, findings=item.findings, now=item.now)
+
+
+def write_batch(svc: Services, batch: Sequence[Pending]) -> list[IngestOutcome | BaseException]:
+    """Commit accepted snapshots: all in one transaction when nothing conflicts, else each alone.
+
+    Any failure of the whole (a racing duplicate, a second child of a head, a spent nonce, a
+    deadlock) rolls it all back, and each snapshot is then committed in its own transaction,
+    which settles its race exactly as a lone commit would; so are batches that hold two
+    snapshots of one host (they race each other).
+    """
+    if len(batch) > 1 and len({item.accepted.key_id for item in batch}) == len(batch):
+        try:
+            with svc.db.write() as session:
+                _write(session, batch)
+        except Exception as exc:
+            svc.metrics.batch_retries.inc()
+            log.info(
+                "group commit of %d snapshots retried one by one (%s)",
+                len(batch),
+                type(exc).__name__,
+            )
+        else:
+            svc.metrics.accepted.inc(len(batch))
+            return [item.outcome() for item in batch]
+    return [_commit_one(svc, item) for item in batch]
+
+
+def _commit_one(svc: Services, item: Pending) -> IngestOutcome | BaseException:
+    """One accepted snapshot in its own transaction; a lost race answers as the race ended."""
+    accepted = item.accepted
     try:
-        with svc.db.write() as session:
-            commit_accepted(
-                session,
-                accepted,
-                site_id=judged.site_id,
-                head=head,
-                raw=raw,
-                status=status,
-                findings=findings,
-                result=result,
-                now=now,
-                inventory_digest=inventory_digest,
-            )
-            compliance.record_host(
-                session,
-                policy,
+        try:
+            with svc.db.write() as session:
+                _write(session, [item])
+        except (AlreadyStored, HeadMoved):
+            # A racing worker committed first. Which constraint fires first is up to the
+            # database, so ask: if this very envelope is stored, answer its result; otherwise
+            # the head moved.
+            with svc.db.read() as session:
+                row = repo.snapshot_by_digest(session, accepted.digest)
+                if row is not None:
+                    svc.metrics.duplicates.inc()
+                    return IngestOutcome(row.digest, row.status, row.result, True)
+            raise Fork(
+                f"seq {accepted.seq} lost a race: another snapshot of this host was accepted as "
+                "the child of the same head first",
+                authenticated=True,
                 key_id=accepted.key_id,
-                snapshot=accepted.snapshot,
-                digest=accepted.digest,
-                judgement=judged,
-                findings=findings,
-                now=now,
-            )
-            audit_accepted(session, accepted, status=status, findings=findings, now=now)
-    except (AlreadyStored, HeadMoved):
-        # A racing worker committed first. Which constraint fires first is up to the database,
-        # so ask: if this very envelope is stored, answer its result; otherwise the head moved.
-        with svc.db.read() as session:
-            row = repo.snapshot_by_digest(session, accepted.digest)
-            if row is not None:
-                svc.metrics.duplicates.inc()
-                return IngestOutcome(row.digest, row.status, row.result, True)
-        raise Fork(
-            f"seq {accepted.seq} lost a race: another snapshot of this host was accepted as the "
-            "child of the same head first",
-            authenticated=True,
-            key_id=accepted.key_id,
-        ) from None
-    except NonceSpent:
-        raise NonceReused(
-            f"nonce {str(accepted.nonce)[:40]} was consumed by a concurrent snapshot",
-            authenticated=True,
-            key_id=accepted.key_id,
-        ) from None
+            ) from None
+        except NonceSpent:
+            raise NonceReused(
+                f"nonce {str(accepted.nonce)[:40]} was consumed by a concurrent snapshot",
+                authenticated=True,
+                key_id=accepted.key_id,
+            ) from None
+    except Rejected as exc:
+        _rejected(svc, exc, item.raw)
+        return APIError(exc.http_status, exc.code, exc.detail)
+    except Exception as exc:  # the database is gone, say: this request fails, the next may not
+        return exc
     svc.metrics.accepted.inc()
-    return IngestOutcome(accepted.digest, status, result, False)
+    return item.outcome()
 
 
 def _rejected(svc: Services, exc: Rejected, data: bytes) -> None:

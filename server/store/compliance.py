@@ -18,9 +18,10 @@ or organization-wide lock:
    than the evidence already acknowledged), and for the periodic re-judgement of every site
    (hosts going stale, shipped chips never seen).
 
-Lock order: ingest takes only its host's rows, then the audit head; settling takes site state,
-then the pending host rows, then organization state. No cycle, so no deadlock; and no lock is
-shared by the ingests of two different hosts except the audit head at the very end.
+Lock order: ingest takes only its hosts' rows (a group commit takes several hosts' rows, in key
+order), then the audit head; settling takes site state, then organization state, then the
+pending host rows in key order. No cycle, so no deadlock; and no lock is shared by the ingests
+of two different hosts except the audit head at the very end.
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ def judge_host(
     return HostJudgement(findings, site_id, terms.org_id, terms.country, on)
 
 
-_HOST_STATE_OF = select(_HOST_STATE.c.findings_key).where(_HOST_STATE.c.key_id == bindparam("k"))
+_HOST_STATES_OF = select(_HOST_STATE.c.key_id, _HOST_STATE.c.findings_key).where(
+    _HOST_STATE.c.key_id.in_(bindparam("keys", expanding=True))
+)
 _HOST_STATE_UPDATE = (
     update(_HOST_STATE)
     .where(_HOST_STATE.c.key_id == bindparam("k"))
@@ -210,6 +213,18 @@ def findings_key(findings: Sequence[Finding]) -> str:
     return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class HostUpdate:
+    """One accepted snapshot's effect on its host's compliance rows."""
+
+    key_id: str
+    snapshot: SnapshotV1
+    digest: str
+    judgement: HostJudgement
+    findings: Sequence[Finding]
+    now: datetime
+
+
 def record_host(
     session: Session,
     policy: PolicySet,
@@ -221,50 +236,73 @@ def record_host(
     findings: Sequence[Finding],
     now: datetime,
 ) -> None:
-    """The host's new contribution (pending until its site settles) and its findings history.
+    """:func:`record_hosts` for one host."""
+    record_hosts(session, policy, [HostUpdate(key_id, snapshot, digest, judgement, findings, now)])
 
-    Touches only this host's rows. An unchanged set of open findings costs one UPDATE
-    (``last_seen_at``) instead of reading and comparing every open row.
+
+def record_hosts(session: Session, policy: PolicySet, updates: Sequence[HostUpdate]) -> None:
+    """Each host's new contribution (pending until its site settles) and findings history.
+
+    Touches only these hosts' rows, each statement once for all of them. An unchanged set of
+    open findings costs a ``last_seen_at`` update instead of reading and comparing every open
+    row. One update per host: a group commit never holds two snapshots of one host.
     """
-    new = policy.contribution(snapshot, judgement.on, country=judgement.country)
-    fkey = findings_key(findings)
+    if not updates:
+        return
     conn = session.connection()
-    prior = conn.execute(_HOST_STATE_OF, {"k": key_id}).first()
-    values = {
-        "contribution": json.dumps(new.to_json()),
-        "collected_at": snapshot.collected_at_datetime(),
-        "status": status_of(list(findings)),
-        "snapshot_digest": digest,
-        "accelerators": len(snapshot.accelerators),
-        "tpp": sum(m.tpp for m in new.models.values()),
-        "findings_key": fkey,
+    prior = {
+        row[0]: row[1]
+        for row in conn.execute(_HOST_STATES_OF, {"keys": [u.key_id for u in updates]})
     }
-    if prior is None:
-        conn.execute(
-            insert(_HOST_STATE),
-            {
-                "key_id": key_id,
-                "site_id": judgement.site_id,
-                "org_id": judgement.org_id,
-                "applied": None,
-                "pending": True,
-                "revoked": False,
-                **values,
-            },
-        )
-    else:
-        conn.execute(_HOST_STATE_UPDATE, {"k": key_id, **values})
-    if prior is not None and prior[0] == fkey:
-        conn.execute(_HOST_FINDINGS_SEEN, {"k": key_id, "at": now})
-    else:
+    inserts: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    seen: list[dict[str, Any]] = []
+    resync: list[HostUpdate] = []
+    for u in updates:
+        new = policy.contribution(u.snapshot, u.judgement.on, country=u.judgement.country)
+        fkey = findings_key(u.findings)
+        values = {
+            "contribution": json.dumps(new.to_json()),
+            "collected_at": u.snapshot.collected_at_datetime(),
+            "status": status_of(list(u.findings)),
+            "snapshot_digest": u.digest,
+            "accelerators": len(u.snapshot.accelerators),
+            "tpp": sum(m.tpp for m in new.models.values()),
+            "findings_key": fkey,
+        }
+        if u.key_id not in prior:
+            inserts.append(
+                {
+                    "key_id": u.key_id,
+                    "site_id": u.judgement.site_id,
+                    "org_id": u.judgement.org_id,
+                    "applied": None,
+                    "pending": True,
+                    "revoked": False,
+                    **values,
+                }
+            )
+        else:
+            changes.append({"k": u.key_id, **values})
+        if u.key_id in prior and prior[u.key_id] == fkey:
+            seen.append({"k": u.key_id, "at": u.now})
+        else:
+            resync.append(u)
+    if inserts:
+        conn.execute(insert(_HOST_STATE), inserts)
+    if changes:
+        conn.execute(_HOST_STATE_UPDATE, changes)
+    if seen:
+        conn.execute(_HOST_FINDINGS_SEEN, seen)
+    for u in resync:
         sync_findings(
             session,
             "host",
-            key_id,
-            site_id=judgement.site_id,
-            org_id=judgement.org_id,
-            findings=findings,
-            now=now,
+            u.key_id,
+            site_id=u.judgement.site_id,
+            org_id=u.judgement.org_id,
+            findings=u.findings,
+            now=u.now,
         )
 
 
@@ -383,8 +421,11 @@ def settle_site(
     findings = _judge_site(session, policy, site, state, agg, now, config, duplicates, settled)
     _judge_org(session, policy, org, now)
     if folded:
-        conn.execute(_MARK_SETTLED, folded)
-    for chunk in _chunks(gone):
+        # In key order, as the group commit of ingest writes host rows (server/api/
+        # routes_snapshots.py, write_batch): two transactions locking host rows in one order
+        # cannot deadlock.
+        conn.execute(_MARK_SETTLED, sorted(folded, key=lambda row: row["k"]))
+    for chunk in _chunks(sorted(gone)):
         conn.execute(delete(_HOST_STATE).where(_HOST_STATE.c.key_id.in_(chunk)))
     return findings
 

@@ -1,7 +1,8 @@
 """The evidence write path: the trusted state appraisal needs, and committing what it accepted.
 
 :func:`lookup` reads what :func:`server.verify.appraise` asks for. :func:`commit_accepted` writes
-an accepted snapshot in the caller's single transaction and settles races in the database:
+accepted snapshots (one, or a group commit of several) in the caller's single transaction and
+settles races in the database:
 
 - the snapshot row's ``digest`` is unique: the same envelope racing itself yields one row (the
   loser raises :class:`AlreadyStored` and answers the stored result);
@@ -294,84 +295,100 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def commit_accepted(
-    session: Session,
-    accepted: Accepted,
-    *,
-    site_id: str,
-    head: HeadRecord | None,
-    raw: bytes,
-    status: str,
-    findings: Sequence[Finding],
-    result: str,
-    now: datetime,
-    inventory_digest: str | None = None,
-) -> None:
-    """Write one accepted snapshot; raise on a lost race (the caller's transaction rolls back)."""
-    stamp = now
+@dataclass(frozen=True)
+class Write:
+    """One accepted snapshot to store, as appraisal left it (``head``: the head it saw)."""
+
+    accepted: Accepted
+    site_id: str
+    head: HeadRecord | None
+    raw: bytes
+    status: str
+    findings: Sequence[Finding]
+    result: str
+    now: datetime
+    inventory_digest: str | None = None
+
+
+def commit_accepted(session: Session, writes: Sequence[Write]) -> None:
+    """Write accepted snapshots in the caller's single transaction, each statement once for all
+    of them (an executemany: one round trip on PostgreSQL, pipelined by psycopg); raise on a
+    lost race (the caller's transaction rolls back).
+
+    Which of several snapshots lost is not told apart: a caller with more than one retries
+    each alone to learn it.
+    """
+    if not writes:
+        return
     try:
         session.execute(
             _SNAPSHOTS.insert(),
-            {
-                "digest": accepted.digest,
-                "key_id": accepted.key_id,
-                "site_id": site_id,
-                "seq": accepted.seq,
-                "prev": accepted.prev,
-                "nonce": accepted.nonce,
-                "collected_at": accepted.collected_at,
-                "received_at": stamp,
-                "status": status,
-                "findings": json.dumps([f.to_json() for f in findings], sort_keys=True),
-                "result": result,
-                "size": len(raw),
-                "envelope": raw,
-            },
+            [
+                {
+                    "digest": w.accepted.digest,
+                    "key_id": w.accepted.key_id,
+                    "site_id": w.site_id,
+                    "seq": w.accepted.seq,
+                    "prev": w.accepted.prev,
+                    "nonce": w.accepted.nonce,
+                    "collected_at": w.accepted.collected_at,
+                    "received_at": w.now,
+                    "status": w.status,
+                    "findings": json.dumps([f.to_json() for f in w.findings], sort_keys=True),
+                    "result": w.result,
+                    "size": len(w.raw),
+                    "envelope": w.raw,
+                }
+                for w in writes
+            ],
         )
     except IntegrityError as exc:
         text = str(exc.orig).lower()
         if "digest" in text:
-            raise AlreadyStored(accepted.digest) from None
-        raise HeadMoved(accepted.key_id) from None
-    rows, new_inventory = _inventory(accepted)
-    old_seq = head.seq if head is not None else 0
-    old_digest = head.digest if head is not None else None
-    moved = session.execute(
-        _ADVANCE_FROM_START if old_digest is None else _ADVANCE,
-        {
-            "k": accepted.key_id,
-            "old_seq": old_seq,
-            "old_digest": old_digest,
-            "new_seq": accepted.seq,
-            "new_digest": accepted.digest,
-            "inv": new_inventory,
-            "at": stamp,
-        },
-    )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
-        raise HeadMoved(accepted.key_id)
-    if accepted.nonce is not None:
-        spent = session.execute(
-            _SPEND_NONCE, {"n": accepted.nonce, "k": accepted.key_id, "at": stamp}
+            raise AlreadyStored(writes[0].accepted.digest) from None
+        raise HeadMoved(writes[0].accepted.key_id) from None
+    advances: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    replaced: list[tuple[str, _Rows]] = []
+    for w in writes:
+        rows, new_inventory = _inventory(w.accepted)
+        old_digest = w.head.digest if w.head is not None else None
+        advances[old_digest is None].append(
+            {
+                "k": w.accepted.key_id,
+                "old_seq": w.head.seq if w.head is not None else 0,
+                "old_digest": old_digest,
+                "new_seq": w.accepted.seq,
+                "new_digest": w.accepted.digest,
+                "inv": new_inventory,
+                "at": w.now,
+            }
         )
-        if spent.rowcount != 1:  # type: ignore[attr-defined]
-            raise NonceSpent(accepted.nonce)
-    if new_inventory != inventory_digest:
-        _replace_inventory(session, accepted.key_id, rows)
+        if new_inventory != w.inventory_digest:
+            replaced.append((w.accepted.key_id, rows))
+    for from_start, params in advances.items():
+        if params:
+            moved = session.execute(_ADVANCE_FROM_START if from_start else _ADVANCE, params)
+            if moved.rowcount != len(params):  # type: ignore[attr-defined]
+                raise HeadMoved(params[0]["k"])
+    spends = [
+        {"n": w.accepted.nonce, "k": w.accepted.key_id, "at": w.now}
+        for w in writes
+        if w.accepted.nonce is not None
+    ]
+    if spends:
+        spent = session.execute(_SPEND_NONCE, spends)
+        if spent.rowcount != len(spends):  # type: ignore[attr-defined]
+            raise NonceSpent(spends[0]["n"])
+    if replaced:
+        _replace_inventory(session, replaced)
 
 
-def audit_accepted(
-    session: Session,
-    accepted: Accepted,
-    *,
-    status: str,
-    findings: Sequence[Finding],
-    now: datetime,
-) -> None:
-    """The audit row of accepted evidence. Call it LAST in the ingest transaction: appending
+def accepted_event(
+    accepted: Accepted, *, status: str, findings: Sequence[Finding], now: datetime
+) -> audit.Event:
+    """The audit row of accepted evidence. Append it LAST in the ingest transaction: appending
     locks the single audit head row, so everything before it runs concurrently across workers."""
-    audit.append(
-        session,
+    return audit.Event(
         at=now,
         actor=f"host:{accepted.key_id}",
         action="evidence.accepted",
@@ -430,10 +447,12 @@ def _inventory(accepted: Accepted) -> tuple[_Rows, str]:
     return (accelerators, weights), digest
 
 
-def _replace_inventory(session: Session, key_id: str, rows: _Rows) -> None:
-    accelerators, weights = rows
-    session.execute(delete(_ACCELERATORS).where(_ACCELERATORS.c.key_id == key_id))
-    session.execute(delete(_WEIGHTS).where(_WEIGHTS.c.key_id == key_id))
+def _replace_inventory(session: Session, replaced: Sequence[tuple[str, _Rows]]) -> None:
+    keys = [key_id for key_id, _ in replaced]
+    session.execute(delete(_ACCELERATORS).where(_ACCELERATORS.c.key_id.in_(keys)))
+    session.execute(delete(_WEIGHTS).where(_WEIGHTS.c.key_id.in_(keys)))
+    accelerators = [row for _, (rows, _w) in replaced for row in rows]
+    weights = [row for _, (_a, rows) in replaced for row in rows]
     if accelerators:
         session.execute(_ACCELERATORS.insert(), accelerators)
     if weights:

@@ -125,7 +125,7 @@ def test_an_unexpected_failure_is_the_generic_json_500(
     def broken(svc: object, data: bytes) -> object:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(routes, "ingest", broken)
+    monkeypatch.setattr(routes, "appraise_body", broken)
     fast, route = pair
     for api in (fast, route):
         status, body = _post(api, b"{}")
@@ -182,7 +182,7 @@ def test_no_more_ingests_run_at_once_than_the_limit(
             running -= 1
         return routes.IngestOutcome("d" * 64, "affirming", "jwt", False)
 
-    monkeypatch.setattr(routes, "ingest", slow)
+    monkeypatch.setattr(routes, "appraise_body", slow)
 
     async def burst() -> list[int]:
         transport = httpx.ASGITransport(app=app)

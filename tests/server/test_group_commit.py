@@ -8,14 +8,17 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from server.api import routes_snapshots as routes
+from server.api.app import create_app
 from server.api.errors import APIError
 from server.audit import verify_audit
+from server.config import ENV_INGEST_BATCH, ConfigError, Settings
 from server.groupcommit import GroupCommitter
 from server.results import verify_result
 from tests.server.builders import HostKit, ago, digest_of
@@ -273,3 +276,36 @@ def test_concurrent_submissions_over_the_async_path_are_all_committed(api: Any) 
     assert api.counts()["snapshots"] == len(bodies)
     assert _metric(api, "veu_ingest_commit_batch_size_sum") == len(bodies)
     _audit_ok(api)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_the_batch_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().ingest_batch_max == 32
+    monkeypatch.setenv(ENV_INGEST_BATCH, "4")
+    assert Settings.from_env().ingest_batch_max == 4
+    for bad in ("0", "lots", "-2"):
+        monkeypatch.setenv(ENV_INGEST_BATCH, bad)
+        with pytest.raises(ConfigError, match=ENV_INGEST_BATCH):
+            Settings.from_env()
+
+
+def test_the_process_committer_uses_the_setting_and_closes(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data", ingest_batch_max=1))
+    svc = app.state.veu
+    gate = Gate()
+    committer = svc.ingest_committer(gate)
+    assert svc.ingest_committer(lambda items: []) is committer  # one per process
+    first = committer.submit(0)
+    assert gate.entered.wait(10)
+    rest = [committer.submit(2), committer.submit(4)]
+    gate.release.set()
+    assert _wait([first, *rest]) == [0, 20, 40]
+    assert gate.batches == [[0], [2], [4]]  # batch limit 1: no batching
+    svc.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        committer.submit(6)
+    assert svc.ingest_committer(gate) is not committer  # a new one after close
+    svc.close()
+    svc.db.dispose()

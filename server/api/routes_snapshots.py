@@ -3,6 +3,8 @@
 Ingest is the thin shell around :mod:`server.verify`: read the body under a cap, preparse, look up
 the trusted state, appraise, then commit the snapshot, the new chain head, the spent nonce, the
 host's inventory and the audit row in ONE transaction, and answer 2xx only after that commit.
+Under load that transaction holds several hosts' snapshots (group commit, docs/decisions.md, 15):
+each one's rows still commit atomically, and a batch that fails is retried one by one.
 """
 
 from __future__ import annotations
@@ -257,17 +259,6 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
     )
 
 
-def ingest(svc: Services, data: bytes) -> IngestOutcome:
-    """Appraise one body and commit it alone (no group commit); raises APIError for refusals."""
-    prepared = appraise_body(svc, data)
-    if isinstance(prepared, IngestOutcome):
-        return prepared
-    (outcome,) = write_batch(svc, [prepared])
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 def _write(session: Session, items: Sequence[Pending]) -> None:
     """Snapshots, chain heads, nonces, inventories, host states and audit rows of accepted
     snapshots of distinct hosts, in host order (two workers' batches lock host rows in one
@@ -370,7 +361,10 @@ def _commit_one(svc: Services, item: Pending) -> IngestOutcome | BaseException:
                 key_id=accepted.key_id,
             ) from None
     except Rejected as exc:
-        _rejected(svc, exc, item.raw)
+        try:
+            _rejected(svc, exc, item.raw)
+        except Exception as failure:  # its audit row could not be written: this request fails
+            return failure
         return APIError(exc.http_status, exc.code, exc.detail)
     except Exception as exc:  # the database is gone, say: this request fails, the next may not
         return exc

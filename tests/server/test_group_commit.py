@@ -309,3 +309,43 @@ def test_the_process_committer_uses_the_setting_and_closes(tmp_path: Path) -> No
     assert svc.ingest_committer(gate) is not committer  # a new one after close
     svc.close()
     svc.db.dispose()
+
+
+def test_a_database_failure_fails_each_snapshot_of_the_batch_and_changes_nothing(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kits = [HostKit(api.site_id, index=i) for i in range(3)]
+    for kit in kits:
+        api.enroll(kit)
+    items = [_prepared(api, kit.next_envelope()) for kit in kits]
+    before, audit_before = api.counts(), api.audit_count()
+
+    def gone(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("connection lost")
+
+    monkeypatch.setattr(routes, "commit_accepted", gone)
+    outcomes = routes.write_batch(api.services, items)
+    assert [str(o) for o in outcomes] == ["connection lost"] * 3
+    assert _metric(api, "veu_ingest_batch_retries_total") == 1
+    assert api.counts() == before and api.audit_count() == audit_before
+
+
+def test_a_lost_race_whose_security_event_cannot_be_written_fails_alone(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    winner, loser = HostKit(api.site_id, index=1), HostKit(api.site_id, index=2)
+    api.enroll(winner)
+    api.enroll(loser)
+    racing = _prepared(api, loser.next_envelope())
+    loser.seq, loser.prev = 0, None
+    assert api.submit(loser.next_envelope(now=ago(seconds=5))).status_code == 200
+    bystander = _prepared(api, winner.next_envelope())
+
+    def audit_down(*args: object) -> None:
+        raise RuntimeError("audit log unavailable")
+
+    monkeypatch.setattr(routes, "_rejected", audit_down)
+    outcomes = routes.write_batch(api.services, [racing, bystander])
+    assert isinstance(outcomes[0], RuntimeError) and str(outcomes[0]) == "audit log unavailable"
+    assert isinstance(outcomes[1], routes.IngestOutcome)  # committed, and told so
+    _audit_ok(api)

@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import anyio.to_thread
@@ -31,7 +30,6 @@ from server.api import auth
 from server.api.deps import Services, SvcDep, services
 from server.api.errors import APIError, known_error_response
 from server.findings import Finding, condensed, status_of
-from server.policy import PolicySet
 from server.results import sign_result
 from server.store import compliance, repo
 from server.store.ingest import (
@@ -43,9 +41,9 @@ from server.store.ingest import (
     audit_rejection,
     commit_accepted,
     lookup,
+    prepare_write,
 )
 from server.verify import Accepted, Fork, NonceReused, Rejected, appraise, preparse
-from server.verify import ChainHead as HeadRecord
 
 log = logging.getLogger("veu.ingest")
 router = APIRouter(prefix="/v1", tags=["evidence"])
@@ -176,18 +174,16 @@ class IngestFastPath:
 
 @dataclass(frozen=True)
 class Pending:
-    """An accepted snapshot, judged and its result signed, waiting for its transaction."""
+    """An accepted snapshot, judged, its result signed and its rows built, waiting for its
+    transaction (the writer thread only executes statements)."""
 
     accepted: Accepted
-    judged: compliance.HostJudgement
-    policy: PolicySet
-    head: HeadRecord | None
-    inventory_digest: str | None
     raw: bytes
-    now: datetime
-    findings: tuple[Finding, ...]
     status: str
     result: str
+    write: Write
+    host: compliance.HostUpdate
+    event: audit.Event
 
     def outcome(self) -> IngestOutcome:
         return IngestOutcome(self.accepted.digest, self.status, self.result, False)
@@ -247,15 +243,30 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
     )
     return Pending(
         accepted=verdict,
-        judged=judged,
-        policy=policy,
-        head=state.head,
-        inventory_digest=state.inventory_digest,
         raw=data,
-        now=now,
-        findings=findings,
         status=status,
         result=result,
+        write=prepare_write(
+            verdict,
+            site_id=judged.site_id,
+            head=state.head,
+            raw=data,
+            status=status,
+            findings=findings,
+            result=result,
+            now=now,
+            inventory_digest=state.inventory_digest,
+        ),
+        host=compliance.host_update(
+            policy,
+            key_id=verdict.key_id,
+            snapshot=verdict.snapshot,
+            digest=verdict.digest,
+            judgement=judged,
+            findings=findings,
+            now=now,
+        ),
+        event=accepted_event(verdict, status=status, findings=findings, now=now),
     )
 
 
@@ -264,47 +275,9 @@ def _write(session: Session, items: Sequence[Pending]) -> None:
     snapshots of distinct hosts, in host order (two workers' batches lock host rows in one
     order), the audit rows last with one claim of the audit head."""
     ordered = sorted(items, key=lambda item: item.accepted.key_id)
-    commit_accepted(
-        session,
-        [
-            Write(
-                accepted=item.accepted,
-                site_id=item.judged.site_id,
-                head=item.head,
-                raw=item.raw,
-                status=item.status,
-                findings=item.findings,
-                result=item.result,
-                now=item.now,
-                inventory_digest=item.inventory_digest,
-            )
-            for item in ordered
-        ],
-    )
-    by_policy: dict[int, list[Pending]] = {}
-    for item in ordered:
-        by_policy.setdefault(id(item.policy), []).append(item)
-    for group in by_policy.values():  # one pack set, unless a reload happened mid-batch
-        compliance.record_hosts(
-            session,
-            group[0].policy,
-            [
-                compliance.HostUpdate(
-                    key_id=item.accepted.key_id,
-                    snapshot=item.accepted.snapshot,
-                    digest=item.accepted.digest,
-                    judgement=item.judged,
-                    findings=item.findings,
-                    now=item.now,
-                )
-                for item in group
-            ],
-        )
-    audit.append_many(session, [_event(item) for item in ordered])
-
-
-def _event(item: Pending) -> audit.Event:
-    return accepted_event(item.accepted, status=item.status, findings=item.findings, now=item.now)
+    commit_accepted(session, [item.write for item in ordered])
+    compliance.record_hosts(session, [item.host for item in ordered])
+    audit.append_many(session, [item.event for item in ordered])
 
 
 def write_batch(svc: Services, batch: Sequence[Pending]) -> list[IngestOutcome | BaseException]:

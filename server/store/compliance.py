@@ -215,14 +215,46 @@ def findings_key(findings: Sequence[Finding]) -> str:
 
 @dataclass(frozen=True)
 class HostUpdate:
-    """One accepted snapshot's effect on its host's compliance rows."""
+    """One accepted snapshot's effect on its host's compliance rows, built by
+    :func:`host_update` before the write transaction."""
 
     key_id: str
-    snapshot: SnapshotV1
-    digest: str
-    judgement: HostJudgement
+    site_id: str
+    org_id: str
     findings: Sequence[Finding]
     now: datetime
+    #: The ``host_state`` columns this snapshot sets.
+    values: dict[str, Any]
+
+
+def host_update(
+    policy: PolicySet,
+    *,
+    key_id: str,
+    snapshot: SnapshotV1,
+    digest: str,
+    judgement: HostJudgement,
+    findings: Sequence[Finding],
+    now: datetime,
+) -> HostUpdate:
+    """The host's new contribution (pending until its site settles) and findings key."""
+    new = policy.contribution(snapshot, judgement.on, country=judgement.country)
+    return HostUpdate(
+        key_id=key_id,
+        site_id=judgement.site_id,
+        org_id=judgement.org_id,
+        findings=findings,
+        now=now,
+        values={
+            "contribution": json.dumps(new.to_json()),
+            "collected_at": snapshot.collected_at_datetime(),
+            "status": status_of(list(findings)),
+            "snapshot_digest": digest,
+            "accelerators": len(snapshot.accelerators),
+            "tpp": sum(m.tpp for m in new.models.values()),
+            "findings_key": findings_key(findings),
+        },
+    )
 
 
 def record_host(
@@ -237,11 +269,20 @@ def record_host(
     now: datetime,
 ) -> None:
     """:func:`record_hosts` for one host."""
-    record_hosts(session, policy, [HostUpdate(key_id, snapshot, digest, judgement, findings, now)])
+    update = host_update(
+        policy,
+        key_id=key_id,
+        snapshot=snapshot,
+        digest=digest,
+        judgement=judgement,
+        findings=findings,
+        now=now,
+    )
+    record_hosts(session, [update])
 
 
-def record_hosts(session: Session, policy: PolicySet, updates: Sequence[HostUpdate]) -> None:
-    """Each host's new contribution (pending until its site settles) and findings history.
+def record_hosts(session: Session, updates: Sequence[HostUpdate]) -> None:
+    """Each host's new contribution and findings history.
 
     Touches only these hosts' rows, each statement once for all of them. An unchanged set of
     open findings costs a ``last_seen_at`` update instead of reading and comparing every open
@@ -259,32 +300,22 @@ def record_hosts(session: Session, policy: PolicySet, updates: Sequence[HostUpda
     seen: list[dict[str, Any]] = []
     resync: list[HostUpdate] = []
     for u in updates:
-        new = policy.contribution(u.snapshot, u.judgement.on, country=u.judgement.country)
-        fkey = findings_key(u.findings)
-        values = {
-            "contribution": json.dumps(new.to_json()),
-            "collected_at": u.snapshot.collected_at_datetime(),
-            "status": status_of(list(u.findings)),
-            "snapshot_digest": u.digest,
-            "accelerators": len(u.snapshot.accelerators),
-            "tpp": sum(m.tpp for m in new.models.values()),
-            "findings_key": fkey,
-        }
         if u.key_id not in prior:
             inserts.append(
                 {
                     "key_id": u.key_id,
-                    "site_id": u.judgement.site_id,
-                    "org_id": u.judgement.org_id,
+                    "site_id": u.site_id,
+                    "org_id": u.org_id,
                     "applied": None,
                     "pending": True,
                     "revoked": False,
-                    **values,
+                    **u.values,
                 }
             )
-        else:
-            changes.append({"k": u.key_id, **values})
-        if u.key_id in prior and prior[u.key_id] == fkey:
+            resync.append(u)
+            continue
+        changes.append({"k": u.key_id, **u.values})
+        if prior[u.key_id] == u.values["findings_key"]:
             seen.append({"k": u.key_id, "at": u.now})
         else:
             resync.append(u)
@@ -299,8 +330,8 @@ def record_hosts(session: Session, policy: PolicySet, updates: Sequence[HostUpda
             session,
             "host",
             u.key_id,
-            site_id=u.judgement.site_id,
-            org_id=u.judgement.org_id,
+            site_id=u.site_id,
+            org_id=u.org_id,
             findings=u.findings,
             now=u.now,
         )

@@ -295,19 +295,64 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class Write:
-    """One accepted snapshot to store, as appraisal left it (``head``: the head it saw)."""
+    """One accepted snapshot's rows, built by :func:`prepare_write` before the write
+    transaction (CPU work stays out of the single writer)."""
 
-    accepted: Accepted
-    site_id: str
+    key_id: str
+    digest: str
+    nonce: str | None
     head: HeadRecord | None
-    raw: bytes
-    status: str
-    findings: Sequence[Finding]
-    result: str
+    snapshot_row: dict[str, Any]
+    #: The host's inventory rows, or None when they are unchanged since the head.
+    inventory: _Rows | None
+    inventory_digest: str
     now: datetime
-    inventory_digest: str | None = None
+
+
+def prepare_write(
+    accepted: Accepted,
+    *,
+    site_id: str,
+    head: HeadRecord | None,
+    raw: bytes,
+    status: str,
+    findings: Sequence[Finding],
+    result: str,
+    now: datetime,
+    inventory_digest: str | None = None,
+) -> Write:
+    """The rows of one accepted snapshot (``head``: the head appraisal saw;
+    ``inventory_digest``: the stored inventory's)."""
+    rows, new_inventory = _inventory(accepted)
+    return Write(
+        key_id=accepted.key_id,
+        digest=accepted.digest,
+        nonce=accepted.nonce,
+        head=head,
+        snapshot_row={
+            "digest": accepted.digest,
+            "key_id": accepted.key_id,
+            "site_id": site_id,
+            "seq": accepted.seq,
+            "prev": accepted.prev,
+            "nonce": accepted.nonce,
+            "collected_at": accepted.collected_at,
+            "received_at": now,
+            "status": status,
+            "findings": json.dumps([f.to_json() for f in findings], sort_keys=True),
+            "result": result,
+            "size": len(raw),
+            "envelope": raw,
+        },
+        inventory=rows if new_inventory != inventory_digest else None,
+        inventory_digest=new_inventory,
+        now=now,
+    )
 
 
 def commit_accepted(session: Session, writes: Sequence[Write]) -> None:
@@ -321,64 +366,37 @@ def commit_accepted(session: Session, writes: Sequence[Write]) -> None:
     if not writes:
         return
     try:
-        session.execute(
-            _SNAPSHOTS.insert(),
-            [
-                {
-                    "digest": w.accepted.digest,
-                    "key_id": w.accepted.key_id,
-                    "site_id": w.site_id,
-                    "seq": w.accepted.seq,
-                    "prev": w.accepted.prev,
-                    "nonce": w.accepted.nonce,
-                    "collected_at": w.accepted.collected_at,
-                    "received_at": w.now,
-                    "status": w.status,
-                    "findings": json.dumps([f.to_json() for f in w.findings], sort_keys=True),
-                    "result": w.result,
-                    "size": len(w.raw),
-                    "envelope": w.raw,
-                }
-                for w in writes
-            ],
-        )
+        session.execute(_SNAPSHOTS.insert(), [w.snapshot_row for w in writes])
     except IntegrityError as exc:
         text = str(exc.orig).lower()
         if "digest" in text:
-            raise AlreadyStored(writes[0].accepted.digest) from None
-        raise HeadMoved(writes[0].accepted.key_id) from None
+            raise AlreadyStored(writes[0].digest) from None
+        raise HeadMoved(writes[0].key_id) from None
     advances: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
-    replaced: list[tuple[str, _Rows]] = []
     for w in writes:
-        rows, new_inventory = _inventory(w.accepted)
         old_digest = w.head.digest if w.head is not None else None
         advances[old_digest is None].append(
             {
-                "k": w.accepted.key_id,
+                "k": w.key_id,
                 "old_seq": w.head.seq if w.head is not None else 0,
                 "old_digest": old_digest,
-                "new_seq": w.accepted.seq,
-                "new_digest": w.accepted.digest,
-                "inv": new_inventory,
+                "new_seq": w.snapshot_row["seq"],
+                "new_digest": w.digest,
+                "inv": w.inventory_digest,
                 "at": w.now,
             }
         )
-        if new_inventory != w.inventory_digest:
-            replaced.append((w.accepted.key_id, rows))
     for from_start, params in advances.items():
         if params:
             moved = session.execute(_ADVANCE_FROM_START if from_start else _ADVANCE, params)
             if moved.rowcount != len(params):  # type: ignore[attr-defined]
                 raise HeadMoved(params[0]["k"])
-    spends = [
-        {"n": w.accepted.nonce, "k": w.accepted.key_id, "at": w.now}
-        for w in writes
-        if w.accepted.nonce is not None
-    ]
+    spends = [{"n": w.nonce, "k": w.key_id, "at": w.now} for w in writes if w.nonce is not None]
     if spends:
         spent = session.execute(_SPEND_NONCE, spends)
         if spent.rowcount != len(spends):  # type: ignore[attr-defined]
             raise NonceSpent(spends[0]["n"])
+    replaced = [(w.key_id, w.inventory) for w in writes if w.inventory is not None]
     if replaced:
         _replace_inventory(session, replaced)
 
@@ -401,9 +419,6 @@ def accepted_event(
             "nonce": accepted.nonce,
         },
     )
-
-
-_Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]
 
 
 def _inventory(accepted: Accepted) -> tuple[_Rows, str]:

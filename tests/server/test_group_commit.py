@@ -193,15 +193,20 @@ def test_a_batch_of_hosts_commits_in_one_transaction(api: Any) -> None:
         assert host["chain_head"] == {"seq": 2, "digest": kit.prev}
 
 
-def test_a_batch_that_loses_a_race_is_retried_one_by_one(api: Any) -> None:
+def _lost_race(api: Any) -> tuple[routes.Pending, routes.Pending]:
+    """A snapshot that lost its race before its commit (another child of the same head was
+    accepted while it waited), and a bystander snapshot of another host."""
     winner, loser = HostKit(api.site_id, index=1), HostKit(api.site_id, index=2)
     api.enroll(winner)
     api.enroll(loser)
     racing = _prepared(api, loser.next_envelope())
-    # Another child of the same head (a fork) is accepted first, while ``racing`` waits.
     loser.seq, loser.prev = 0, None
     assert api.submit(loser.next_envelope(now=ago(seconds=5))).status_code == 200
-    bystander = _prepared(api, winner.next_envelope())
+    return racing, _prepared(api, winner.next_envelope())
+
+
+def test_a_batch_that_loses_a_race_is_retried_one_by_one(api: Any) -> None:
+    racing, bystander = _lost_race(api)
     before = api.counts()
     outcomes = routes.write_batch(api.services, [racing, bystander])
     assert _metric(api, "veu_ingest_batch_retries_total") == 1
@@ -333,13 +338,7 @@ def test_a_database_failure_fails_each_snapshot_of_the_batch_and_changes_nothing
 def test_a_lost_race_whose_security_event_cannot_be_written_fails_alone(
     api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    winner, loser = HostKit(api.site_id, index=1), HostKit(api.site_id, index=2)
-    api.enroll(winner)
-    api.enroll(loser)
-    racing = _prepared(api, loser.next_envelope())
-    loser.seq, loser.prev = 0, None
-    assert api.submit(loser.next_envelope(now=ago(seconds=5))).status_code == 200
-    bystander = _prepared(api, winner.next_envelope())
+    racing, bystander = _lost_race(api)
 
     def audit_down(*args: object) -> None:
         raise RuntimeError("audit log unavailable")

@@ -8,7 +8,7 @@ contributions (computed by the policy engine from each host's real snapshot) and
 organization aggregates (summed from those contributions) — instead of 12,500 HTTP enrollments.
 Then, in-process (``create_app`` + Starlette's TestClient: server time, no network):
 
-1. **site status update**: ``compliance.judge_host`` + ``compliance.record_host`` +
+1. **site status update**: ``compliance.judge_host`` + ``compliance.record_hosts`` +
    ``compliance.settle_site`` (the site and its organization judged) + commit, in one
    write transaction, for a new snapshot of a random host of the site (its inventory alternates
    between 8 and 7 GPUs so every update moves the aggregate) — the cost the design says must not
@@ -194,7 +194,7 @@ def populate(svc: Any, site_id: str, org_id: str, hosts: int) -> tuple[list[Host
 
 
 def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[float]:
-    """judge_host + record_host + settle_site + commit for a new snapshot of a random host
+    """judge_host + record_hosts + settle_site + commit for a new snapshot of a random host
     (8 <-> 7 GPUs)."""
     rng = random.Random(11)
     out = []
@@ -210,8 +210,7 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
         t0 = time.perf_counter()
         with svc.db.write() as s:
             judged = compliance.judge_host(s, svc.policy, snap, kit.key_id, site_id)
-            compliance.record_host(
-                s,
+            update = compliance.host_update(
                 svc.policy,
                 key_id=kit.key_id,
                 snapshot=snap,
@@ -220,6 +219,7 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
                 findings=judged.findings,
                 now=now,
             )
+            compliance.record_hosts(s, [update])
             compliance.settle_site(s, svc.policy, site_id, now, svc.compliance)
         out.append(time.perf_counter() - t0)
     return out

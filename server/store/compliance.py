@@ -6,7 +6,7 @@ or organization-wide lock:
 
 1. In the ingest transaction, per host: :func:`judge_host` (the host-scope findings of one
    accepted snapshot, judged against its site's country, test flag, authorization and the model
-   registry) and :func:`record_host` (the host's new contribution and its findings history; it
+   registry) and :func:`record_hosts` (the host's new contribution and its findings history; it
    only touches this host's rows and marks the row ``pending``).
 2. Settling, per site (:func:`settle_site`): under the site's row lock, every pending host's
    ``contribution - applied`` is folded into the site aggregate (a delta, O(chip models) per
@@ -255,30 +255,6 @@ def host_update(
             "findings_key": findings_key(findings),
         },
     )
-
-
-def record_host(
-    session: Session,
-    policy: PolicySet,
-    *,
-    key_id: str,
-    snapshot: SnapshotV1,
-    digest: str,
-    judgement: HostJudgement,
-    findings: Sequence[Finding],
-    now: datetime,
-) -> None:
-    """:func:`record_hosts` for one host."""
-    update = host_update(
-        policy,
-        key_id=key_id,
-        snapshot=snapshot,
-        digest=digest,
-        judgement=judgement,
-        findings=findings,
-        now=now,
-    )
-    record_hosts(session, [update])
 
 
 def record_hosts(session: Session, updates: Sequence[HostUpdate]) -> None:

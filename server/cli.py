@@ -99,27 +99,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     if args.workers > 1:
-        _serve_workers(config)
+        from server.workers import supervisor
+
+        try:
+            workers = supervisor(config)
+        except OSError as exc:
+            raise CliError(
+                "cannot_listen",
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+                " (is another process on that port? choose one with --port)",
+            ) from None
+        workers.run()
     else:
         uvicorn.Server(config).run()
     return EXIT_OK
-
-
-def _serve_workers(config: uvicorn.Config) -> None:
-    """uvicorn's multiprocess mode, with TCP_NODELAY on the shared listening socket.
-
-    uvicorn binds that socket itself with ``proto=0``, so asyncio does not set TCP_NODELAY on the
-    connections it accepts, and every keep-alive response waits ~40 ms for the client's delayed
-    ACK (Nagle). On Linux accepted sockets inherit the option from the listening socket.
-    """
-    import socket
-
-    from uvicorn.supervisors import Multiprocess
-
-    sock = config.bind_socket()
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    Multiprocess(config, sockets=[sock]).run()
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -4,8 +4,10 @@ tests/server/test_ingest.py already proves the two races across two separate ``s
 processes (two children of one head: one accepted, one ``fork``; one envelope twice
 at once: one row, identical answers). This file adds what it does not cover:
 
-- the same two races through ONE ``serve --workers 2`` (uvicorn's multiprocess mode, the
-  documented deployment; the kernel spreads connections over the workers' shared socket);
+- the same two races through ONE ``serve --workers 2`` (uvicorn's supervisor, the documented
+  deployment; each worker listens on its own ``SO_REUSEPORT`` socket, server/workers.py);
+- that connections opened at once reach both workers, and that a killed worker is replaced
+  without a new connection being lost;
 - the site and organization aggregates staying exact under a concurrent burst from many hosts of
   one site on two workers — including the very first snapshots of a site, when its aggregate row
   does not exist yet. Both workers' settlers fold the pending hosts in under the site row's lock
@@ -21,7 +23,13 @@ Skipped without ``VEU_TEST_PG_URL``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,13 +86,19 @@ def _posture(secure_boot: bool) -> Any:
 
 
 def _worker_pids(server: LiveServer) -> list[int]:
+    """The worker processes (not multiprocessing's resource tracker)."""
     import psutil
 
-    return [c.pid for c in psutil.Process(server.process.pid).children(recursive=True)]
+    pids = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any("spawn_main" in part for part in child.cmdline()):
+                pids.append(child.pid)
+    return pids
 
 
 def test_serve_with_two_workers_runs_two_worker_processes(workers2: Fleet) -> None:
-    assert len(_worker_pids(workers2.server)) >= 2
+    assert len(_worker_pids(workers2.server)) == 2
 
 
 def test_two_children_of_one_head_through_two_workers_one_accepted_one_refused(
@@ -215,3 +229,110 @@ def test_the_site_aggregate_stays_exact_over_repeated_bursts_on_two_workers(
         status = _status(workers2)
         assert hosts == len(kits) and status["accelerators"] == accelerators_sum == sum(finals)
         assert status["installed_tpp"] == tpp_sum
+
+
+# --------------------------------------------------------------------------- one socket per worker
+
+
+def _listening_inodes(pid: int, port: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds that listen on ``port`` (from /proc)."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                held.add(target[8:-1])
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                    listening.add(inode)
+    return held & listening
+
+
+def _established_counts(server: LiveServer) -> list[int]:
+    import psutil
+
+    port = int(server.url.rsplit(":", 1)[1])
+    counts = []
+    for pid in _worker_pids(server):
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+        counts.append(sum(1 for c in conns if c.status == "ESTABLISHED" and c.laddr.port == port))
+    return counts
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_each_worker_listens_on_its_own_socket_and_connections_opened_at_once_reach_both(
+    workers2: Fleet,
+) -> None:
+    server = workers2.server
+    port = int(server.url.rsplit(":", 1)[1])
+    inodes = [_listening_inodes(pid, port) for pid in _worker_pids(server)]
+    assert [len(i) for i in inodes] == [1, 1] and inodes[0] != inodes[1], inodes
+    assert _listening_inodes(server.process.pid, port) == set()  # the supervisor holds none
+    # 16 keep-alive connections opened at once (a load balancer's pool): with one shared
+    # socket the first worker to wake took nearly all of them.
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(16)]
+    try:
+        answers = _race([lambda c=c: c.get("/healthz") for c in clients])  # type: ignore[misc]
+        assert all(r.status_code == 200 for r in answers)
+        counts = _established_counts(server)
+        assert sum(counts) == 16 and min(counts) >= 1, counts
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_killed_worker_is_replaced_and_no_new_connection_is_lost(workers2: Fleet) -> None:
+    import psutil
+
+    server = workers2.server
+    victim = _worker_pids(server)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = _worker_pids(server)
+        if victim not in pids and len(pids) == 2 and all(psutil.pid_exists(p) for p in pids):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the killed worker was not replaced")
+    # Every new connection is answered (none hashed to the dead worker's socket), whether or
+    # not the replacement is up yet.
+    for _ in range(40):
+        r = httpx.get(f"{server.url}/healthz", timeout=10)
+        assert r.status_code == 200
+    kit = HostKit(workers2.site_id)
+    workers2.enroll(kit)
+    assert _post(server.url, kit.next_envelope())().status_code == 200
+
+
+def test_serve_with_workers_on_a_port_in_use_is_a_clear_error(
+    pg_database_factory: Callable[[], str], tmp_path: Path
+) -> None:
+    from tests.server.conftest import run_cli
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = str(busy.getsockname()[1])
+        out = run_cli(
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            port,
+            "--workers",
+            "2",
+            db=pg_database_factory(),
+            check=False,
+        )
+    finally:
+        busy.close()
+    assert out.returncode == 2, out.stderr
+    assert f"error: cannot_listen: cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -23,6 +23,7 @@ ENV_REFRESH = "VEU_REFRESH_INTERVAL"
 ENV_SETTLE = "VEU_SETTLE_INTERVAL"
 ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
+ENV_INGEST_BATCH_WAIT = "VEU_INGEST_BATCH_WAIT_MS"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -64,6 +65,9 @@ class Settings:
     #: server/groupcommit.py). Batches form only while a commit is running, so a lightly loaded
     #: verifier commits each snapshot alone; 1 turns batching off.
     ingest_batch_max: int = 32
+    #: How long the writer waits for snapshots still under appraisal in this process before it
+    #: commits what is queued (never when none is under appraisal); 0 commits at once.
+    ingest_batch_wait_ms: float = 5.0
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -95,6 +99,9 @@ class Settings:
         batch = _env_number(ENV_INGEST_BATCH, 32, "a number of snapshots (1: no batching)")
         if batch < 1:
             raise ConfigError(f"{ENV_INGEST_BATCH} must be at least 1 (1 turns batching off)")
+        wait_ms = _env_number(ENV_INGEST_BATCH_WAIT, 5.0, "milliseconds (0: commit at once)")
+        if wait_ms > 1000:
+            raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -104,6 +111,7 @@ class Settings:
             settle_interval_s=settle,
             ingest_concurrency=int(concurrency) if concurrency >= 1 else None,
             ingest_batch_max=int(batch),
+            ingest_batch_wait_ms=wait_ms,
         )
 
 

@@ -96,6 +96,7 @@ class Services:
                 self._committer = GroupCommitter(
                     write,
                     max_batch=self.settings.ingest_batch_max,
+                    linger_s=self.settings.ingest_batch_wait_ms / 1000,
                     name="veu-ingest-commit",
                     on_batch=self.metrics.commit_batch.observe,
                 )

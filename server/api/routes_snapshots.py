@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,17 +127,16 @@ async def _submit(svc: Services, request: Request) -> JSONResponse:
     started = time.perf_counter()
     try:
         # A few at a time per process (Settings.ingest_concurrency): the rest queue here, in
-        # order, instead of contending for the GIL and the database in the threadpool.
-        prepared = await anyio.to_thread.run_sync(
-            appraise_body, svc, data, limiter=svc.ingest_limiter()
+        # order, instead of contending for the GIL and the database in the threadpool. An
+        # accepted snapshot is handed to the writer from the thread (the limiter is then free
+        # for the next appraisal while this one waits for its group commit).
+        answer = await anyio.to_thread.run_sync(
+            appraise_and_submit, svc, data, limiter=svc.ingest_limiter()
         )
-        if isinstance(prepared, Pending):
-            # The limiter is free again: the next snapshot is appraised while this one waits
-            # for its (group) commit.
-            committer = svc.ingest_committer(lambda batch: write_batch(svc, batch))
-            outcome: IngestOutcome = await asyncio.wrap_future(committer.submit(prepared))
+        if isinstance(answer, Future):
+            outcome: IngestOutcome = await asyncio.wrap_future(answer)
         else:
-            outcome = prepared
+            outcome = answer
     finally:
         svc.metrics.ingest_seconds.observe(time.perf_counter() - started)
     # Built directly: the shape is fixed, and re-validating it costs more than building it.
@@ -187,6 +187,19 @@ class Pending:
 
     def outcome(self) -> IngestOutcome:
         return IngestOutcome(self.accepted.digest, self.status, self.result, False)
+
+
+def appraise_and_submit(svc: Services, data: bytes) -> IngestOutcome | Future[IngestOutcome]:
+    """Appraise; an accepted snapshot goes to this process's group committer, and its future
+    resolves after the commit. The committer knows an appraisal is running, and waits for it
+    (briefly) before committing what is queued (server/groupcommit.py)."""
+    committer = svc.ingest_committer(lambda batch: write_batch(svc, batch))
+    with committer.preparing():
+        prepared = appraise_body(svc, data)
+        if isinstance(prepared, Pending):
+            future: Future[IngestOutcome] = committer.submit(prepared)
+            return future
+    return prepared
 
 
 def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:

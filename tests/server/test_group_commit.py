@@ -18,7 +18,7 @@ from server.api import routes_snapshots as routes
 from server.api.app import create_app
 from server.api.errors import APIError
 from server.audit import verify_audit
-from server.config import ENV_INGEST_BATCH, ConfigError, Settings
+from server.config import ENV_INGEST_BATCH, ENV_INGEST_BATCH_WAIT, ConfigError, Settings
 from server.groupcommit import GroupCommitter
 from server.results import verify_result
 from tests.server.builders import HostKit, ago, digest_of
@@ -148,9 +148,81 @@ def test_a_closed_committer_refuses_new_items_and_finishes_queued_ones() -> None
     assert _wait([first, queued]) == [0, 20]
 
 
-def test_max_batch_must_be_positive() -> None:
+def test_max_batch_must_be_positive_and_linger_not_negative() -> None:
     with pytest.raises(ValueError):
         GroupCommitter(lambda items: list(items), max_batch=0)
+    with pytest.raises(ValueError):
+        GroupCommitter(lambda items: list(items), linger_s=-0.1)
+
+
+class Recorder:
+    """A write function that records its batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        self.batches.append(list(items))
+        return list(items)
+
+
+def test_the_writer_waits_for_an_item_being_prepared_and_commits_both_together() -> None:
+    record = Recorder()
+    committer: GroupCommitter[int, int] = GroupCommitter(record, linger_s=10.0)
+    started = threading.Event()
+    go = threading.Event()
+
+    def prepare() -> Future[int]:
+        with committer.preparing():
+            started.set()
+            assert go.wait(10)
+            return committer.submit(2)
+
+    pool = threading.Thread(target=lambda: results.append(prepare()))
+    results: list[Future[int]] = []
+    pool.start()
+    assert started.wait(10)
+    first = committer.submit(1)
+    time.sleep(0.1)
+    assert not first.done() and record.batches == []  # waiting for the one being prepared
+    go.set()
+    pool.join(10)
+    assert _wait([first, *results]) == [1, 2]
+    assert record.batches == [[1, 2]]
+
+
+def test_an_item_prepared_but_never_submitted_delays_a_batch_by_at_most_the_linger() -> None:
+    record = Recorder()
+    committer: GroupCommitter[int, int] = GroupCommitter(record, linger_s=0.2)
+    with committer.preparing():  # e.g. a snapshot that will be refused
+        begun = time.monotonic()
+        assert committer.submit(1).result(timeout=10) == 1
+        waited = time.monotonic() - begun
+    assert 0.15 <= waited < 5, waited  # bounded, not a timing target
+    assert record.batches == [[1]]
+
+
+def test_an_item_with_nothing_being_prepared_is_committed_at_once() -> None:
+    record = Recorder()
+    committer: GroupCommitter[int, int] = GroupCommitter(record, linger_s=30.0)
+    assert committer.submit(1).result(timeout=10) == 1  # would take 30 s if it lingered
+    with committer.preparing():
+        pass  # announced, then abandoned: nothing is left to wait for
+    assert committer.submit(2).result(timeout=10) == 2
+    assert record.batches == [[1], [2]]
+
+
+def test_a_full_batch_does_not_wait_for_items_being_prepared() -> None:
+    gate = Gate()
+    committer: GroupCommitter[int, int] = GroupCommitter(gate, max_batch=2, linger_s=30.0)
+    first = committer.submit(0)
+    assert gate.entered.wait(10)
+    queued = [committer.submit(2), committer.submit(4)]
+    with committer.preparing():
+        gate.release.set()
+        assert _wait(queued) == [20, 40]  # the batch of two went without waiting
+    assert _wait([first]) == [0]
+    assert gate.batches == [[0], [2, 4]]
 
 
 # --------------------------------------------------------------------------- batch writes
@@ -284,6 +356,18 @@ def test_concurrent_submissions_over_the_async_path_are_all_committed(api: Any) 
 
 
 # --------------------------------------------------------------------------- configuration
+
+
+def test_the_batch_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().ingest_batch_wait_ms == 5.0
+    monkeypatch.setenv(ENV_INGEST_BATCH_WAIT, "0")
+    assert Settings.from_env().ingest_batch_wait_ms == 0
+    monkeypatch.setenv(ENV_INGEST_BATCH_WAIT, "2.5")
+    assert Settings.from_env().ingest_batch_wait_ms == 2.5
+    for bad in ("-1", "soon", "1001"):
+        monkeypatch.setenv(ENV_INGEST_BATCH_WAIT, bad)
+        with pytest.raises(ConfigError, match=ENV_INGEST_BATCH_WAIT):
+            Settings.from_env()
 
 
 def test_the_batch_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -300,8 +300,8 @@ def test_a_killed_worker_is_replaced_and_no_new_connection_is_lost(workers2: Fle
         time.sleep(0.2)
     else:
         pytest.fail("the killed worker was not replaced")
-    # Every new connection is answered (none hashed to the dead worker's socket), whether or
-    # not the replacement is up yet.
+    # Every new connection is answered: none is hashed to the dead worker's socket, because the
+    # supervisor kept no copy of it to hold it in the group.
     for _ in range(40):
         r = httpx.get(f"{server.url}/healthz", timeout=10)
         assert r.status_code == 200

@@ -358,25 +358,34 @@ def test_concurrent_submissions_over_the_async_path_are_all_committed(api: Any) 
 # --------------------------------------------------------------------------- configuration
 
 
-def test_the_batch_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().ingest_batch_wait_ms == 5.0
-    monkeypatch.setenv(ENV_INGEST_BATCH_WAIT, "0")
-    assert Settings.from_env().ingest_batch_wait_ms == 0
-    monkeypatch.setenv(ENV_INGEST_BATCH_WAIT, "2.5")
-    assert Settings.from_env().ingest_batch_wait_ms == 2.5
-    for bad in ("-1", "soon", "1001"):
-        monkeypatch.setenv(ENV_INGEST_BATCH_WAIT, bad)
-        with pytest.raises(ConfigError, match=ENV_INGEST_BATCH_WAIT):
-            Settings.from_env()
-
-
-def test_the_batch_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().ingest_batch_max == 32
-    monkeypatch.setenv(ENV_INGEST_BATCH, "4")
-    assert Settings.from_env().ingest_batch_max == 4
-    for bad in ("0", "lots", "-2"):
-        monkeypatch.setenv(ENV_INGEST_BATCH, bad)
-        with pytest.raises(ConfigError, match=ENV_INGEST_BATCH):
+@pytest.mark.parametrize(
+    ("env", "attr", "default", "good", "bad"),
+    [
+        (ENV_INGEST_BATCH, "ingest_batch_max", 32, {"4": 4}, ("0", "lots", "-2")),
+        (
+            ENV_INGEST_BATCH_WAIT,
+            "ingest_batch_wait_ms",
+            5.0,
+            {"0": 0, "2.5": 2.5},
+            ("-1", "soon", "1001"),
+        ),
+    ],
+)
+def test_the_group_commit_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+    env: str,
+    attr: str,
+    default: float,
+    good: dict[str, float],
+    bad: tuple[str, ...],
+) -> None:
+    assert getattr(Settings(), attr) == default
+    for raw, value in good.items():
+        monkeypatch.setenv(env, raw)
+        assert getattr(Settings.from_env(), attr) == value
+    for raw in bad:
+        monkeypatch.setenv(env, raw)
+        with pytest.raises(ConfigError, match=env):
             Settings.from_env()
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -84,15 +85,6 @@ def _reject_constant(name: str) -> Any:
     raise MalformedError(f"JSON constant {name} is not allowed", code="malformed_json")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise MalformedError(f"duplicate JSON key {key!r}", code="duplicate_key")
-        out[key] = value
-    return out
-
-
 def _depth(value: Any, limit: int) -> int:
     """Nesting depth of a parsed JSON value, level by level over containers only (no recursion
     limit surprises, and scalars, most of a snapshot, are never visited one by one). Stops as
@@ -111,22 +103,60 @@ def _depth(value: Any, limit: int) -> int:
     return depth
 
 
+@dataclass(frozen=True)
+class StrictJSON:
+    """A strictly parsed JSON value, and what the parser saw on the way."""
+
+    value: Any
+    #: No floats, and every object key below U+D800: the standard library's encoder gives the
+    #: JCS bytes of ``value`` (see :func:`_fast_path_ok`; integers are already bounded to
+    #: +-(2^53-1) by the parse), so :func:`canonical_bytes` need not walk it again.
+    stdlib_jcs: bool
+
+
 def parse_json_strict(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse UTF-8 JSON, refusing what JCS cannot represent or what is ambiguous.
 
     Rejects invalid UTF-8, duplicate keys, NaN/Infinity, integers beyond IEEE-754 double
     precision (2^53), and nesting deeper than ``max_depth``.
     """
+    return parse_strict(data, max_depth=max_depth).value
+
+
+def parse_strict(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> StrictJSON:
+    """:func:`parse_json_strict`, also noting whether the value is plain enough for the fast
+    canonical encoder (floats and high keys are noted by the parser's own hooks)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedError(f"not valid UTF-8 at byte {exc.start}", code="bad_encoding") from exc
+    plain = [True]
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(items)  # C speed; a repeated key shows as a shorter dict, then named below
+        if len(out) != len(items):
+            seen: set[str] = set()
+            for key, _ in items:
+                if key in seen:
+                    raise MalformedError(f"duplicate JSON key {key!r}", code="duplicate_key")
+                seen.add(key)
+        if plain[0]:
+            keys = "".join(out)
+            if not keys.isascii() and max(keys) >= "\ud800":
+                plain[0] = False
+        return out
+
+    def a_float(number: str) -> float:
+        plain[0] = False
+        return float(number)
+
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=pairs,
             parse_constant=_reject_constant,
             parse_int=_bounded_int,
+            parse_float=a_float,
         )
     except RecursionError as exc:
         raise MalformedError(
@@ -139,7 +169,7 @@ def parse_json_strict(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         ) from exc
     if _depth(value, max_depth) > max_depth:
         raise MalformedError(f"JSON nested deeper than {max_depth} levels", code="json_too_deep")
-    return value
+    return StrictJSON(value, plain[0])
 
 
 _MAX_SAFE_INT = 2**53 - 1
@@ -187,14 +217,15 @@ def _fast_path_ok(value: Any) -> bool:
     return True
 
 
-def canonical_bytes(value: Any) -> bytes:
+def canonical_bytes(value: Any, *, stdlib_jcs: bool | None = None) -> bytes:
     """RFC 8785 (JCS) encoding of a JSON-compatible value.
 
     The ``rfc8785`` package is the reference; it is pure Python and takes ~0.6 s for a snapshot of
     10,000 weight files. Where the C encoder of the standard library is provably byte-identical
     (:func:`_fast_path_ok`; a property test compares both), that is used instead.
+    ``stdlib_jcs``: that test's answer when the caller already has it (:class:`StrictJSON`).
     """
-    if _fast_path_ok(value):
+    if stdlib_jcs if stdlib_jcs is not None else _fast_path_ok(value):
         try:
             return json.dumps(
                 value, sort_keys=True, separators=(",", ":"), ensure_ascii=False
@@ -421,15 +452,16 @@ def statement_bytes(snapshot: SnapshotV1) -> bytes:
 
 
 def parse_statement(
-    payload: bytes, *, parsed: tuple[Any] | None = None
+    payload: bytes, *, parsed: StrictJSON | None = None
 ) -> tuple[Statement, SnapshotV1]:
     """Validate payload bytes: canonical JCS, an in-toto Statement, a known predicate.
 
-    ``parsed``: the caller's own :func:`parse_json_strict` of exactly ``payload`` (as a 1-tuple,
-    with a depth limit no looser than :data:`MAX_JSON_DEPTH`), so the bytes are not parsed twice.
+    ``parsed``: the caller's own :func:`parse_strict` of exactly ``payload`` (with a depth limit
+    no looser than :data:`MAX_JSON_DEPTH`), so the bytes are not parsed twice.
     """
-    value = parsed[0] if parsed is not None else parse_json_strict(payload)
-    if canonical_bytes(value) != payload:
+    strict = parsed if parsed is not None else parse_strict(payload)
+    value = strict.value
+    if canonical_bytes(value, stdlib_jcs=strict.stdlib_jcs) != payload:
         raise MalformedError(
             "payload is not in RFC 8785 canonical form", code="non_canonical_payload"
         )
@@ -535,13 +567,17 @@ def parse_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envel
     return envelope
 
 
-def verify_envelope(envelope: Envelope, keys: Mapping[str, Ed25519PublicKey]) -> tuple[bytes, str]:
+def verify_envelope(
+    envelope: Envelope, keys: Mapping[str, Ed25519PublicKey], *, payload: bytes | None = None
+) -> tuple[bytes, str]:
     """Return (payload, keyid) for the first signature made by a key in ``keys``.
 
     Signatures by unknown key ids are skipped (DSSE allows several signers); at least one known
-    signature must verify, and any known-key signature that fails is an error.
+    signature must verify, and any known-key signature that fails is an error. ``payload``:
+    ``envelope.payload_bytes()``, if the caller already decoded it.
     """
-    payload = envelope.payload_bytes()
+    if payload is None:
+        payload = envelope.payload_bytes()
     message = pae(envelope.payloadType, payload)
     verified: str | None = None
     for signature in envelope.signatures:

@@ -75,10 +75,12 @@ from agent.evidence import (
     SignatureError,
     SnapshotV1,
     Statement,
+    StrictJSON,
     b64decode_strict,
     format_timestamp,
     parse_json_strict,
     parse_statement,
+    parse_strict,
     payload_digest,
     verify_envelope,
 )
@@ -492,9 +494,11 @@ class Parsed:
     #: The unauthenticated payload's nonce, or None if it has none or cannot be read.
     nonce: str | None
     size: int
-    #: The payload strictly parsed (a 1-tuple), or None if it is not strict JSON within the depth
-    #: limit: parsed once here, for the nonce, and reused by appraisal once the signature holds.
-    payload_json: tuple[Any] | None = None
+    #: The payload strictly parsed, or None if it is not strict JSON within the depth limit:
+    #: parsed once here, for the nonce, and reused by appraisal once the signature holds.
+    payload_json: StrictJSON | None = None
+    #: The payload's bytes (base64-decoded once, here).
+    payload: bytes | None = None
 
 
 def preparse(data: bytes, config: VerifyConfig = VerifyConfig()) -> Parsed:
@@ -529,7 +533,7 @@ def preparse(data: bytes, config: VerifyConfig = VerifyConfig()) -> Parsed:
         raise _from_evidence(exc) from None
     key_ids = tuple(dict.fromkeys(s.keyid for s in envelope.signatures if _KEY_ID.match(s.keyid)))
     try:
-        payload_json: tuple[Any] | None = (parse_json_strict(payload, max_depth=config.max_depth),)
+        payload_json: StrictJSON | None = parse_strict(payload, max_depth=config.max_depth)
     except EvidenceError:
         payload_json = None
     return Parsed(
@@ -537,9 +541,10 @@ def preparse(data: bytes, config: VerifyConfig = VerifyConfig()) -> Parsed:
         raw=data,
         digest=payload_digest(payload),
         key_ids=key_ids,
-        nonce=_peek_nonce(payload_json[0]) if payload_json is not None else None,
+        nonce=_peek_nonce(payload_json.value) if payload_json is not None else None,
         size=size,
         payload_json=payload_json,
+        payload=payload,
     )
 
 
@@ -635,7 +640,7 @@ def appraise(
     found), ``already_accepted`` whether this key already had ``parsed.digest`` accepted.
     """
     now = _utc(now)
-    payload = _check_signature(parsed.envelope, host)
+    payload = _check_signature(parsed.envelope, host, parsed.payload)
     assert host is not None  # _check_signature raised otherwise
     key_id = host.key_id
     if already_accepted:
@@ -678,8 +683,11 @@ def appraise(
 _Reject = Callable[[type[Rejected], str], Rejected]
 
 
-def _check_signature(envelope: Envelope, host: HostRecord | None) -> bytes:
-    """Rule 4. Returns the authenticated payload bytes."""
+def _check_signature(
+    envelope: Envelope, host: HostRecord | None, payload: bytes | None = None
+) -> bytes:
+    """Rule 4. Returns the authenticated payload bytes (``payload``: the envelope's payload
+    already decoded, if the caller has it)."""
     named = [s.keyid for s in envelope.signatures]
     if host is None or host.key_id not in named:
         shown = ", ".join(_quote(k, 16) for k in named[:4])
@@ -699,7 +707,7 @@ def _check_signature(envelope: Envelope, host: HostRecord | None) -> bytes:
             key_id=host.key_id if valid else None,
         )
     try:
-        payload, _ = verify_envelope(envelope, keys)
+        payload, _ = verify_envelope(envelope, keys, payload=payload)
     except EvidenceError as exc:
         if exc.code != "bad_signature":
             raise _from_evidence(exc) from None

@@ -462,9 +462,51 @@ def test_depth_check_matches_a_plain_recursive_definition(value: object) -> None
 
 
 def test_parse_statement_reuses_the_callers_strict_parse(key: Ed25519PrivateKey) -> None:
-    from agent.evidence import parse_json_strict, parse_statement, statement_bytes
+    from agent.evidence import parse_statement, parse_strict, statement_bytes
 
     payload = statement_bytes(make_snapshot(key))
-    assert parse_statement(payload, parsed=(parse_json_strict(payload),)) == parse_statement(
-        payload
-    )
+    parsed = parse_strict(payload)
+    assert parsed.stdlib_jcs
+    assert parse_statement(payload, parsed=parsed) == parse_statement(payload)
+
+
+@given(json_any)
+@settings(max_examples=400, deadline=None)
+def test_what_the_parser_notes_agrees_with_the_fast_path_walk(value: object) -> None:
+    """``StrictJSON.stdlib_jcs`` (noted while parsing) is exactly :func:`_fast_path_ok` of the
+    parsed value, and canonical bytes made with it match the reference encoder."""
+    import rfc8785
+
+    from agent.evidence import _fast_path_ok, parse_strict
+
+    try:
+        parsed = parse_strict(json.dumps(value).encode())
+    except EvidenceError:  # an integer beyond 2^53: refused by the parse itself
+        return
+    assert parsed.stdlib_jcs == _fast_path_ok(parsed.value)
+    try:
+        reference = bytes(rfc8785.dumps(parsed.value))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError):
+        with pytest.raises(EvidenceError):
+            canonical_bytes(parsed.value, stdlib_jcs=parsed.stdlib_jcs)
+        return
+    assert canonical_bytes(parsed.value, stdlib_jcs=parsed.stdlib_jcs) == reference
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        (b'{"a":[1,"x",null,true]}', True),
+        (b'{"a":1.5}', False),
+        (b'{"a":1.0}', False),
+        (b"[1e2]", False),
+        ('{"caf\u00e9":1}'.encode(), True),
+        ('{"\ufb33":1}'.encode(), False),  # conservative: any key character from U+D800 up
+        ('{"\U0001f600":1}'.encode(), False),
+        (b'{"x":{"\\ud83d\\ude00":1}}', False),  # escaped, in a nested object
+    ],
+)
+def test_the_parser_notes_floats_and_keys_beyond_the_bmp(text: bytes, plain: bool) -> None:
+    from agent.evidence import parse_strict
+
+    assert parse_strict(text).stdlib_jcs is plain

@@ -935,7 +935,7 @@ def test_preparse_keeps_the_strictly_parsed_payload_for_appraisal() -> None:
     data = envelope()
     parsed = preparse(data)
     assert parsed.payload_json is not None
-    assert parsed.payload_json[0] == json.loads(statement_bytes(make_snapshot()))
+    assert parsed.payload_json.value == json.loads(statement_bytes(make_snapshot()))
     assert isinstance(accepted(data), Accepted)
 
 

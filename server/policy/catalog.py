@@ -16,6 +16,7 @@ declares, so a typo in either shows up at load time:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +92,11 @@ class ChipMatch:
 def _norm_hex(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
+    return _norm_hex_text(value)
+
+
+@lru_cache(maxsize=1024)
+def _norm_hex_text(value: str) -> str | None:
     text = value.strip().lower()
     if text.startswith("0x"):
         text = text[2:]
@@ -110,6 +116,9 @@ _CHIP_KEYS = {
 }  # fmt: skip
 
 
+_SEEN_MAX = 4096
+
+
 class Catalog:
     """Chips by PCI id and by reported name. Overlaps are load errors, never first-one-wins."""
 
@@ -123,8 +132,23 @@ class Catalog:
                 self._by_pci[(pid.vendor, pid.device)] = chip
             for name in chip.names:
                 self._by_name[_norm_name(name)] = chip
+        # Every snapshot of every host names the same few boards: remember the answers (bounded:
+        # reported strings are the host's, and a hostile host may vary them endlessly).
+        self._seen: dict[tuple[str | None, str | None, str | None], ChipMatch | None] = {}
 
     def identify(self, acc: Accelerator) -> ChipMatch | None:
+        key = (acc.pci_vendor_id, acc.pci_device_id, acc.model)
+        try:
+            return self._seen[key]
+        except KeyError:
+            pass
+        match = self._identify(acc)
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen[key] = match
+        return match
+
+    def _identify(self, acc: Accelerator) -> ChipMatch | None:
         vendor, device = _norm_hex(acc.pci_vendor_id), _norm_hex(acc.pci_device_id)
         chip = self._by_pci.get((vendor, device)) if vendor and device else None
         how: Literal["pci", "name"] = "pci"

@@ -105,7 +105,7 @@ class Expression:
     memo: dict[str, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def holds_memo(self, variables: Mapping[str, Any], fingerprint: str) -> bool:
-        """:meth:`holds`, remembered by ``fingerprint`` (a canonical encoding of the inputs).
+        """:meth:`holds`, remembered by ``fingerprint`` (an exact encoding of the inputs).
 
         Expressions are pure functions of their variables, so the same inputs give the same
         verdict. Most evidence repeats from one snapshot of a host to the next (the same weight

@@ -14,10 +14,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from server.findings import SEVERITY_RANK, Severity
+from server.findings import SEVERITY_RANK, Finding, Severity
 from server.policy._yaml import Reader, load_yaml
 from server.policy.catalog import Catalog, load_catalog
 from server.policy.cel import Expression, ExpressionError, compile_expression
@@ -88,10 +89,21 @@ class Condition:
     seen: str | None
     compliance: str | None
     line: int
+    #: Findings already rendered, by the facts they were rendered from (see
+    #: server.policy.engine.judge_condition). Owned by this loaded condition, bounded.
+    findings_memo: dict[tuple[date, str], Finding] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     @property
     def full_id(self) -> str:
         return f"{self.pack_id}/{self.id}"
+
+    @cached_property
+    def template_roots(self) -> frozenset[str]:
+        """The variables the finding's texts refer to (``{file.path}`` -> ``file``)."""
+        texts = (self.subject, self.message, self.expected or "", self.seen or "")
+        return frozenset(m.group(1).split(".")[0] for t in texts for m in _FIELD.finditer(t))
 
 
 @dataclass

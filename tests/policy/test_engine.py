@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.evidence import Accelerator, SnapshotV1
 from server.findings import status_of
@@ -16,7 +19,9 @@ from server.policy import (
     PolicySet,
     SiteAggregate,
     SiteFacts,
+    load_policy_set,
 )
+from server.policy.errors import PolicyEvaluationError
 
 ON = date(2026, 2, 1)
 CONTROLLED = "a" * 64
@@ -75,6 +80,25 @@ def test_name_is_used_when_pci_ids_are_unknown(policy: PolicySet) -> None:
     assert match is not None
     assert (match.chip_id, match.matched_by, match.classification) == ("nvidia-h20", "name", "none")
     assert match.confidence == ("S",)
+
+
+def test_identification_is_remembered_per_reported_ids_and_name_and_bounded(
+    policy: PolicySet,
+) -> None:
+    from server.policy import catalog as catalog_module
+
+    cat = policy.active_packs(ON)[0].catalog
+    h100_by_pci = Accelerator(pci_vendor_id="0x10de", pci_device_id="0x2331", source="pci")
+    first = cat.identify(h100_by_pci)
+    assert first is not None and first is cat.identify(h100_by_pci.model_copy())
+    # Same name, other ids: another answer, not the remembered one.
+    unknown = Accelerator(pci_vendor_id="0x10de", pci_device_id="0xffff", source="pci")
+    assert cat.identify(unknown) is None
+    # Endless variations (a hostile host) never grow the memory past its bound.
+    for i in range(catalog_module._SEEN_MAX + 10):
+        cat.identify(Accelerator(model=f"board {i}", source="pci"))
+    assert len(cat._seen) <= catalog_module._SEEN_MAX
+    assert cat.identify(h100_by_pci) == first
 
 
 def test_compliant_host_has_no_findings(policy: PolicySet) -> None:
@@ -187,3 +211,64 @@ def test_expression_failing_at_run_time_is_cannot_attest_not_a_pass(policy: Poli
 def test_inactive_pack_judges_nothing(policy: PolicySet) -> None:
     assert policy.active_packs(date(2024, 12, 31)) == []
     assert policy.evaluate_site(SiteFacts("s", "CN", 0, SiteAggregate()), date(2024, 12, 31)) == []
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"x": True}, {"x": 1}),
+        ({"x": 1}, {"x": 1.0}),
+        ({"x": "1"}, {"x": 1}),
+        ({"x": None}, {"x": "None"}),
+        ({"x": ["a,b"]}, {"x": ["a", "b"]}),
+        ({"x": {"k": "v"}}, {"x": {"k": "v "}}),
+    ],
+)
+def test_the_verdict_memo_never_takes_one_set_of_facts_for_another(
+    a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    from server.policy.cel import compile_expression
+    from server.policy.engine import _fingerprint
+
+    assert _fingerprint(a) != _fingerprint(b)
+    expr = compile_expression("x == true", {"x": True})
+    first = expr.holds_memo(a, _fingerprint(a))
+    assert first == expr.holds(a)
+    try:
+        expected: bool | None = expr.holds(b)
+    except PolicyEvaluationError:
+        expected = None
+    try:
+        second: bool | None = expr.holds_memo(b, _fingerprint(b))
+    except PolicyEvaluationError:
+        second = None
+    assert second == expected
+
+
+def test_a_remembered_finding_is_rendered_again_when_a_variable_its_text_names_changes(
+    pack_copy: Path,
+) -> None:
+    """Findings are remembered by the facts they are rendered from; a text may name a variable
+    the expression does not read (here ``host.id``), and that variable is part of the key."""
+    conditions = pack_copy / "conditions.yaml"
+    text = conditions.read_text()
+    old = 'message: "Unclassified weight file {file.path} ('
+    assert old in text
+    conditions.write_text(
+        text.replace(old, 'message: "Unclassified weight file {file.path} on {host.id} (')
+    )
+    policy = load_policy_set(pack_copy.parent, only=[pack_copy.name])
+    snap = snapshot([h100(1)], [wfile(1, "e" * 64)])
+
+    def messages(host_id: str) -> list[str]:
+        found = policy.evaluate_host(snap, ctx(host_id=host_id), ON)
+        return [f.message for f in found if f.condition_id.endswith("weights-classified")]
+
+    assert messages("host-a") == messages("host-a")
+    assert "on host-a" in messages("host-a")[0]
+    assert "on host-b" in messages("host-b")[0]
+    # The date is part of it too: a condition's compliance date may pass between two snapshots.
+    cond = next(
+        c for c in policy.active_packs(ON)[0].conditions if c.id == "host.weights-classified"
+    )
+    assert {key[0] for key in cond.findings_memo} == {ON}

@@ -219,6 +219,7 @@ class Demo:
     def seed(self) -> dict[str, str]:
         """Organization, sites, authorizations, API key, model registry, ledger; tokens."""
         from server.store import repo
+        from server.store.compliance import bump_registry
         from server.store.compliance_models import (
             ModelFile,
             RegisteredModel,
@@ -274,6 +275,7 @@ class Demo:
                 s.flush()
                 for digest in digests[name]:
                     s.add(ModelFile(digest=digest, model_id=model_id))
+            bump_registry(s)
             by_name = {h.name: h for h in self.hosts}
             for number, host in enumerate(self.hosts, start=1):
                 host.state_dir = self.data_dir / "agents" / host.name / "state"

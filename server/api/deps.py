@@ -18,7 +18,7 @@ from server.db import Database
 from server.groupcommit import GroupCommitter
 from server.policy import PolicySet
 from server.results import VerifierKey
-from server.store.compliance import ComplianceConfig, settle_pending
+from server.store.compliance import ComplianceConfig, RegistryCache, settle_pending
 from server.verify import VerifyConfig
 
 
@@ -72,6 +72,8 @@ class Services:
     metrics: Metrics
     policy: PolicySet
     compliance: ComplianceConfig
+    #: Registered models by weight digest, kept per registry generation (ingest judgement).
+    models: RegistryCache = field(default_factory=RegistryCache)
     _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
         default=None, init=False, repr=False
     )

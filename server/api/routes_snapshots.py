@@ -232,7 +232,14 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
             assert state.host is not None
             # Judged before the write transaction: CPU work (CEL) never holds a write lock.
             judged = compliance.judge_host(
-                session, policy, verdict.snapshot, verdict.key_id, state.host.site_id, state.site
+                session,
+                policy,
+                verdict.snapshot,
+                verdict.key_id,
+                state.host.site_id,
+                state.site,
+                models=svc.models,
+                registry_generation=state.registry_generation,
             )
     except Rejected as exc:
         _rejected(svc, exc, data)

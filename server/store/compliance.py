@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from server.store.compliance_models import (
     ModelFile,
     OrgState,
     RegisteredModel,
+    RegistryState,
     Shipment,
     ShipmentItem,
     SiteAuthorization,
@@ -64,6 +66,7 @@ from server.store.compliance_models import (
 )
 from server.store.ingest import SiteTerms, db_text, site_terms
 from server.store.models import Host, InventoryAccelerator, Organization, Site
+from server.store.sqllist import values_in
 
 if TYPE_CHECKING:
     from server.db import Database
@@ -98,11 +101,11 @@ class HostJudgement:
 
 _MODEL_FILES = cast(Table, ModelFile.__table__)
 _MODELS = cast(Table, RegisteredModel.__table__)
-#: The registered models of a set of digests, built once (an expanding IN).
+#: The registered models of a set of digests, built once (the list bound as one parameter).
 _MODELS_OF_DIGESTS = (
     select(_MODEL_FILES.c.digest, _MODELS)
     .select_from(_MODEL_FILES.join(_MODELS, _MODELS.c.id == _MODEL_FILES.c.model_id))
-    .where(_MODEL_FILES.c.digest.in_(bindparam("digests", expanding=True)))
+    .where(values_in(_MODEL_FILES.c.digest, "digests"))
 )
 
 
@@ -111,9 +114,73 @@ def model_registry(session: Session, digests: Iterable[str]) -> ModelRegistry:
     if not wanted:
         return ModelRegistry()
     registry = ModelRegistry()
-    for row in session.connection().execute(_MODELS_OF_DIGESTS, {"digests": wanted}):
-        registry.by_digest[row.digest] = _model_record(row, (row.digest,))
+    registry.by_digest.update(_registered(session, wanted))
     return registry
+
+
+def _registered(session: Session, digests: Sequence[str]) -> dict[str, ModelRecord]:
+    return {
+        row.digest: _model_record(row, (row.digest,))
+        for row in session.connection().execute(_MODELS_OF_DIGESTS, {"digests": digests})
+    }
+
+
+_REGISTRY_STATE = cast(Table, RegistryState.__table__)
+
+
+def bump_registry(session: Session) -> None:
+    """Mark the model registry changed (call in the transaction that changes it)."""
+    session.execute(
+        update(_REGISTRY_STATE)
+        .where(_REGISTRY_STATE.c.id == 1)
+        .values(generation=_REGISTRY_STATE.c.generation + 1)
+    )
+
+
+class RegistryCache:
+    """One process's memory of the model registry's answers (registered or not) per weight digest.
+
+    Every snapshot's judgement asks the registry about each of the host's weight files; hosts
+    report the same files snapshot after snapshot, so a per-snapshot query mostly re-reads the
+    same rows. The answers are kept as long as the registry's generation (read with the
+    snapshot's lookup, no extra query) is the one they were read under; any change empties the
+    cache. Bounded: a host reporting endless new digests empties it, never grows it past
+    ``max_entries``.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._generation: int | None = None
+        self._known: dict[str, ModelRecord | None] = {}
+
+    def registry(
+        self, session: Session, digests: Iterable[str], generation: int | None
+    ) -> ModelRegistry:
+        """The registry's records of ``digests``; ``generation``: read in this transaction
+        (None, e.g. a database not migrated yet: ask the database every time)."""
+        wanted = sorted({d.lower() for d in digests if d})
+        if generation is None:
+            return model_registry(session, wanted)
+        with self._lock:
+            if generation != self._generation:
+                self._generation, self._known = generation, {}
+            known = self._known
+        answers = {d: known[d] for d in wanted if d in known}
+        missing = [d for d in wanted if d not in answers]
+        if missing:
+            found = _registered(session, missing)
+            fetched = {d: found.get(d) for d in missing}
+            answers.update(fetched)
+            with self._lock:
+                # Read under this generation: kept only if it is still the current one.
+                if self._generation == generation:
+                    if len(self._known) + len(fetched) > self.max_entries:
+                        self._known = {}
+                    self._known.update(fetched)
+        registry = ModelRegistry()
+        registry.by_digest.update({d: r for d, r in answers.items() if r is not None})
+        return registry
 
 
 def _model_record(model: Any, digests: tuple[str, ...]) -> ModelRecord:
@@ -148,9 +215,14 @@ def judge_host(
     key_id: str,
     site_id: str,
     terms: SiteTerms | None = None,
+    *,
+    models: RegistryCache | None = None,
+    registry_generation: int | None = None,
 ) -> HostJudgement:
     """Host-scope findings. ``terms``: the site's facts if the caller already read them (ingest
-    reads them with the host in one query); otherwise one query here."""
+    reads them with the host in one query); otherwise one query here. ``models``: this
+    process's registry cache, valid for ``registry_generation`` (ingest reads it with the host);
+    without them the registry is queried."""
     if terms is None:
         terms = site_terms(session, site_id)
         if terms is None:
@@ -162,7 +234,11 @@ def judge_host(
         site_country=terms.country,
         site_is_test=terms.test_site,
         site_may_store_controlled_weights=terms.may_store_controlled_weights,
-        models=model_registry(session, digests),
+        models=(
+            models.registry(session, digests, registry_generation)
+            if models is not None
+            else model_registry(session, digests)
+        ),
         host_id=key_id,
     )
     findings = tuple(policy.evaluate_host(snapshot, ctx, on))
@@ -170,7 +246,7 @@ def judge_host(
 
 
 _HOST_STATES_OF = select(_HOST_STATE.c.key_id, _HOST_STATE.c.findings_key).where(
-    _HOST_STATE.c.key_id.in_(bindparam("keys", expanding=True))
+    values_in(_HOST_STATE.c.key_id, "keys")
 )
 _HOST_STATE_UPDATE = (
     update(_HOST_STATE)

@@ -166,6 +166,18 @@ class ModelFile(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
 
 
+class RegistryState(Base):
+    """One row: a number that grows whenever the model registry changes, read with every
+    snapshot's lookup so each process may keep the registry's answers in memory until then
+    (server.store.compliance.RegistryCache). Whatever changes ``models`` or ``model_files``
+    bumps it in the same transaction (:func:`bump_registry`)."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 # The duplicate-identity check looks accelerators up by UUID and serial across the fleet.
 Index("ix_inventory_accelerators_uuid", InventoryAccelerator.uuid)
 Index("ix_inventory_accelerators_serial", InventoryAccelerator.serial)

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from agent.keys import public_from_raw
 from server import audit
 from server.findings import Finding
-from server.store.compliance_models import SiteAuthorization
+from server.store.compliance_models import RegistryState, SiteAuthorization
 from server.store.models import (
     ChainHead,
     Host,
@@ -41,6 +41,7 @@ from server.store.models import (
     Site,
     Snapshot,
 )
+from server.store.sqllist import values_in
 from server.verify import Accepted, HostRecord, NonceRecord
 from server.verify import ChainHead as HeadRecord
 
@@ -94,6 +95,8 @@ class TrustedState:
     stored: StoredResult | None
     inventory_digest: str | None = None
     site: SiteTerms | None = None
+    #: The model registry's generation when this was read (None: no enrolled host named).
+    registry_generation: int | None = None
 
 
 _HOSTS = cast(Table, Host.__table__)
@@ -106,6 +109,7 @@ _SITES = cast(Table, Site.__table__)
 #: The snapshot the chain head names (for its ``prev``: a second child of it is a fork).
 _HEAD_SNAPSHOT = _SNAPSHOTS.alias("head_snapshot")
 _AUTHS = cast(Table, SiteAuthorization.__table__)
+_REGISTRY_STATE = cast(Table, RegistryState.__table__)
 
 
 #: A site's terms alone, for callers that do not come through :func:`lookup`.
@@ -143,6 +147,11 @@ _LOOKUP = (
         _AUTHS.c.may_store_controlled_weights,
         _HEAD_SNAPSHOT.c.digest,
         _HEAD_SNAPSHOT.c.prev,
+        # The model registry's generation (server.store.compliance.RegistryCache).
+        select(_REGISTRY_STATE.c.generation)
+        .where(_REGISTRY_STATE.c.id == 1)
+        .scalar_subquery()
+        .label("registry_generation"),
     )
     .select_from(
         _HOSTS.outerjoin(_HEADS, _HEADS.c.key_id == _HOSTS.c.key_id)
@@ -157,7 +166,7 @@ _LOOKUP = (
         .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
         .outerjoin(_HEAD_SNAPSHOT, _HEAD_SNAPSHOT.c.digest == _HEADS.c.digest)
     )
-    .where(_HOSTS.c.key_id.in_(bindparam("keys", expanding=True)))
+    .where(values_in(_HOSTS.c.key_id, "keys"))
 )
 
 #: A nonce's record.
@@ -246,6 +255,7 @@ def lookup(
     inventory_digest: str | None = None
     stored: StoredResult | None = None
     site: SiteTerms | None = None
+    generation: int | None = None
     if key_ids:
         rows = {
             r[0]: r for r in session.execute(_LOOKUP, {"keys": list(key_ids), "digest": digest})
@@ -267,6 +277,7 @@ def lookup(
                     stored = StoredResult(r[8], r[0], r[9], r[10])
                 if r[11] is not None:
                     site = SiteTerms(r[11], bool(r[12]), r[13], bool(r[14]))
+                generation = None if r[17] is None else int(r[17])
                 break
     nonce_record: NonceRecord | None = None
     # ``stored`` came with the join: this digest under this host's key (a digest stored under
@@ -288,6 +299,7 @@ def lookup(
         stored=stored,
         inventory_digest=inventory_digest,
         site=site,
+        registry_generation=generation,
     )
 
 

@@ -32,6 +32,7 @@ from server.store.compliance import (
     LPP_CITATION,
     ComplianceConfig,
     _model_record,
+    bump_registry,
     lpp_used,
     new_id,
     stale_hosts,
@@ -354,6 +355,7 @@ def add_model(
     session.flush()
     for digest in sorted(set(data.get("digests", []))):
         session.add(ModelFile(digest=digest, model_id=row.id))
+    bump_registry(session)
     verdict = classify_model(_model_record(row, ()), policy, now.date())
     audit.append(
         session,

@@ -137,6 +137,28 @@ def test_controlled_weights_on_unencrypted_storage_are_a_violation(api: Any) -> 
     )
 
 
+def test_a_model_registered_between_two_snapshots_judges_the_second(api: Any) -> None:
+    """Each process keeps the registry's answers in memory (RegistryCache): registering a model
+    must still reach the very next snapshot of a host that reported its file before."""
+    root = weights_root()
+    plain = root.model_copy(
+        update={"encryption": root.encryption.model_copy(update={"status": "unencrypted"})}
+    )
+    secret = plain.files[0].model_copy(update={"sha256": "cd" * 32})
+    plain = plain.model_copy(update={"files": [secret, *plain.files[1:]]})
+    kit = enrolled(api, api.site_id, 0)
+    before = conditions(findings_of(submit(api, kit, storage=[plain]), api))
+    assert "host.controlled-weights-encrypted" not in before  # not registered: not controlled
+    made = api.client.post(
+        "/v1/models",
+        headers=api.as_admin(),
+        json={"name": "frontier-2", "training_ops": 3e26, "digests": ["cd" * 32]},
+    )
+    assert made.status_code == 201
+    after = conditions(findings_of(submit(api, kit, storage=[plain]), api))
+    assert "host.controlled-weights-encrypted" in after
+
+
 def test_declared_inventory_is_cannot_attest_except_at_a_test_site(api: Any) -> None:
     declared = [
         a.model_copy(update={"source": "inventory-file", "assurance": "declared"})

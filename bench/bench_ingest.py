@@ -65,6 +65,13 @@ class Run:
     latencies: list[float]
     errors: int
     client_cpu: float
+    #: CPU seconds of the server's processes (supervisor and workers) and of PostgreSQL's
+    #: during the load, from /proc (None where /proc is not there).
+    server_cpu: float | None = None
+    db_cpu: float | None = None
+
+    def per_snapshot_ms(self, cpu: float | None) -> str:
+        return "n/a" if cpu is None or not self.count else f"{cpu / self.count * 1000:.2f}"
 
     @property
     def rate(self) -> float:
@@ -88,6 +95,73 @@ def build_load(site_id: str, hosts: int, per_host: int) -> tuple[list[HostKit], 
             stream.append(kit.next_envelope(collected_at=stamp))
         streams.append(stream)
     return kits, streams
+
+
+def _cpu_of(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process that still exists."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, command name)."""
+    found: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            found[int(entry.name)] = (int(text.rsplit(")", 1)[1].split()[1]), name)
+    return found
+
+
+def _tree(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
+    pids, frontier = [root], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        pids += children
+        frontier += children
+    return pids
+
+
+class CpuMeter:
+    """CPU spent by the server's process tree and by PostgreSQL between start() and stop().
+
+    PostgreSQL's backends are read at stop() (connections opened during the load count from
+    zero); one that exits during the load is not counted. Without /proc both are None.
+    """
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.available = Path("/proc/self/stat").exists()
+
+    def _sample(self) -> tuple[dict[int, float], dict[int, float]]:
+        table = _processes()
+        db = [pid for pid, (_, name) in table.items() if name == "postgres"]
+        return _cpu_of(_tree(self.server_pid, table)), _cpu_of(db)
+
+    def start(self) -> None:
+        if self.available:
+            self._before = self._sample()
+
+    def stop(self) -> tuple[float | None, float | None]:
+        if not self.available:
+            return None, None
+        server, db = self._sample()
+        server0, db0 = self._before
+        used_server = sum(v - server0.get(pid, 0.0) for pid, v in server.items())
+        used_db = sum(v - db0.get(pid, 0.0) for pid, v in db.items())
+        return used_server, (used_db if db else None)
 
 
 def floor(kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0) -> Run:
@@ -151,6 +225,8 @@ def http_run(
         [loadgen.encode_post(server.url, "/v1/snapshots", body) for body in stream]
         for stream in streams
     ]
+    meter = CpuMeter(server.process.pid)
+    meter.start()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     if client == "httpx":
         count, seconds, latencies, errors, samples = asyncio.run(
@@ -161,10 +237,13 @@ def http_run(
         count, seconds, latencies = outcome.count, outcome.seconds, outcome.latencies
         errors, samples = len(outcome.errors), outcome.errors[:5]
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    server_cpu, db_cpu = meter.stop()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     for sample in samples:
         print(f"  error sample: {sample}", file=sys.stderr)
-    return Run(label, count, seconds, latencies, errors, cpu)
+    if server.database_url.startswith("sqlite"):
+        db_cpu = None  # SQLite runs inside the server's processes
+    return Run(label, count, seconds, latencies, errors, cpu, server_cpu, db_cpu)
 
 
 def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
@@ -188,14 +267,16 @@ def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
         f"{load15:.2f} (shared with other engineers' runs)",
         "",
         "| run | snapshots | snapshots/s | p50 ms | p99 ms | errors | share of floor | "
-        "load-gen CPU s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "server CPU ms/snapshot | PostgreSQL CPU ms/snapshot | load-gen CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run in [floor_run, *runs]:
         share = run.rate / floor_run.rate * 100 if floor_run.rate else 0
         lines.append(
             f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5):.2f} | "
-            f"{run.pct(0.99):.2f} | {run.errors} | {share:.0f}% | {run.client_cpu:.1f} |"
+            f"{run.pct(0.99):.2f} | {run.errors} | {share:.0f}% | "
+            f"{run.per_snapshot_ms(run.server_cpu)} | {run.per_snapshot_ms(run.db_cpu)} | "
+            f"{run.client_cpu:.1f} |"
         )
     lines += [
         "",

@@ -144,8 +144,8 @@ class RegistryCache:
     report the same files snapshot after snapshot, so a per-snapshot query mostly re-reads the
     same rows. The answers are kept as long as the registry's generation (read with the
     snapshot's lookup, no extra query) is the one they were read under; any change empties the
-    cache. Bounded: a host reporting endless new digests empties it, never grows it past
-    ``max_entries``.
+    cache. Bounded: a host reporting endless new digests empties it; it never holds more than
+    ``max_entries`` plus one snapshot's digests.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:

@@ -225,7 +225,9 @@ def canonical_bytes(value: Any, *, stdlib_jcs: bool | None = None) -> bytes:
     (:func:`_fast_path_ok`; a property test compares both), that is used instead.
     ``stdlib_jcs``: that test's answer when the caller already has it (:class:`StrictJSON`).
     """
-    if stdlib_jcs if stdlib_jcs is not None else _fast_path_ok(value):
+    if stdlib_jcs is None:
+        stdlib_jcs = _fast_path_ok(value)
+    if stdlib_jcs:
         try:
             return json.dumps(
                 value, sort_keys=True, separators=(",", ":"), ensure_ascii=False

@@ -44,7 +44,14 @@ import httpx  # noqa: E402
 from agent.evidence import open_envelope  # noqa: E402
 from agent.keys import public_from_raw, raw_public  # noqa: E402
 from bench import loadgen  # noqa: E402
-from bench.fleet import pg_create, pg_drop  # noqa: E402
+from bench.fleet import (  # noqa: E402
+    cpu_by_pid,
+    cpu_since,
+    pg_create,
+    pg_drop,
+    postgres_pids,
+    tree_pids,
+)
 from tests.server.builders import HostKit  # noqa: E402
 from tests.server.conftest import (  # noqa: E402
     LiveServer,
@@ -66,7 +73,7 @@ class Run:
     errors: int
     client_cpu: float
     #: CPU seconds of the server's processes (supervisor and workers) and of PostgreSQL's
-    #: during the load, from /proc (None where /proc is not there).
+    #: during the load (None: not measured, e.g. the floor, or SQLite's database).
     server_cpu: float | None = None
     db_cpu: float | None = None
 
@@ -97,71 +104,22 @@ def build_load(site_id: str, hosts: int, per_host: int) -> tuple[list[HostKit], 
     return kits, streams
 
 
-def _cpu_of(pids: list[int]) -> dict[int, float]:
-    """CPU seconds (user + system) of each process that still exists."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[pid] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """Every process: pid -> (parent pid, command name)."""
-    found: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                text = (entry / "stat").read_text()
-            except OSError:
-                continue
-            name = text[text.index("(") + 1 : text.rindex(")")]
-            found[int(entry.name)] = (int(text.rsplit(")", 1)[1].split()[1]), name)
-    return found
-
-
-def _tree(root: int, table: dict[int, tuple[int, str]]) -> list[int]:
-    pids, frontier = [root], [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
-        pids += children
-        frontier += children
-    return pids
-
-
 class CpuMeter:
-    """CPU spent by the server's process tree and by PostgreSQL between start() and stop().
-
-    PostgreSQL's backends are read at stop() (connections opened during the load count from
-    zero); one that exits during the load is not counted. Without /proc both are None.
-    """
+    """CPU spent by the server's process tree and by PostgreSQL between start() and stop()
+    (PostgreSQL backends opened during the load count from zero)."""
 
     def __init__(self, server_pid: int) -> None:
         self.server_pid = server_pid
-        self.available = Path("/proc/self/stat").exists()
-
-    def _sample(self) -> tuple[dict[int, float], dict[int, float]]:
-        table = _processes()
-        db = [pid for pid, (_, name) in table.items() if name == "postgres"]
-        return _cpu_of(_tree(self.server_pid, table)), _cpu_of(db)
 
     def start(self) -> None:
-        if self.available:
-            self._before = self._sample()
+        self._server = cpu_by_pid(tree_pids(self.server_pid))
+        self._db = cpu_by_pid(postgres_pids())
 
-    def stop(self) -> tuple[float | None, float | None]:
-        if not self.available:
-            return None, None
-        server, db = self._sample()
-        server0, db0 = self._before
-        used_server = sum(v - server0.get(pid, 0.0) for pid, v in server.items())
-        used_db = sum(v - db0.get(pid, 0.0) for pid, v in db.items())
-        return used_server, (used_db if db else None)
+    def stop(self) -> tuple[float, float]:
+        return (
+            cpu_since(self._server, tree_pids(self.server_pid)),
+            cpu_since(self._db, postgres_pids()),
+        )
 
 
 def floor(kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0) -> Run:
@@ -237,12 +195,12 @@ def http_run(
         count, seconds, latencies = outcome.count, outcome.seconds, outcome.latencies
         errors, samples = len(outcome.errors), outcome.errors[:5]
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    server_cpu, db_cpu = meter.stop()
+    server_cpu, pg_cpu = meter.stop()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     for sample in samples:
         print(f"  error sample: {sample}", file=sys.stderr)
-    if server.database_url.startswith("sqlite"):
-        db_cpu = None  # SQLite runs inside the server's processes
+    # SQLite runs inside the server's processes: no database CPU of its own.
+    db_cpu = None if server.database_url.startswith("sqlite") else pg_cpu
     return Run(label, count, seconds, latencies, errors, cpu, server_cpu, db_cpu)
 
 

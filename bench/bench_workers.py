@@ -25,12 +25,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import psutil  # noqa: E402
-
 from bench.fleet import (  # noqa: E402
     SimHost,
     Traffic,
+    cpu_by_pid,
     cpu_seconds,
+    cpu_since,
     drive,
     enroll_fleet,
     pg_create,
@@ -41,17 +41,6 @@ from bench.fleet import (  # noqa: E402
     stop_server,
     tree_pids,
 )
-
-
-def _pg_cpu() -> dict[int, float]:
-    out = {}
-    for pid in postgres_pids():
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = t.user + t.system
-        except psutil.NoSuchProcess:
-            continue
-    return out
 
 
 def one_run(admin_url: str, workers: int, sites: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -67,7 +56,11 @@ def one_run(admin_url: str, workers: int, sites: int, args: argparse.Namespace) 
                 # interleave sites so each connection's hosts span all of them
                 hosts = [hosts[i * per_site + j] for j in range(per_site) for i in range(sites)]
                 server_pids = tree_pids(server.process.pid)
-                s0, p0, g0 = cpu_seconds(server_pids), _pg_cpu(), time.process_time()
+                s0, p0, g0 = (
+                    cpu_seconds(server_pids),
+                    cpu_by_pid(postgres_pids()),
+                    time.process_time(),
+                )
                 traffic = Traffic(
                     rate=0.0,
                     count=args.count,
@@ -79,8 +72,7 @@ def one_run(admin_url: str, workers: int, sites: int, args: argparse.Namespace) 
                 report = run_async(drive(server.url, hosts, traffic))
                 gen_cpu = time.process_time() - g0
                 server_cpu = cpu_seconds(server_pids) - s0
-                p1 = _pg_cpu()
-                pg_cpu = sum(v - p0.get(pid, 0.0) for pid, v in p1.items())
+                pg_cpu = cpu_since(p0, postgres_pids())
             finally:
                 stop_server(server)
     finally:

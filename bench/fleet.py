@@ -49,7 +49,9 @@ __all__ = [
     "Report",
     "SimHost",
     "Traffic",
+    "cpu_by_pid",
     "cpu_seconds",
+    "cpu_since",
     "drive",
     "enroll_fleet",
     "pg_create",
@@ -129,16 +131,27 @@ def postgres_pids() -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of those processes (children that exited are not counted)."""
-    total = 0.0
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each of those processes that still exists."""
+    out: dict[int, float] = {}
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
         except psutil.NoSuchProcess:
             continue
-    return total
+        out[pid] = t.user + t.system
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of those processes (children that exited are not counted)."""
+    return sum(cpu_by_pid(pids).values())
+
+
+def cpu_since(before: dict[int, float], pids: list[int]) -> float:
+    """CPU used by ``pids`` since ``before`` (a :func:`cpu_by_pid`); a process started since
+    counts from zero, one that exited meanwhile is not counted."""
+    return sum(used - before.get(pid, 0.0) for pid, used in cpu_by_pid(pids).items())
 
 
 def rss_mb(pids: list[int]) -> float:

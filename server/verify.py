@@ -695,7 +695,7 @@ def _check_signature(
     keys = {host.key_id: host.public_key}
     if host.status != "active":
         try:
-            verify_envelope(envelope, keys)
+            verify_envelope(envelope, keys, payload=payload)
             valid = True
         except EvidenceError:
             valid = False

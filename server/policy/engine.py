@@ -210,14 +210,7 @@ def judge_condition(
     scoped = dict(variables)
     expr = cond.expression
     context = _fingerprint({r: variables[r] for r in sorted(expr.roots) if r != cond.item})
-    # A finding's texts may name variables its expression does not read: its memo key covers
-    # both (the date too: it decides whether a compliance date has passed).
-    texts = cond.template_roots
-    text_context = (
-        context
-        if texts <= expr.roots | {cond.item}
-        else _fingerprint({r: variables[r] for r in sorted(expr.roots | texts) if r != cond.item})
-    )
+    text_context: str | None = None  # built at the first finding: most items hold
     known = {} if fingerprints is None else fingerprints
     for item in variables[cond.for_each]:
         scoped[cond.item] = item
@@ -230,6 +223,13 @@ def judge_condition(
             out.append(_error_finding(cond, scoped, exc))
             continue
         if not holds:
+            if text_context is None:
+                # A finding's texts may name variables its expression does not read: its memo
+                # key covers them too (and the date: whether a compliance date has passed).
+                extra = sorted(cond.template_roots - expr.roots - {cond.item})
+                text_context = context + (
+                    _fingerprint({r: variables[r] for r in extra}) if extra else ""
+                )
             out.append(_remembered_finding(pack, cond, scoped, on, item, text_context + fp))
     return out
 

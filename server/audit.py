@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from agent.evidence import canonical_bytes, format_timestamp
 from server.store.models import AuditEntry, AuditHead
+from server.store.pipeline import Pipeline
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
@@ -92,9 +93,38 @@ def append_many(session: Session, events: Sequence[Event]) -> list[AuditEntry]:
     (and locked) once for all of them, with one INSERT and one head update."""
     if not events:
         return []
-    texts = [canonical_bytes(e.details or {}).decode("utf-8") for e in events]
+    texts = _texts(events)
     row = session.execute(_CLAIM_SEQS, {"n": len(events)}).one()
-    seq, prev_hash = int(row[0]) - len(events), row[1]
+    values, head_hash = _chained(events, texts, int(row[0]), row[1])
+    session.execute(_INSERT, values)
+    session.execute(_SET_HASH, {"new_hash": head_hash})
+    return [AuditEntry(**v) for v in values]
+
+
+def claim(pipe: Pipeline, n: int) -> Any:
+    """Claim ``n`` rows of the chain (locks the head row): a cursor whose one row, once
+    answered, goes to :func:`append_claimed`. Claim last in a transaction, like
+    :func:`append_many`: the lock is then held the shortest time."""
+    return pipe.execute(_CLAIM_SEQS, {"n": n})
+
+
+def append_claimed(pipe: Pipeline, events: Sequence[Event], claimed: Sequence[Any]) -> None:
+    """The rows of ``events`` in the places :func:`claim` answered (``claimed``: its row)."""
+    values, head_hash = _chained(events, _texts(events), int(claimed[0]), claimed[1])
+    with pipe.batch():
+        pipe.executemany(_INSERT, values)
+        pipe.execute(_SET_HASH, {"new_hash": head_hash})
+
+
+def _texts(events: Sequence[Event]) -> list[str]:
+    return [canonical_bytes(e.details or {}).decode("utf-8") for e in events]
+
+
+def _chained(
+    events: Sequence[Event], texts: Sequence[str], claimed_seq: int, prev_hash: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The rows of ``events`` ending at ``claimed_seq`` after ``prev_hash``, and the new head."""
+    seq = claimed_seq - len(events)
     values: list[dict[str, Any]] = []
     for event, text in zip(events, texts, strict=True):
         seq += 1
@@ -121,9 +151,7 @@ def append_many(session: Session, events: Sequence[Event]) -> list[AuditEntry]:
             }
         )
         prev_hash = digest
-    session.execute(_INSERT, values)
-    session.execute(_SET_HASH, {"new_hash": prev_hash})
-    return [AuditEntry(**v) for v in values]
+    return values, prev_hash
 
 
 @dataclass(frozen=True)

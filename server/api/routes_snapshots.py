@@ -40,10 +40,12 @@ from server.store.ingest import (
     Write,
     accepted_event,
     audit_rejection,
-    commit_accepted,
     lookup,
     prepare_write,
+    send_accepted,
+    snapshot_races,
 )
+from server.store.pipeline import Pipeline
 from server.verify import Accepted, Fork, NonceReused, Rejected, appraise, preparse
 
 log = logging.getLogger("veu.ingest")
@@ -293,11 +295,30 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
 def _write(session: Session, items: Sequence[Pending]) -> None:
     """Snapshots, chain heads, nonces, inventories, host states and audit rows of accepted
     snapshots of distinct hosts, in host order (two workers' batches lock host rows in one
-    order), the audit rows last with one claim of the audit head."""
+    order), the audit rows last with one claim of the audit head.
+
+    Four round trips on PostgreSQL whatever the batch holds (server.store.pipeline): the
+    evidence rows with the hosts' stored states; the host states with the audit claim (the
+    claim waits for the findings' sync when a host's open findings changed); the audit rows;
+    the commit.
+    """
     ordered = sorted(items, key=lambda item: item.accepted.key_id)
-    commit_accepted(session, [item.write for item in ordered])
-    compliance.record_hosts(session, [item.host for item in ordered])
-    audit.append_many(session, [item.event for item in ordered])
+    hosts = [item.host for item in ordered]
+    events = [item.event for item in ordered]
+    pipe = Pipeline(session)
+    with snapshot_races(pipe), pipe.batch():
+        sent = send_accepted(pipe, [item.write for item in ordered])
+        prior = compliance.host_states(pipe, hosts)
+    sent.check()
+    plan = compliance.plan_hosts(hosts, prior.fetchall())
+    with pipe.batch():
+        compliance.write_hosts(pipe, plan)
+        claimed = None if plan.resync else audit.claim(pipe, len(events))
+    if claimed is None:
+        compliance.resync_findings(session, plan)
+        session.flush()
+        claimed = audit.claim(pipe, len(events))
+    audit.append_claimed(pipe, events, claimed.fetchone())
 
 
 def write_batch(svc: Services, batch: Sequence[Pending]) -> list[IngestOutcome | BaseException]:

@@ -66,6 +66,7 @@ from server.store.compliance_models import (
 )
 from server.store.ingest import SiteTerms, db_text, site_terms
 from server.store.models import Host, InventoryAccelerator, Organization, Site
+from server.store.pipeline import Pipeline
 from server.store.sqllist import values_in
 
 if TYPE_CHECKING:
@@ -245,6 +246,7 @@ def judge_host(
     return HostJudgement(findings, site_id, terms.org_id, terms.country, on)
 
 
+_HOST_STATE_INSERT = insert(_HOST_STATE)
 _HOST_STATES_OF = select(_HOST_STATE.c.key_id, _HOST_STATE.c.findings_key).where(
     values_in(_HOST_STATE.c.key_id, "keys")
 )
@@ -338,22 +340,39 @@ def record_hosts(session: Session, updates: Sequence[HostUpdate]) -> None:
 
     Touches only these hosts' rows, each statement once for all of them. An unchanged set of
     open findings costs a ``last_seen_at`` update instead of reading and comparing every open
-    row. One update per host: a group commit never holds two snapshots of one host.
+    row. One update per host: a group commit never holds two snapshots of one host. (Ingest
+    runs the same steps, pipelined with its other statements: server.store.ingest.)
     """
     if not updates:
         return
-    conn = session.connection()
-    prior = {
-        row[0]: row[1]
-        for row in conn.execute(_HOST_STATES_OF, {"keys": [u.key_id for u in updates]})
-    }
-    inserts: list[dict[str, Any]] = []
-    changes: list[dict[str, Any]] = []
-    seen: list[dict[str, Any]] = []
-    resync: list[HostUpdate] = []
+    pipe = Pipeline(session)
+    plan = plan_hosts(updates, host_states(pipe, updates).fetchall())
+    write_hosts(pipe, plan)
+    resync_findings(session, plan)
+
+
+def host_states(pipe: Pipeline, updates: Sequence[HostUpdate]) -> Any:
+    """A cursor of these hosts' stored ``(key_id, findings_key)`` (for :func:`plan_hosts`)."""
+    return pipe.execute(_HOST_STATES_OF, {"keys": [u.key_id for u in updates]})
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """What :func:`write_hosts` and :func:`resync_findings` do for a set of host updates."""
+
+    inserts: list[dict[str, Any]]
+    changes: list[dict[str, Any]]
+    seen: list[dict[str, Any]]
+    #: Hosts whose open findings changed (or that are new): their findings rows are synced.
+    resync: list[HostUpdate]
+
+
+def plan_hosts(updates: Sequence[HostUpdate], prior_rows: Sequence[Sequence[Any]]) -> HostPlan:
+    prior = {row[0]: row[1] for row in prior_rows}
+    plan = HostPlan([], [], [], [])
     for u in updates:
         if u.key_id not in prior:
-            inserts.append(
+            plan.inserts.append(
                 {
                     "key_id": u.key_id,
                     "site_id": u.site_id,
@@ -364,20 +383,30 @@ def record_hosts(session: Session, updates: Sequence[HostUpdate]) -> None:
                     **u.values,
                 }
             )
-            resync.append(u)
+            plan.resync.append(u)
             continue
-        changes.append({"k": u.key_id, **u.values})
+        plan.changes.append({"k": u.key_id, **u.values})
         if prior[u.key_id] == u.values["findings_key"]:
-            seen.append({"k": u.key_id, "at": u.now})
+            plan.seen.append({"k": u.key_id, "at": u.now})
         else:
-            resync.append(u)
-    if inserts:
-        conn.execute(insert(_HOST_STATE), inserts)
-    if changes:
-        conn.execute(_HOST_STATE_UPDATE, changes)
-    if seen:
-        conn.execute(_HOST_FINDINGS_SEEN, seen)
-    for u in resync:
+            plan.resync.append(u)
+    return plan
+
+
+def write_hosts(pipe: Pipeline, plan: HostPlan) -> None:
+    """The ``host_state`` rows of the plan, and ``last_seen_at`` of unchanged open findings."""
+    with pipe.batch():
+        if plan.inserts:
+            pipe.executemany(_HOST_STATE_INSERT, plan.inserts)
+        if plan.changes:
+            pipe.executemany(_HOST_STATE_UPDATE, plan.changes)
+        if plan.seen:
+            pipe.executemany(_HOST_FINDINGS_SEEN, plan.seen)
+
+
+def resync_findings(session: Session, plan: HostPlan) -> None:
+    """Open, refresh and close the findings rows of the plan's hosts whose findings changed."""
+    for u in plan.resync:
         sync_findings(
             session,
             "host",

@@ -1,8 +1,8 @@
 """The evidence write path: the trusted state appraisal needs, and committing what it accepted.
 
-:func:`lookup` reads what :func:`server.verify.appraise` asks for. :func:`commit_accepted` writes
-accepted snapshots (one, or a group commit of several) in the caller's single transaction and
-settles races in the database:
+:func:`lookup` reads what :func:`server.verify.appraise` asks for. :func:`send_accepted` writes
+accepted snapshots (one, or a group commit of several) in the caller's single transaction, with
+its statements pipelined (server.store.pipeline), and races are settled in the database:
 
 - the snapshot row's ``digest`` is unique: the same envelope racing itself yields one row (the
   loser raises :class:`AlreadyStored` and answers the stored result);
@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -25,7 +26,6 @@ from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, and_, bindparam, delete, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from agent.keys import public_from_raw
@@ -41,6 +41,7 @@ from server.store.models import (
     Site,
     Snapshot,
 )
+from server.store.pipeline import Pipeline
 from server.store.sqllist import values_in
 from server.verify import Accepted, HostRecord, NonceRecord
 from server.verify import ChainHead as HeadRecord
@@ -209,6 +210,11 @@ _ADVANCE_FROM_START = (
     )
     .values(**_HEAD_VALUES)
 )
+_SNAPSHOT_INSERT = _SNAPSHOTS.insert()
+_INSERT_ACCELERATORS = _ACCELERATORS.insert()
+_INSERT_WEIGHTS = _WEIGHTS.insert()
+_DROP_ACCELERATORS = delete(_ACCELERATORS).where(values_in(_ACCELERATORS.c.key_id, "keys"))
+_DROP_WEIGHTS = delete(_WEIGHTS).where(values_in(_WEIGHTS.c.key_id, "keys"))
 _SPEND_NONCE = (
     update(_NONCES)
     .where(
@@ -257,9 +263,9 @@ def lookup(
     site: SiteTerms | None = None
     generation: int | None = None
     if key_ids:
-        rows = {
-            r[0]: r for r in session.execute(_LOOKUP, {"keys": list(key_ids), "digest": digest})
-        }
+        # On the driver's connection: SQLAlchemy's execution layer cost more than the query.
+        found = Pipeline(session).execute(_LOOKUP, {"keys": list(key_ids), "digest": digest})
+        rows = {r[0]: r for r in found.fetchall()}
         for key_id in key_ids:  # the first enrolled key named by the envelope
             if key_id in rows:
                 r = rows[key_id]
@@ -367,23 +373,37 @@ def prepare_write(
     )
 
 
-def commit_accepted(session: Session, writes: Sequence[Write]) -> None:
-    """Write accepted snapshots in the caller's single transaction, each statement once for all
-    of them (an executemany: one round trip on PostgreSQL, pipelined by psycopg); raise on a
-    lost race (the caller's transaction rolls back).
+@dataclass(frozen=True)
+class Sent:
+    """The statements of accepted snapshots, sent by :func:`send_accepted`; :meth:`check` them
+    once answered (after the batch)."""
+
+    #: (cursor, rows expected to move, a key id) of each conditional head advance.
+    advances: tuple[tuple[Any, int, str], ...]
+    #: (cursor, nonces to spend, the first) of the nonce spend, if any.
+    spends: tuple[Any, int, str] | None
+
+    def check(self) -> None:
+        """Raise :class:`HeadMoved` or :class:`NonceSpent` if a race was lost."""
+        for cursor, expected, key_id in self.advances:
+            if cursor.rowcount != expected:
+                raise HeadMoved(key_id)
+        if self.spends is not None:
+            cursor, expected, nonce = self.spends
+            if cursor.rowcount != expected:
+                raise NonceSpent(nonce)
+
+
+def send_accepted(pipe: Pipeline, writes: Sequence[Write]) -> Sent:
+    """Send accepted snapshots' rows in the caller's transaction, each statement once for all
+    of them: the snapshots, the conditional chain-head advances, the nonce spends, the changed
+    inventories. Run it in a batch under :func:`snapshot_races`, then :meth:`Sent.check` it: a
+    lost race raises (the caller's transaction rolls back).
 
     Which of several snapshots lost is not told apart: a caller with more than one retries
     each alone to learn it.
     """
-    if not writes:
-        return
-    try:
-        session.execute(_SNAPSHOTS.insert(), [w.snapshot_row for w in writes])
-    except IntegrityError as exc:
-        text = str(exc.orig).lower()
-        if "digest" in text:
-            raise AlreadyStored(writes[0].digest) from None
-        raise HeadMoved(writes[0].key_id) from None
+    pipe.executemany(_SNAPSHOT_INSERT, [w.snapshot_row for w in writes])
     advances: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for w in writes:
         old_digest = w.head.digest if w.head is not None else None
@@ -398,19 +418,40 @@ def commit_accepted(session: Session, writes: Sequence[Write]) -> None:
                 "at": w.now,
             }
         )
-    for from_start, params in advances.items():
-        if params:
-            moved = session.execute(_ADVANCE_FROM_START if from_start else _ADVANCE, params)
-            if moved.rowcount != len(params):  # type: ignore[attr-defined]
-                raise HeadMoved(params[0]["k"])
+    moved = tuple(
+        (
+            pipe.executemany(_ADVANCE_FROM_START if from_start else _ADVANCE, params),
+            len(params),
+            params[0]["k"],
+        )
+        for from_start, params in advances.items()
+        if params
+    )
     spends = [{"n": w.nonce, "k": w.key_id, "at": w.now} for w in writes if w.nonce is not None]
+    spent = None
     if spends:
-        spent = session.execute(_SPEND_NONCE, spends)
-        if spent.rowcount != len(spends):  # type: ignore[attr-defined]
-            raise NonceSpent(spends[0]["n"])
+        spent = (pipe.executemany(_SPEND_NONCE, spends), len(spends), str(spends[0]["n"]))
     replaced = [(w.key_id, w.inventory) for w in writes if w.inventory is not None]
     if replaced:
-        _replace_inventory(session, replaced)
+        _replace_inventory(pipe, replaced)
+    return Sent(moved, spent)
+
+
+@contextmanager
+def snapshot_races(pipe: Pipeline) -> Iterator[None]:
+    """A broken unique constraint of the snapshots table is a lost race: this very envelope is
+    stored (:class:`AlreadyStored`, ``digest``) or another child of the head is
+    (:class:`HeadMoved`, ``key_id, seq``). Other integrity errors pass as they are."""
+    try:
+        yield
+    except pipe.IntegrityError as exc:
+        diag = getattr(exc, "diag", None)
+        text = f"{exc} {getattr(diag, 'constraint_name', '') or ''}".lower()
+        if "snapshots_digest" in text or "snapshots.digest" in text:
+            raise AlreadyStored(str(exc)) from None
+        if "snapshots_key_seq" in text or "snapshots.key_id, snapshots.seq" in text:
+            raise HeadMoved(str(exc)) from None
+        raise
 
 
 def accepted_event(
@@ -474,16 +515,16 @@ def _inventory(accepted: Accepted) -> tuple[_Rows, str]:
     return (accelerators, weights), digest
 
 
-def _replace_inventory(session: Session, replaced: Sequence[tuple[str, _Rows]]) -> None:
-    keys = [key_id for key_id, _ in replaced]
-    session.execute(delete(_ACCELERATORS).where(_ACCELERATORS.c.key_id.in_(keys)))
-    session.execute(delete(_WEIGHTS).where(_WEIGHTS.c.key_id.in_(keys)))
+def _replace_inventory(pipe: Pipeline, replaced: Sequence[tuple[str, _Rows]]) -> None:
+    keys = {"keys": [key_id for key_id, _ in replaced]}
+    pipe.execute(_DROP_ACCELERATORS, keys)
+    pipe.execute(_DROP_WEIGHTS, keys)
     accelerators = [row for _, (rows, _w) in replaced for row in rows]
     weights = [row for _, (_a, rows) in replaced for row in rows]
     if accelerators:
-        session.execute(_ACCELERATORS.insert(), accelerators)
+        pipe.executemany(_INSERT_ACCELERATORS, accelerators)
     if weights:
-        session.execute(_WEIGHTS.insert(), weights)
+        pipe.executemany(_INSERT_WEIGHTS, weights)
 
 
 def audit_rejection(

@@ -421,7 +421,7 @@ def test_a_database_failure_fails_each_snapshot_of_the_batch_and_changes_nothing
     def gone(*args: object, **kwargs: object) -> None:
         raise RuntimeError("connection lost")
 
-    monkeypatch.setattr(routes, "commit_accepted", gone)
+    monkeypatch.setattr(routes, "send_accepted", gone)
     outcomes = routes.write_batch(api.services, items)
     assert [str(o) for o in outcomes] == ["connection lost"] * 3
     assert _metric(api, "veu_ingest_batch_retries_total") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,3 +122,37 @@ def test_timestamps_come_back_timezone_aware_utc(db: Database) -> None:
         org_id = org.id
     with db.read() as s:
         assert repo.find_org(s, org_id).created_at == NOW
+
+
+@pytest.mark.postgres
+def test_evidence_columns_are_compressed_with_lz4_on_postgresql(
+    pg_database_factory: Callable[[], str],
+) -> None:
+    """Migration 0006: new envelopes, results and findings are TOAST-compressed with lz4
+    (cheaper than pglz for the database's CPU); a downgrade gives the columns the default."""
+    from alembic import command
+
+    from server.store.migrate import alembic_config
+
+    db_url = pg_database_factory()
+
+    def methods() -> dict[str, str]:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT attname, attcompression FROM pg_attribute WHERE attrelid = "
+                    "'snapshots'::regclass AND attname IN ('envelope', 'result', 'findings')"
+                )
+            )
+            return {r[0]: r[1] for r in rows}
+
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        assert methods() == {"envelope": "l", "result": "l", "findings": "l"}
+        command.downgrade(alembic_config(db_url), "0005")
+        assert set(methods().values()) == {""}  # the server's default_toast_compression
+        upgrade(db_url)
+        assert set(methods().values()) == {"l"}
+    finally:
+        engine.dispose()

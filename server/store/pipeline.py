@@ -6,7 +6,7 @@ each on PostgreSQL; psycopg pipelines an ``executemany`` internally but syncs at
 builds an execution context and result object (~0.1 ms of Python each). psycopg 3's pipeline
 mode sends several statements and waits once, which SQLAlchemy does not expose: its results need
 each statement's answer at once. Measured in process (64 hosts, batches of 4 on PostgreSQL): the
-writer's CPU per snapshot fell from 0.61-0.83 ms to 0.35-0.46 ms with the round trips from ten
+writer's CPU per snapshot fell from 0.61-0.83 ms to 0.39-0.42 ms with the round trips from ten
 to four (bench/RESULTS.md).
 
 So the hot transaction keeps SQLAlchemy for what it is good at, and this module only runs what it

@@ -131,12 +131,17 @@ def test_a_failure_in_a_batch_rolls_the_whole_transaction_back(db: Database) -> 
 def test_pending_orm_changes_are_flushed_before_the_pipeline_runs(db: Database) -> None:
     from server.store.models import Organization
 
+    orgs = Organization.__table__
     with db.write() as s:
         s.add(Organization(id="org_p", name="P", veu="national", hq_country="US", created_at=T0))
         pipe = Pipeline(s)
         with pipe.batch():
-            pipe.execute(_INSERT, {"id": 1, "name": "after the org", "at": T0, "flag": False})
-        assert s.get(Organization, "org_p") is not None
+            # Read on the driver's connection: it sees only what was flushed to the database.
+            found = pipe.execute(
+                select(orgs.c.id).where(orgs.c.id == bindparam("o")),  # type: ignore[attr-defined]
+                {"o": "org_p"},
+            )
+        assert [tuple(r) for r in found.fetchall()] == [("org_p",)]
 
 
 def test_statements_it_cannot_run_faithfully_are_refused(db: Database) -> None:

@@ -211,7 +211,6 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
         with svc.db.write() as s:
             judged = compliance.judge_host(s, svc.policy, snap, kit.key_id, site_id)
             update = compliance.host_update(
-                svc.policy,
                 key_id=kit.key_id,
                 snapshot=snap,
                 digest=digest,

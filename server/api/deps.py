@@ -18,7 +18,12 @@ from server.db import Database
 from server.groupcommit import GroupCommitter
 from server.policy import PolicySet
 from server.results import VerifierKey
-from server.store.compliance import ComplianceConfig, RegistryCache, settle_pending
+from server.store.compliance import (
+    ComplianceConfig,
+    JudgementMemo,
+    RegistryCache,
+    settle_pending,
+)
 from server.verify import VerifyConfig
 
 
@@ -74,6 +79,8 @@ class Services:
     compliance: ComplianceConfig
     #: Registered models by weight digest, kept per registry generation (ingest judgement).
     models: RegistryCache = field(default_factory=RegistryCache)
+    #: Each host's last judgement, answered again while its inputs are unchanged (ingest).
+    judgements: JudgementMemo = field(default_factory=JudgementMemo)
     _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
         default=None, init=False, repr=False
     )

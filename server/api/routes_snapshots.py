@@ -242,6 +242,7 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
                 state.site,
                 models=svc.models,
                 registry_generation=state.registry_generation,
+                memo=svc.judgements,
             )
     except Rejected as exc:
         _rejected(svc, exc, data)
@@ -280,7 +281,6 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
             inventory_digest=state.inventory_digest,
         ),
         host=compliance.host_update(
-            policy,
             key_id=verdict.key_id,
             snapshot=verdict.snapshot,
             digest=verdict.digest,

@@ -95,6 +95,8 @@ class HostJudgement:
     org_id: str
     country: str
     on: date
+    #: What the snapshot adds to its site's and organization's aggregates.
+    contribution: HostContribution
 
 
 # --------------------------------------------------------------------------- host scope
@@ -209,6 +211,68 @@ _SITE_STATE = cast(Table, SiteState.__table__)
 _INVENTORY = cast(Table, InventoryAccelerator.__table__)
 
 
+#: The parts of a snapshot that host judgement reads (server.policy.engine.host_variables and
+#: PolicySet.contribution): a snapshot that differs from another only outside them (its seq,
+#: prev, nonce, time of day, uptime, posture) is judged the same.
+_JUDGED_FACTS: dict[str, Any] = {
+    "agent": {"key_id"},
+    "site_id": True,
+    "host": {"hostname"},
+    "accelerators": True,
+    "storage": True,
+    "errors": True,
+}
+
+
+class JudgementMemo:
+    """The last host judgement of each host in this process, reused while none of its inputs
+    changed.
+
+    A host's judgement (its host-scope findings and its contribution to the site) is a pure
+    function of the facts of the snapshot that the policy reads (:data:`_JUDGED_FACTS`), the day
+    the snapshot was collected, the site's terms, the model registry's answers for its weight
+    digests (pinned by the registry's generation) and the policy files (pinned by their digest).
+    A fleet reports the same facts snapshot after snapshot, so each host keeps one entry: the
+    key of those inputs and the judgement they gave. Any change of any input is a miss and is
+    judged afresh. Without a registry generation (a database not migrated yet) nothing is kept.
+
+    Bounded by ``max_entries`` hosts (emptied when full, like :class:`RegistryCache`).
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[tuple[Any, ...], HostJudgement]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(
+        policy: PolicySet,
+        snapshot: SnapshotV1,
+        site_id: str,
+        terms: SiteTerms,
+        generation: int,
+        on: date,
+    ) -> tuple[Any, ...]:
+        facts = snapshot.__pydantic_serializer__.to_json(snapshot, include=_JUDGED_FACTS)
+        return (policy.digest, generation, site_id, terms, on, hashlib.sha256(facts).digest())
+
+    def get(self, key_id: str, key: tuple[Any, ...]) -> HostJudgement | None:
+        entry = self._last.get(key_id)
+        if entry is not None and entry[0] == key:
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        return None
+
+    def put(self, key_id: str, key: tuple[Any, ...], judgement: HostJudgement) -> None:
+        with self._lock:
+            if key_id not in self._last and len(self._last) >= self.max_entries:
+                self._last = {}
+            self._last[key_id] = (key, judgement)
+
+
 def judge_host(
     session: Session,
     policy: PolicySet,
@@ -219,16 +283,24 @@ def judge_host(
     *,
     models: RegistryCache | None = None,
     registry_generation: int | None = None,
+    memo: JudgementMemo | None = None,
 ) -> HostJudgement:
-    """Host-scope findings. ``terms``: the site's facts if the caller already read them (ingest
-    reads them with the host in one query); otherwise one query here. ``models``: this
-    process's registry cache, valid for ``registry_generation`` (ingest reads it with the host);
-    without them the registry is queried."""
+    """Host-scope findings and contribution. ``terms``: the site's facts if the caller already
+    read them (ingest reads them with the host in one query); otherwise one query here.
+    ``models``: this process's registry cache, valid for ``registry_generation`` (ingest reads
+    it with the host); without them the registry is queried. ``memo``: this process's last
+    judgement of each host, answered again when nothing it was judged from changed."""
     if terms is None:
         terms = site_terms(session, site_id)
         if terms is None:
             raise LookupError(f"site {site_id} vanished")
     on = snapshot.collected_at_datetime().date()
+    key = None
+    if memo is not None and registry_generation is not None:
+        key = JudgementMemo.key(policy, snapshot, site_id, terms, registry_generation, on)
+        known = memo.get(key_id, key)
+        if known is not None:
+            return known
     digests = [f.sha256 for root in snapshot.storage for f in root.files if f.sha256]
     ctx = HostContext(
         site_id=site_id,
@@ -243,7 +315,17 @@ def judge_host(
         host_id=key_id,
     )
     findings = tuple(policy.evaluate_host(snapshot, ctx, on))
-    return HostJudgement(findings, site_id, terms.org_id, terms.country, on)
+    judged = HostJudgement(
+        findings,
+        site_id,
+        terms.org_id,
+        terms.country,
+        on,
+        policy.contribution(snapshot, on, country=terms.country),
+    )
+    if memo is not None and key is not None:
+        memo.put(key_id, key, judged)
+    return judged
 
 
 _HOST_STATE_INSERT = insert(_HOST_STATE)
@@ -306,7 +388,6 @@ class HostUpdate:
 
 
 def host_update(
-    policy: PolicySet,
     *,
     key_id: str,
     snapshot: SnapshotV1,
@@ -316,7 +397,7 @@ def host_update(
     now: datetime,
 ) -> HostUpdate:
     """The host's new contribution (pending until its site settles) and findings key."""
-    new = policy.contribution(snapshot, judgement.on, country=judgement.country)
+    new = judgement.contribution
     return HostUpdate(
         key_id=key_id,
         site_id=judgement.site_id,

@@ -84,11 +84,11 @@ class Run:
     def rate(self) -> float:
         return self.count / self.seconds if self.seconds else 0.0
 
-    def pct(self, q: float) -> float:
+    def pct(self, q: float) -> str:
         if not self.latencies:
-            return float("nan")
+            return "n/a"
         ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.2f}"
 
 
 def build_load(site_id: str, hosts: int, per_host: int) -> tuple[list[HostKit], list[list[bytes]]]:
@@ -120,6 +120,80 @@ class CpuMeter:
             cpu_since(self._server, tree_pids(self.server_pid)),
             cpu_since(self._db, postgres_pids()),
         )
+
+
+def in_process(
+    label: str,
+    data_dir: Path,
+    database_url: str | None,
+    hosts: int,
+    per_host: int,
+    batch: int,
+    settle_every: int = 256,
+) -> Run:
+    """The verifier's own work per snapshot, with no HTTP, no threads and no load generator: the
+    same site and envelopes as :func:`http_run`, each appraised by the ingest code
+    (:func:`server.api.routes_snapshots.appraise_body`) and committed ``batch`` at a time by its
+    group-commit write (:func:`~server.api.routes_snapshots.write_batch`), and the site settled
+    every ``settle_every`` snapshots (a server settles once a second, which at the rates seen
+    here is a few hundred snapshots; counted, not timed, so a slower run or a profiler does not
+    settle more often), one after the other in this process.
+
+    Its CPU per snapshot (this process and PostgreSQL's) bounds what any serving of this code
+    can reach on this machine: N cores cannot ingest more than N / (that CPU + the load
+    generator's) snapshots a second, however the requests reach it.
+    """
+    from fastapi.testclient import TestClient
+
+    from server.api import routes_snapshots as routes
+    from server.api.app import create_app
+    from server.config import Settings
+    from server.store import repo
+
+    settings = (
+        Settings(data_dir=data_dir, database_url=database_url)
+        if database_url
+        else Settings(data_dir=data_dir)
+    )
+    app = create_app(settings)
+    svc = app.state.veu
+    now = datetime.now(UTC)
+    with svc.db.write() as session:  # what make_fleet does through the CLI
+        repo.add_org(session, "Acme Compute", "universal", "US", None, now)
+        site = repo.add_site(session, "Acme Compute", "Frankfurt-1", "DE", 5e6, None, False, now)
+        site_id = site.id
+        tokens = [
+            repo.create_enroll_token(session, site_id, timedelta(hours=1), now)[0]
+            for _ in range(hosts)
+        ]
+    kits, streams = build_load(site_id, hosts, per_host)
+    with TestClient(app) as client:
+        for kit, token in zip(kits, tokens, strict=True):
+            answer = client.post("/v1/enroll", json=kit.enroll_body(token))
+            if answer.status_code != 200:
+                raise SystemExit(f"enroll failed: {answer.status_code} {answer.text[:200]}")
+    order = [body for bodies in zip(*streams, strict=True) for body in bodies]  # in chain order
+    errors = 0
+    db_before = cpu_by_pid(postgres_pids()) if database_url else {}
+    cpu0 = time.process_time()
+    begin = time.perf_counter()
+    unsettled = 0
+    for start in range(0, len(order), batch):
+        items = [routes.appraise_body(svc, body) for body in order[start : start + batch]]
+        pending = [item for item in items if isinstance(item, routes.Pending)]
+        errors += len(items) - len(pending)
+        outcomes = routes.write_batch(svc, pending)
+        errors += sum(not isinstance(o, routes.IngestOutcome) for o in outcomes)
+        unsettled += len(items)
+        if unsettled >= settle_every:
+            svc.settle()
+            unsettled = 0
+    svc.settle()
+    seconds = time.perf_counter() - begin
+    cpu = time.process_time() - cpu0
+    db_cpu = cpu_since(db_before, postgres_pids()) if database_url else None
+    svc.db.dispose()
+    return Run(label, len(order), seconds, [], errors, 0.0, cpu, db_cpu)  # no latency: no requests
 
 
 def floor(kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0) -> Run:
@@ -204,7 +278,21 @@ def http_run(
     return Run(label, count, seconds, latencies, errors, cpu, server_cpu, db_cpu)
 
 
-def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
+def bound(http: Run, local: Run, cores: int) -> float:
+    """The most snapshots a second ``cores`` could ingest if serving added nothing to the
+    in-process work: cores / (the verifier's and the database's CPU per snapshot in process +
+    the load generator's CPU per request in the HTTP run)."""
+    per = ((local.server_cpu or 0.0) + (local.db_cpu or 0.0)) / max(local.count, 1)
+    per += http.client_cpu / max(http.count, 1)
+    return cores / per if per > 0 else 0.0
+
+
+def markdown(
+    runs: list[Run],
+    floor_run: Run,
+    args: argparse.Namespace,
+    pairs: list[tuple[str, Run, Run]] | None = None,
+) -> str:
     load1, load5, load15 = os.getloadavg()
     lines = [
         SECTION,
@@ -231,10 +319,30 @@ def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
     for run in [floor_run, *runs]:
         share = run.rate / floor_run.rate * 100 if floor_run.rate else 0
         lines.append(
-            f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5):.2f} | "
-            f"{run.pct(0.99):.2f} | {run.errors} | {share:.0f}% | "
+            f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5)} | "
+            f"{run.pct(0.99)} | {run.errors} | {share:.0f}% | "
             f"{run.per_snapshot_ms(run.server_cpu)} | {run.per_snapshot_ms(run.db_cpu)} | "
             f"{run.client_cpu:.1f} |"
+        )
+    cores = os.cpu_count() or 1
+    if pairs:
+        lines += ["", f"Bound from the in-process runs on these {cores} cores (see `in_process`):"]
+    for database, http, local in pairs or []:
+        ceiling = bound(http, local, cores)
+        share = ceiling / floor_run.rate * 100 if floor_run.rate else 0
+        lines.append(
+            f"- {database}: {cores} / ({local.per_snapshot_ms(local.server_cpu)} ms verifier"
+            + (
+                f" + {local.per_snapshot_ms(local.db_cpu)} ms PostgreSQL"
+                if local.db_cpu is not None
+                else ""
+            )
+            + f" + {http.client_cpu / max(http.count, 1) * 1000:.2f} ms load generator) = "
+            f"**{ceiling:,.0f} snapshots/s at most** ({share:.0f}% of the floor); "
+            f"measured over HTTP: {http.rate:,.0f}/s ({http.rate / ceiling * 100:.0f}% of "
+            "that bound)"
+            if ceiling
+            else f"- {database}: no CPU measured"
         )
     lines += [
         "",
@@ -243,22 +351,30 @@ def markdown(runs: list[Run], floor_run: Run, args: argparse.Namespace) -> str:
         "host judgement (CEL over every accelerator and weight file), the signed result, one",
         "lookup and one write transaction (snapshot, chain head, nonce, inventory when it",
         "changed, host state and findings, audit row; `synchronous=FULL` on SQLite), and HTTP;",
-        "the load generator and PostgreSQL run on the same two cores. See the history below",
-        "for where the time goes and what changed.",
+        "the load generator and PostgreSQL run on the same two cores. The in-process runs do",
+        "the same work with the same code, one snapshot after the other, without HTTP, threads",
+        "or a load generator: their CPU per snapshot is what the verifier's work itself costs,",
+        "and the bound says how far any serving of that work could go here. See the history",
+        "below for where the time goes and what changed.",
         "",
     ]
     return "\n".join(lines)
 
 
 def write_section(text: str) -> None:
+    """Put this run first in the section of bench/RESULTS.md: the section's heading and intro
+    are replaced, and every earlier run below them (its ``###`` subsections) is kept."""
     path = REPO / "bench" / "RESULTS.md"
     current = path.read_text() if path.exists() else ""
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current)
-    else:
-        updated = text + "\n" + current
-    path.write_text(updated)
+    found = pattern.search(current)
+    if found is None:
+        path.write_text(text + "\n" + current)
+        return
+    section = found.group(0)
+    earlier = re.search(r"^### ", section, re.M)
+    kept = section[earlier.start() :] if earlier is not None else ""
+    path.write_text(current[: found.start()] + text + "\n" + kept + current[found.end() :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,45 +398,66 @@ def main(argv: list[str] | None = None) -> int:
         args.hosts, args.per_host, args.concurrency, args.pg_url = 4, 5, 4, None
 
     runs: list[Run] = []
+    pairs: list[tuple[str, Run, Run]] = []  # (database, HTTP run, in-process run)
     floor_run: Run | None = None
     with tempfile.TemporaryDirectory(prefix="veu-bench-") as tmp:
         if not args.no_sqlite:
             data = Path(tmp) / "sqlite"
             server = start_server(data, f"sqlite:///{data / 'veu.sqlite3'}")
             try:
-                runs.append(
-                    http_run(
-                        "HTTP ingest, SQLite, 1 worker",
-                        server,
-                        args.hosts,
-                        args.per_host,
-                        args.concurrency,
-                        args.client,
-                    )
+                http = http_run(
+                    "HTTP ingest, SQLite, 1 worker",
+                    server,
+                    args.hosts,
+                    args.per_host,
+                    args.concurrency,
+                    args.client,
                 )
             finally:
                 stop_server(server)
+            local = in_process(
+                "in process, no HTTP, SQLite",
+                Path(tmp) / "sqlite-in-process",
+                None,
+                args.hosts,
+                args.per_host,
+                args.concurrency,
+            )
+            runs += [http, local]
+            pairs.append(("SQLite", http, local))
         if args.pg_url:
             url, name = pg_create(args.pg_url)
             data = Path(tmp) / "pg"
             server = start_server(data, url, "--workers", str(args.workers))
             try:
-                runs.append(
-                    http_run(
-                        f"HTTP ingest, PostgreSQL, {args.workers} workers",
-                        server,
-                        args.hosts,
-                        args.per_host,
-                        args.concurrency,
-                        args.client,
-                    )
+                http = http_run(
+                    f"HTTP ingest, PostgreSQL, {args.workers} workers",
+                    server,
+                    args.hosts,
+                    args.per_host,
+                    args.concurrency,
+                    args.client,
                 )
             finally:
                 stop_server(server)
                 pg_drop(args.pg_url, name)
+            url, name = pg_create(args.pg_url)
+            try:
+                local = in_process(
+                    "in process, no HTTP, PostgreSQL",
+                    Path(tmp) / "pg-in-process",
+                    url,
+                    args.hosts,
+                    args.per_host,
+                    args.concurrency,
+                )
+            finally:
+                pg_drop(args.pg_url, name)
+            runs += [http, local]
+            pairs.append(("PostgreSQL", http, local))
         kits, streams = build_load("site_floor", min(args.hosts, 16), min(args.per_host, 10))
         floor_run = floor(kits, streams, seconds=0.5 if args.smoke else 3.0)
-    text = markdown(runs, floor_run, args)
+    text = markdown(runs, floor_run, args, pairs)
     print(text)
     if args.write and not args.smoke:
         write_section(text)

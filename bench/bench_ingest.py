@@ -196,7 +196,9 @@ def in_process(
     return Run(label, len(order), seconds, [], errors, 0.0, cpu, db_cpu)  # no latency: no requests
 
 
-def floor(kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0) -> Run:
+def floor(
+    kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0, when: str = ""
+) -> Run:
     keys = {k.key_id: public_from_raw(raw_public(k.key.public_key())) for k in kits}
     flat = [e for s in streams for e in s]
     latencies: list[float] = []
@@ -208,9 +210,8 @@ def floor(kits: list[HostKit], streams: list[list[bytes]], seconds: float = 3.0)
         open_envelope(data, keys)
         latencies.append(time.perf_counter() - t0)
         count += 1
-    return Run(
-        "floor: open_envelope in one process", count, time.perf_counter() - begin, latencies, 0, 0.0
-    )
+    label = "floor: open_envelope in one process" + (f", {when}" if when else "")
+    return Run(label, count, time.perf_counter() - begin, latencies, 0, 0.0)
 
 
 async def _drive(
@@ -289,7 +290,7 @@ def bound(http: Run, local: Run, cores: int) -> float:
 
 def markdown(
     runs: list[Run],
-    floor_run: Run,
+    floors: list[Run],
     args: argparse.Namespace,
     pairs: list[tuple[str, Run, Run]] | None = None,
 ) -> str:
@@ -316,8 +317,11 @@ def markdown(
         "server CPU ms/snapshot | PostgreSQL CPU ms/snapshot | load-gen CPU s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for run in [floor_run, *runs]:
-        share = run.rate / floor_run.rate * 100 if floor_run.rate else 0
+    # The box's speed drifts over minutes: the floor is measured before and after the runs, and
+    # shares are of their mean.
+    reference = sum(f.rate for f in floors) / len(floors)
+    for run in [*floors, *runs]:
+        share = run.rate / reference * 100 if reference else 0
         lines.append(
             f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5)} | "
             f"{run.pct(0.99)} | {run.errors} | {share:.0f}% | "
@@ -329,7 +333,7 @@ def markdown(
         lines += ["", f"Bound from the in-process runs on these {cores} cores (see `in_process`):"]
     for database, http, local in pairs or []:
         ceiling = bound(http, local, cores)
-        share = ceiling / floor_run.rate * 100 if floor_run.rate else 0
+        share = ceiling / reference * 100 if reference else 0
         lines.append(
             f"- {database}: {cores} / ({local.per_snapshot_ms(local.server_cpu)} ms verifier"
             + (
@@ -399,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
 
     runs: list[Run] = []
     pairs: list[tuple[str, Run, Run]] = []  # (database, HTTP run, in-process run)
-    floor_run: Run | None = None
+    floor_seconds = 0.5 if args.smoke else 3.0
+    kits, streams = build_load("site_floor", min(args.hosts, 16), min(args.per_host, 10))
+    floors = [floor(kits, streams, floor_seconds, "before the runs")]
     with tempfile.TemporaryDirectory(prefix="veu-bench-") as tmp:
         if not args.no_sqlite:
             data = Path(tmp) / "sqlite"
@@ -455,9 +461,8 @@ def main(argv: list[str] | None = None) -> int:
                 pg_drop(args.pg_url, name)
             runs += [http, local]
             pairs.append(("PostgreSQL", http, local))
-        kits, streams = build_load("site_floor", min(args.hosts, 16), min(args.per_host, 10))
-        floor_run = floor(kits, streams, seconds=0.5 if args.smoke else 3.0)
-    text = markdown(runs, floor_run, args, pairs)
+    floors.append(floor(kits, streams, floor_seconds, "after the runs"))
+    text = markdown(runs, floors, args, pairs)
     print(text)
     if args.write and not args.smoke:
         write_section(text)

@@ -236,7 +236,9 @@ class JudgementMemo:
     key of those inputs and the judgement they gave. Any change of any input is a miss and is
     judged afresh. Without a registry generation (a database not migrated yet) nothing is kept.
 
-    Bounded by ``max_entries`` hosts (emptied when full, like :class:`RegistryCache`).
+    Bounded by ``max_entries`` hosts (emptied when full, like :class:`RegistryCache`). An entry
+    holds about 2 KB (tracemalloc over 2,000 hosts of 8 GPUs and 4 weight files), so the default
+    bound is ~200 MB per worker at most; a fleet of 10,000 hosts takes ~20 MB.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:

@@ -39,6 +39,7 @@ def findings(api: Any, kit: HostKit, **over: Any) -> list[dict[str, Any]]:
 
 
 def ids(found: list[dict[str, Any]]) -> set[str]:
+    """Condition ids without their pack ("ai-diffusion-2025/host.x" -> "host.x")."""
     return {f["condition_id"].split("/")[-1] for f in found}
 
 

@@ -32,6 +32,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -150,12 +152,7 @@ def in_process(
     from server.config import Settings
     from server.store import repo
 
-    settings = (
-        Settings(data_dir=data_dir, database_url=database_url)
-        if database_url
-        else Settings(data_dir=data_dir)
-    )
-    app = create_app(settings)
+    app = create_app(Settings(data_dir=data_dir, database_url=database_url))
     svc = app.state.veu
     now = datetime.now(UTC)
     with svc.db.write() as session:  # what make_fleet does through the CLI
@@ -288,12 +285,11 @@ def bound(http: Run, local: Run, cores: int) -> float:
     return cores / per if per > 0 else 0.0
 
 
-def markdown(
-    runs: list[Run],
-    floors: list[Run],
-    args: argparse.Namespace,
-    pairs: list[tuple[str, Run, Run]] | None = None,
-) -> str:
+#: One database's runs: (its name, HTTP ingest, the same load in process).
+Pair = tuple[str, Run, Run]
+
+
+def markdown(pairs: list[Pair], floors: list[Run], args: argparse.Namespace) -> str:
     load1, load5, load15 = os.getloadavg()
     lines = [
         SECTION,
@@ -320,7 +316,7 @@ def markdown(
     # The box's speed drifts over minutes: the floor is measured before and after the runs, and
     # shares are of their mean.
     reference = sum(f.rate for f in floors) / len(floors)
-    for run in [*floors, *runs]:
+    for run in [*floors, *(run for _, http, local in pairs for run in (http, local))]:
         share = run.rate / reference * 100 if reference else 0
         lines.append(
             f"| {run.label} | {run.count} | {run.rate:,.0f} | {run.pct(0.5)} | "
@@ -331,22 +327,20 @@ def markdown(
     cores = os.cpu_count() or 1
     if pairs:
         lines += ["", f"Bound from the in-process runs on these {cores} cores (see `in_process`):"]
-    for database, http, local in pairs or []:
+    for database, http, local in pairs:
         ceiling = bound(http, local, cores)
+        if not ceiling:
+            lines.append(f"- {database}: no CPU measured")
+            continue
+        parts = [f"{local.per_snapshot_ms(local.server_cpu)} ms verifier"]
+        if local.db_cpu is not None:
+            parts.append(f"{local.per_snapshot_ms(local.db_cpu)} ms PostgreSQL")
+        parts.append(f"{http.per_snapshot_ms(http.client_cpu)} ms load generator")
         share = ceiling / reference * 100 if reference else 0
         lines.append(
-            f"- {database}: {cores} / ({local.per_snapshot_ms(local.server_cpu)} ms verifier"
-            + (
-                f" + {local.per_snapshot_ms(local.db_cpu)} ms PostgreSQL"
-                if local.db_cpu is not None
-                else ""
-            )
-            + f" + {http.client_cpu / max(http.count, 1) * 1000:.2f} ms load generator) = "
-            f"**{ceiling:,.0f} snapshots/s at most** ({share:.0f}% of the floor); "
-            f"measured over HTTP: {http.rate:,.0f}/s ({http.rate / ceiling * 100:.0f}% of "
-            "that bound)"
-            if ceiling
-            else f"- {database}: no CPU measured"
+            f"- {database}: {cores} / ({' + '.join(parts)}) = **{ceiling:,.0f} snapshots/s at "
+            f"most** ({share:.0f}% of the floor); measured over HTTP: {http.rate:,.0f}/s "
+            f"({http.rate / ceiling * 100:.0f}% of that bound)"
         )
     lines += [
         "",
@@ -381,6 +375,50 @@ def write_section(text: str) -> None:
     path.write_text(current[: found.start()] + text + "\n" + kept + current[found.end() :])
 
 
+@contextmanager
+def fresh_database(pg_url: str | None, data_dir: Path) -> Iterator[str]:
+    """A new database's URL: a SQLite file in ``data_dir``, or (``pg_url``: its server's admin
+    URL) a new PostgreSQL database, dropped afterwards."""
+    if pg_url is None:
+        yield f"sqlite:///{data_dir / 'veu.sqlite3'}"
+        return
+    url, name = pg_create(pg_url)
+    try:
+        yield url
+    finally:
+        pg_drop(pg_url, name)
+
+
+def measure(args: argparse.Namespace, tmp: Path, pg_url: str | None) -> Pair:
+    """One database (SQLite, or PostgreSQL at ``pg_url``): HTTP ingest against a real ``serve``
+    (``--workers`` on PostgreSQL), then the same load in process, each on a fresh database."""
+    database = "PostgreSQL" if pg_url else "SQLite"
+    workers = args.workers if pg_url else 1
+    with fresh_database(pg_url, tmp / "http") as url:
+        server = start_server(tmp / "http", url, *(["--workers", str(workers)] if pg_url else []))
+        try:
+            http = http_run(
+                f"HTTP ingest, {database}, {workers} worker{'s' if workers > 1 else ''}",
+                server,
+                args.hosts,
+                args.per_host,
+                args.concurrency,
+                args.client,
+            )
+        finally:
+            stop_server(server)
+    with fresh_database(pg_url, tmp / "local") as url:
+        local = in_process(
+            f"in process, no HTTP, {database}",
+            tmp / "local",
+            url if pg_url else None,  # None: the server's own default, SQLite in the data dir
+            args.hosts,
+            args.per_host,
+            args.concurrency,
+        )
+    return database, http, local
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true")
@@ -401,72 +439,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.hosts, args.per_host, args.concurrency, args.pg_url = 4, 5, 4, None
 
-    runs: list[Run] = []
-    pairs: list[tuple[str, Run, Run]] = []  # (database, HTTP run, in-process run)
     floor_seconds = 0.5 if args.smoke else 3.0
     kits, streams = build_load("site_floor", min(args.hosts, 16), min(args.per_host, 10))
     floors = [floor(kits, streams, floor_seconds, "before the runs")]
+    pairs: list[Pair] = []
     with tempfile.TemporaryDirectory(prefix="veu-bench-") as tmp:
         if not args.no_sqlite:
-            data = Path(tmp) / "sqlite"
-            server = start_server(data, f"sqlite:///{data / 'veu.sqlite3'}")
-            try:
-                http = http_run(
-                    "HTTP ingest, SQLite, 1 worker",
-                    server,
-                    args.hosts,
-                    args.per_host,
-                    args.concurrency,
-                    args.client,
-                )
-            finally:
-                stop_server(server)
-            local = in_process(
-                "in process, no HTTP, SQLite",
-                Path(tmp) / "sqlite-in-process",
-                None,
-                args.hosts,
-                args.per_host,
-                args.concurrency,
-            )
-            runs += [http, local]
-            pairs.append(("SQLite", http, local))
+            pairs.append(measure(args, Path(tmp) / "sqlite", None))
         if args.pg_url:
-            url, name = pg_create(args.pg_url)
-            data = Path(tmp) / "pg"
-            server = start_server(data, url, "--workers", str(args.workers))
-            try:
-                http = http_run(
-                    f"HTTP ingest, PostgreSQL, {args.workers} workers",
-                    server,
-                    args.hosts,
-                    args.per_host,
-                    args.concurrency,
-                    args.client,
-                )
-            finally:
-                stop_server(server)
-                pg_drop(args.pg_url, name)
-            url, name = pg_create(args.pg_url)
-            try:
-                local = in_process(
-                    "in process, no HTTP, PostgreSQL",
-                    Path(tmp) / "pg-in-process",
-                    url,
-                    args.hosts,
-                    args.per_host,
-                    args.concurrency,
-                )
-            finally:
-                pg_drop(args.pg_url, name)
-            runs += [http, local]
-            pairs.append(("PostgreSQL", http, local))
+            pairs.append(measure(args, Path(tmp) / "pg", args.pg_url))
     floors.append(floor(kits, streams, floor_seconds, "after the runs"))
-    text = markdown(runs, floors, args, pairs)
+    text = markdown(pairs, floors, args)
     print(text)
     if args.write and not args.smoke:
         write_section(text)
-    failed = sum(r.errors for r in runs)
+    failed = sum(http.errors + local.errors for _, http, local in pairs)
     if failed:
         print(f"{failed} requests failed", file=sys.stderr)
         return 1

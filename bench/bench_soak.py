@@ -49,7 +49,7 @@ def count_present(database_url: str, site_id: str, digests: list[str]) -> tuple[
     """(snapshot rows of the site, acknowledged digests found among them)."""
     from sqlalchemy import func, select
 
-    from server.db import Database, make_engine
+    from server.store.db import Database, make_engine
     from server.store.models import Snapshot
 
     engine = make_engine(database_url)

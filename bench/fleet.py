@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Fleet simulator / load generator for the fleet benchmarks (issue 7).
 
-The engine is :mod:`server.simulate` (also ``veu-server simulate``); this module adds what the
-benchmarks share: start a real ``veu-server serve`` (SQLite or PostgreSQL, N workers), make a
-throwaway PostgreSQL database, enroll a fleet and drive it, and sample CPU and memory of process
-trees with psutil.
+The engine is :mod:`server.devtools.simulate` (also ``veu-server simulate``); this module adds
+what the benchmarks share: start a real ``veu-server serve`` (SQLite or PostgreSQL, N workers),
+make a throwaway PostgreSQL database, enroll a fleet and drive it, and sample CPU and memory of
+process trees with psutil.
 
 Run on its own it starts a server on SQLite in a temporary directory and drives it::
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
-from server.simulate import (  # noqa: E402
+from server.devtools.simulate import (  # noqa: E402
     Report,
     SimHost,
     Traffic,
@@ -40,7 +40,7 @@ from server.simulate import (  # noqa: E402
     make_tokens,
     run_async,
 )
-from server.simulate import run as simulate_run  # noqa: E402
+from server.devtools.simulate import run as simulate_run  # noqa: E402
 from tests.server.conftest import LiveServer, start_server, stop_server  # noqa: E402
 
 __all__ = [

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from server.simulate import run_async
+from server.devtools.simulate import run_async
 
 
 def encode_post(url: str, path: str, body: bytes, content_type: str = "application/json") -> bytes:

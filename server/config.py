@@ -62,9 +62,9 @@ class Settings:
     #: few per process never helps; add workers instead.
     ingest_concurrency: int | None = None
     #: Most accepted snapshots one process commits in one transaction (group commit,
-    #: server/groupcommit.py). Batches form while a commit runs and while the writer waits for
-    #: appraisals under way, so a lightly loaded verifier commits each snapshot alone; 1 turns
-    #: batching off.
+    #: server/ingest/_groupcommit.py). Batches form while a commit runs and while the writer
+    #: waits for appraisals under way, so a lightly loaded verifier commits each snapshot alone;
+    #: 1 turns batching off.
     ingest_batch_max: int = 32
     #: How long the writer waits for snapshots still under appraisal in this process before it
     #: commits what is queued (never when none is under appraisal); 0 commits at once.

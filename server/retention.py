@@ -34,8 +34,8 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from server.db import Database
 from server.store.compliance_models import FindingRow
+from server.store.db import Database
 from server.store.models import ChainHead, Snapshot
 
 
@@ -127,7 +127,7 @@ def apply(
     actor: str = "retention",
 ) -> RetentionResult:
     """Apply both settings (``None`` skips one) and record the run in the audit log."""
-    from server import audit
+    from server.store import audit
 
     if batch < 1:
         raise ValueError("batch must be at least 1")
@@ -185,7 +185,7 @@ def _days(text: str) -> float:
 
 
 def register(subparsers: Any) -> None:
-    """``veu-server retention apply``: wire into server/cli.py's subparsers."""
+    """``veu-server retention apply``: wire into server/cli/__init__.py's subparsers."""
     group = subparsers.add_parser("retention", help="prune old raw envelopes and closed findings")
     sub = group.add_subparsers(dest="retention", required=True)
     p = sub.add_parser(
@@ -203,7 +203,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from server.config import Settings
-    from server.db import engine_for
+    from server.store.db import engine_for
     from server.store.migrate import upgrade
 
     if args.envelopes_days is None and args.findings_days is None:

@@ -24,14 +24,14 @@ from server.api.routes_compliance import router as compliance_router
 from server.api.routes_read import router as read_router
 from server.api.routes_snapshots import IngestFastPath
 from server.api.routes_snapshots import router as snapshots_router
+from server.appraise import VerifyConfig
+from server.compliance.settle import ComplianceConfig, refresh_site
 from server.config import Settings
-from server.db import Database, engine_for
 from server.policy import PolicySet, load_policy_set
 from server.results import load_or_create_key
-from server.store.compliance import ComplianceConfig, refresh_site
+from server.store.db import Database, engine_for
 from server.store.migrate import upgrade
 from server.store.models import Site
-from server.verify import VerifyConfig
 
 ENV_NO_MIGRATE = "VEU_NO_MIGRATE"
 

@@ -18,9 +18,9 @@ from agent.evidence import parse_timestamp
 from agent.reqsign import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
 from server.api.deps import Services
 from server.api.errors import APIError
+from server.appraise import HostRecord
 from server.store import repo
 from server.store.ingest import host_record
-from server.verify import HostRecord
 
 _BEARER = {"WWW-Authenticate": "Bearer"}
 

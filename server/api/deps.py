@@ -13,18 +13,18 @@ from anyio import CapacityLimiter
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from server.config import Settings
-from server.db import Database
-from server.groupcommit import GroupCommitter
-from server.policy import PolicySet
-from server.results import VerifierKey
-from server.store.compliance import (
+from server.appraise import VerifyConfig
+from server.compliance.settle import (
     ComplianceConfig,
     JudgementMemo,
     RegistryCache,
     settle_pending,
 )
-from server.verify import VerifyConfig
+from server.config import Settings
+from server.ingest._groupcommit import GroupCommitter
+from server.policy import PolicySet
+from server.results import VerifierKey
+from server.store.db import Database
 
 
 class Metrics:
@@ -99,7 +99,7 @@ class Services:
         self, write: Callable[[Sequence[Any]], Sequence[Any]]
     ) -> GroupCommitter[Any, Any]:
         """This process's group committer of accepted snapshots (built on first use with
-        ``write``; see server/groupcommit.py)."""
+        ``write``; see server/ingest/_groupcommit.py)."""
         with self._committer_lock:
             if self._committer is None:
                 self._committer = GroupCommitter(
@@ -122,7 +122,7 @@ class Services:
         return datetime.now(UTC)
 
     def settle(self, *, skip_locked: bool = False) -> int:
-        """Judge the sites with newly accepted snapshots now (see server.store.compliance)."""
+        """Judge the sites with newly accepted snapshots now (see server.compliance.settle)."""
         return settle_pending(
             self.db, self.policy, self.compliance, self.now, skip_locked=skip_locked
         )

@@ -161,7 +161,7 @@ def _issue_for_agent(svc: Services, key_id: str) -> dict[str, Any]:
 
 
 def _issue_for_admin(svc: Services, req: AdminChallengeRequest, actor: auth.User) -> dict[str, Any]:
-    from server.store.ledger import request_attestation
+    from server.compliance.ledger import request_attestation
 
     with svc.db.write() as session:
         if req.host is not None and session.get(Host, req.host) is None:

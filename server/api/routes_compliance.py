@@ -12,13 +12,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server import audit
 from server.api import auth
 from server.api.deps import SvcDep
 from server.api.errors import APIError
+from server.compliance import ledger
+from server.compliance import settle as comp
 from server.policy import PackError, load_policy_set
-from server.store import compliance as comp
-from server.store import ledger
+from server.store import audit
 
 router = APIRouter(prefix="/v1", tags=["compliance"])
 

@@ -1,6 +1,6 @@
 """Evidence in (``POST /v1/snapshots``) and evidence out (raw envelopes, signed results).
 
-Ingest is the thin shell around :mod:`server.verify`: read the body under a cap, preparse, look up
+Ingest is the thin shell around :mod:`server.appraise`: read the body under a cap, preparse, look up
 the trusted state, appraise, then commit the snapshot, the new chain head, the spent nonce, the
 host's inventory and the audit row in ONE transaction, and answer 2xx only after that commit.
 Under load that transaction holds several hosts' snapshots (group commit, docs/decisions.md, 15):
@@ -26,13 +26,14 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import audit
 from server.api import auth
 from server.api.deps import Services, SvcDep, services
 from server.api.errors import APIError, known_error_response
+from server.appraise import Accepted, Fork, NonceReused, Rejected, appraise, preparse
+from server.compliance import settle as compliance
 from server.findings import Finding, condensed, status_of
 from server.results import sign_result
-from server.store import compliance, repo
+from server.store import audit, repo
 from server.store.ingest import (
     AlreadyStored,
     HeadMoved,
@@ -46,7 +47,6 @@ from server.store.ingest import (
     snapshot_races,
 )
 from server.store.pipeline import Pipeline
-from server.verify import Accepted, Fork, NonceReused, Rejected, appraise, preparse
 
 log = logging.getLogger("veu.ingest")
 router = APIRouter(prefix="/v1", tags=["evidence"])
@@ -194,7 +194,7 @@ class Pending:
 def appraise_and_submit(svc: Services, data: bytes) -> IngestOutcome | Future[IngestOutcome]:
     """Appraise; an accepted snapshot goes to this process's group committer, and its future
     resolves after the commit. The committer knows an appraisal is running, and waits for it
-    (briefly) before committing what is queued (server/groupcommit.py)."""
+    (briefly) before committing what is queued (server/ingest/_groupcommit.py)."""
     committer = svc.ingest_committer(lambda batch: write_batch(svc, batch))
     with committer.preparing():
         prepared = appraise_body(svc, data)
@@ -250,7 +250,7 @@ def appraise_body(svc: Services, data: bytes) -> IngestOutcome | Pending:
     findings: tuple[Finding, ...] = verdict.findings + judged.findings
     status = status_of(findings)
     # Signed with the policy digest. The site and organization are judged when the site
-    # settles (about a second later, or before any compliance read): server.store.compliance.
+    # settles (about a second later, or before any compliance read): server.compliance.settle.
     result = sign_result(
         svc.key,
         verifier_id=svc.settings.verifier_id,

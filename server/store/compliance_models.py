@@ -29,7 +29,7 @@ from server.store.models import Base, InventoryAccelerator, UTCDateTime
 class HostState(Base):
     """What the latest accepted snapshot of a host contributes to its site and organization.
 
-    Ingest writes ``contribution`` and sets ``pending``; settling (:func:`server.store.compliance.
+    Ingest writes ``contribution`` and sets ``pending``; settling (:func:`server.compliance.settle.
     settle_site`) folds ``contribution - applied`` into the site aggregate under the site's lock
     and copies ``contribution`` to ``applied``. A revoked host is ``revoked`` + ``pending`` until
     settling takes ``applied`` out of the totals and deletes the row.
@@ -169,7 +169,7 @@ class ModelFile(Base):
 class RegistryState(Base):
     """One row: a number that grows whenever the model registry changes, read with every
     snapshot's lookup so each process may keep the registry's answers in memory until then
-    (server.store.compliance.RegistryCache). Whatever changes ``models`` or ``model_files``
+    (server.compliance.settle.RegistryCache). Whatever changes ``models`` or ``model_files``
     bumps it in the same transaction (:func:`bump_registry`)."""
 
     __tablename__ = "registry_state"

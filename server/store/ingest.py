@@ -1,6 +1,6 @@
 """The evidence write path: the trusted state appraisal needs, and committing what it accepted.
 
-:func:`lookup` reads what :func:`server.verify.appraise` asks for. :func:`send_accepted` writes
+:func:`lookup` reads what :func:`server.appraise.appraise` asks for. :func:`send_accepted` writes
 accepted snapshots (one, or a group commit of several) in the caller's single transaction, with
 its statements pipelined (server.store.pipeline), and races are settled in the database:
 
@@ -29,8 +29,10 @@ from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from agent.keys import public_from_raw
-from server import audit
+from server.appraise import Accepted, HostRecord, NonceRecord
+from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding
+from server.store import audit
 from server.store.compliance_models import RegistryState, SiteAuthorization
 from server.store.models import (
     ChainHead,
@@ -43,8 +45,6 @@ from server.store.models import (
 )
 from server.store.pipeline import Pipeline
 from server.store.sqllist import values_in
-from server.verify import Accepted, HostRecord, NonceRecord
-from server.verify import ChainHead as HeadRecord
 
 _NONCE = re.compile(r"^[0-9a-f]{64}$")  # the only nonces this verifier issues
 
@@ -148,7 +148,7 @@ _LOOKUP = (
         _AUTHS.c.may_store_controlled_weights,
         _HEAD_SNAPSHOT.c.digest,
         _HEAD_SNAPSHOT.c.prev,
-        # The model registry's generation (server.store.compliance.RegistryCache).
+        # The model registry's generation (server.compliance.settle.RegistryCache).
         select(_REGISTRY_STATE.c.generation)
         .where(_REGISTRY_STATE.c.id == 1)
         .scalar_subquery()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from server import audit
+from server.store import audit
 from server.store.countries import is_country
 from server.store.models import (
     ApiKey,
@@ -322,7 +322,7 @@ def revoke_host(session: Session, key_id: str, now: datetime, actor: str) -> Hos
     if host.status != "revoked":
         host.status = "revoked"
         host.revoked_at = now
-        from server.store.compliance import mark_hosts_inactive
+        from server.compliance.settle import mark_hosts_inactive
 
         mark_hosts_inactive(session, key_id, now)  # a revoked host's chips stop counting
         audit.append(

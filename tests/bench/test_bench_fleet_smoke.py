@@ -26,7 +26,7 @@ def _bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
 
 
 def test_simulate_registers_a_subcommand_that_runs_the_simulator() -> None:
-    from server import simulate
+    from server.devtools import simulate
 
     parser = argparse.ArgumentParser()
     simulate.register(parser.add_subparsers(dest="command"))

@@ -12,10 +12,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from server import audit
-from server.db import Database
 from server.policy import OrgAggregate, PolicySet, SiteAggregate
-from server.store import repo
+from server.store import audit, repo
 from server.store.compliance_models import (
     FindingRow,
     HostState,
@@ -27,6 +25,7 @@ from server.store.compliance_models import (
     SiteAuthorization,
     SiteState,
 )
+from server.store.db import Database
 from server.store.models import (
     ChainHead,
     Host,

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from server.demo import run_demo
+from server.devtools.demo import run_demo
 from tests.browser.conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         [
             sys.executable,
             "-m",
-            "server.demo",
+            "server.devtools.demo",
             "demo",
             "--data-dir",
             str(data_dir),
@@ -128,8 +128,8 @@ def test_demo_agents_push_signed_snapshots_and_the_stale_host_stops(demo: Runnin
 
 
 def test_demo_shows_each_deliberate_problem(demo: Running) -> None:
-    from server.db import Database, make_engine
     from server.store.compliance_models import FindingRow
+    from server.store.db import Database, make_engine
 
     db = Database(make_engine(f"sqlite:///{demo.data_dir / 'server' / 'veu.sqlite3'}"))
     wanted = {

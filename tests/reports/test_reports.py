@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server import report_cli, reports
+from server import reports
+from server.cli import report as report_cli
 from server.policy import PolicySet
 from tests.dashboard.conftest import Env, make_env
 

@@ -33,7 +33,7 @@ from agent.evidence import (
 )
 from agent.keys import key_id, raw_public
 from agent.reqsign import enroll_message, sign_request
-from server.simulate import h100_board
+from server.devtools.simulate import h100_board
 
 
 def h100_accelerators(host_index: int = 0) -> list[Accelerator]:

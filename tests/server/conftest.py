@@ -255,7 +255,7 @@ def seed(svc: object) -> tuple[str, str, str]:
 def register_builder_model(session: object, svc: object, now: object) -> None:
     """The weights in builders.weights_root() are a published open-weight model: registered, so
     the policy classifies them (not controlled) and realistic snapshots judge as affirming."""
-    from server.store import ledger
+    from server.compliance import ledger
     from tests.server.builders import weight_digests
 
     ledger.add_model(

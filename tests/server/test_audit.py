@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from server import audit
-from server.db import Database, make_engine
+from server.store import audit
+from server.store.db import Database, make_engine
 from server.store.migrate import upgrade
 from server.store.models import AuditEntry
 

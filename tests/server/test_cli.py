@@ -103,7 +103,7 @@ def test_audit_verify_passes_on_an_intact_log_and_fails_on_a_tampered_one(fleet:
     fleet.enroll(HostKit(fleet.site_id))
     ok = fleet.server.cli("audit", "verify")
     assert ok.returncode == 0 and "intact" in ok.stdout
-    from server.db import make_engine
+    from server.store.db import make_engine
 
     url = fleet.server.database_url
     engine = make_engine(url)

@@ -17,10 +17,10 @@ import pytest
 from server.api import routes_snapshots as routes
 from server.api.app import create_app
 from server.api.errors import APIError
-from server.audit import verify_audit
 from server.config import ENV_INGEST_BATCH, ENV_INGEST_BATCH_WAIT, ConfigError, Settings
-from server.groupcommit import GroupCommitter
+from server.ingest._groupcommit import GroupCommitter
 from server.results import verify_result
+from server.store.audit import verify_audit
 from tests.server.builders import HostKit, ago, digest_of
 
 # --------------------------------------------------------------------------- the committer

@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import text
 
 from agent.evidence import canonical_bytes, format_timestamp, pae, statement_bytes
-from server.db import make_engine
 from server.store import repo
+from server.store.db import make_engine
 from server.store.models import EVIDENCE_TABLES
 from tests.server.builders import HostKit
 from tests.server.conftest import Fleet, make_fleet, start_server, stop_server

@@ -1,4 +1,4 @@
-"""Each process's last host judgement per host (server.store.compliance.JudgementMemo): answered
+"""Each process's last host judgement per host (server.compliance.settle.JudgementMemo): answered
 again while nothing it was judged from changed, judged afresh when anything did — end to end on
 SQLite and PostgreSQL, and against the policy engine's own inputs."""
 
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from agent.evidence import CollectorError, Posture, SnapshotV1
+from server.compliance.settle import HostJudgement, JudgementMemo
 from server.policy import HostContext, ModelRegistry, PolicySet
 from server.policy.engine import host_variables
 from server.results import verify_result
-from server.store.compliance import HostJudgement, JudgementMemo
 from server.store.ingest import SiteTerms
 from tests.server.builders import HostKit, h100_accelerators, weights_root
 
@@ -197,7 +197,7 @@ def test_what_the_key_leaves_out_is_not_read_by_host_judgement(
     policy: PolicySet, name: str
 ) -> None:
     """If host judgement ever starts reading one of these, this fails: add it to
-    server.store.compliance._JUDGED_FACTS, or the memo would answer stale findings."""
+    server.compliance.settle._JUDGED_FACTS, or the memo would answer stale findings."""
     base = _snapshot()
     changed = base.model_copy(update=_volatile_changes()[name])
     ctx = HostContext(
@@ -268,7 +268,7 @@ def test_one_entry_per_host_and_a_bound() -> None:
 
 
 def test_without_a_registry_generation_nothing_is_kept(api: Any) -> None:
-    from server.store import compliance
+    from server.compliance import settle as compliance
 
     memo = JudgementMemo()
     kit = HostKit(api.site_id, index=0)
@@ -282,7 +282,7 @@ def test_without_a_registry_generation_nothing_is_kept(api: Any) -> None:
 def test_remembered_judgements_equal_fresh_ones(api: Any) -> None:
     """Across a mix of repeated and changed facts, every memo answer is what judging afresh
     gives."""
-    from server.store import compliance
+    from server.compliance import settle as compliance
 
     memo = JudgementMemo()
     kit = HostKit(api.site_id, index=0)

@@ -23,8 +23,8 @@ from sqlalchemy import (
     update,
 )
 
-from server.db import Database, make_engine
 from server.store import pipeline
+from server.store.db import Database, make_engine
 from server.store.ingest import AlreadyStored, HeadMoved, send_accepted, snapshot_races
 from server.store.migrate import upgrade
 from server.store.models import UTCDateTime

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from server.db import Database, make_engine
-from server.store.compliance import RegistryCache, bump_registry, model_registry
+from server.compliance.settle import RegistryCache, bump_registry, model_registry
 from server.store.compliance_models import ModelFile, RegisteredModel, RegistryState
+from server.store.db import Database, make_engine
 from server.store.migrate import upgrade
 from server.store.sqllist import TextList, values_in
 

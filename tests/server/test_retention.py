@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from server import retention
-from server.audit import verify_audit
+from server.store.audit import verify_audit
 from server.store.compliance_models import FindingRow
 from server.store.models import AuditEntry, Snapshot
 from tests.server.builders import HostKit
@@ -180,7 +180,7 @@ def test_the_retention_migration_upgrades_and_downgrades(tmp_path: Path) -> None
     from alembic import command
     from sqlalchemy import inspect
 
-    from server.db import make_engine
+    from server.store.db import make_engine
     from server.store.migrate import alembic_config, upgrade
 
     url = f"sqlite:///{tmp_path / 'm.sqlite3'}"

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from server.store import compliance, repo
+from server.compliance import settle as compliance
+from server.store import repo
 from server.store.compliance_models import FindingRow, HostState, OrgState, SiteState
 from tests.server.builders import HostKit, failed_collector, h100_accelerators
 from tests.server.conftest import Api, seed
@@ -254,7 +255,7 @@ def test_the_migration_marks_existing_contributions_as_already_in_the_site_total
     from alembic import command
     from sqlalchemy import inspect
 
-    from server.db import make_engine
+    from server.store.db import make_engine
     from server.store.migrate import alembic_config, upgrade
 
     upgrade(db_url, "0003")

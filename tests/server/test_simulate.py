@@ -6,7 +6,7 @@ import random
 
 from agent.evidence import envelope_digest, open_envelope, sign_envelope, statement_bytes
 from agent.keys import public_from_raw, raw_public
-from server.simulate import SimHost
+from server.devtools.simulate import SimHost
 
 
 def _reference(host: SimHost, nonce: str | None, stamp: str) -> bytes:

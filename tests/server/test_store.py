@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, select, text
 
-from server.db import Database, make_engine
 from server.store import repo
+from server.store.db import Database, make_engine
 from server.store.migrate import current_revision, head_revision, upgrade
 from server.store.models import ApiKey, EnrollToken, Host
 

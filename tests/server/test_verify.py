@@ -1,4 +1,4 @@
-"""server.verify: which evidence is accepted, and the precise reason for the rest."""
+"""server.appraise: which evidence is accepted, and the precise reason for the rest."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import server.verify as verify
+import server.appraise as verify
 from agent.evidence import (
     PAYLOAD_TYPE,
     EvidenceError,
@@ -31,8 +31,7 @@ from agent.evidence import (
     statement_bytes,
 )
 from agent.keys import key_id
-from server.findings import status_of
-from server.verify import (
+from server.appraise import (
     Accepted,
     ChainHead,
     Duplicate,
@@ -44,6 +43,7 @@ from server.verify import (
     appraise,
     preparse,
 )
+from server.findings import status_of
 
 # --------------------------------------------------------------------------- builders
 

@@ -1,4 +1,4 @@
-"""server/workers.py without processes: the supervisor hands each worker a new socket."""
+"""server/api/workers.py without processes: the supervisor hands each worker a new socket."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import socket
 import pytest
 from uvicorn import Config
 
-from server import workers
+from server.api import workers
 
 pytestmark = pytest.mark.skipif(not workers.REUSE_PORT, reason="no SO_REUSEPORT here")
 

@@ -5,7 +5,7 @@ processes (two children of one head: one accepted, one ``fork``; one envelope tw
 at once: one row, identical answers). This file adds what it does not cover:
 
 - the same two races through ONE ``serve --workers 2`` (uvicorn's supervisor, the documented
-  deployment; each worker listens on its own ``SO_REUSEPORT`` socket, server/workers.py);
+  deployment; each worker listens on its own ``SO_REUSEPORT`` socket, server/api/workers.py);
 - that connections opened at once reach both workers, and that a killed worker is replaced
   without a new connection being lost;
 - the site and organization aggregates staying exact under a concurrent burst from many hosts of
@@ -16,7 +16,7 @@ at once: one row, identical answers). This file adds what it does not cover:
 Why the loser of a fork race is always ``fork``: when both children reach the database together,
 the second commit finds the head moved (a lost race); when the loser is appraised after the
 winner committed, its seq equals the new head's and it names the head's own predecessor, which
-the appraisal recognizes as a second child of that predecessor (server/verify.py, rule 9).
+the appraisal recognizes as a second child of that predecessor (server/appraise/, rule 9).
 
 Skipped without ``VEU_TEST_PG_URL``.
 """
@@ -38,8 +38,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from server.db import Database, make_engine
 from server.store.compliance_models import HostState
+from server.store.db import Database, make_engine
 from tests.server.builders import HostKit, digest_of, h100_accelerators
 from tests.server.conftest import Fleet, LiveServer, make_fleet, start_server, stop_server
 

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from server.db import Database
 from server.store.compliance_models import FindingRow, HostState, SiteState
+from server.store.db import Database
 from server.store.models import Host, Site
 
 log = logging.getLogger("veu.metrics")
@@ -119,7 +119,7 @@ def register_compliance_metrics(
 ) -> None:
     """Add the compliance collector to ``registry`` (the app's ``Metrics.registry``)."""
     if max_host_age is None:
-        from server.store.compliance import ComplianceConfig
+        from server.compliance.settle import ComplianceConfig
 
         max_host_age = ComplianceConfig().max_host_age
     registry.register(ComplianceCollector(db, max_host_age))

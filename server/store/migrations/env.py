@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from server.db import make_engine
+from server.store.db import make_engine
 from server.store.models import Base
 
 config = context.config

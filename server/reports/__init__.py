@@ -37,11 +37,11 @@ from sqlalchemy.orm import Session
 
 from agent.evidence import SnapshotV1, parse_statement
 from agent.fsutil import atomic_write
-from server.db import Database
 from server.policy import OrgAggregate, OrgFacts, Pack, PolicySet, load_policy_set
 from server.policy.engine import org_variables
 from server.results import VerifierKey
 from server.store.compliance_models import FindingRow
+from server.store.db import Database
 from server.store.models import Host, Organization, Site, Snapshot
 
 #: Used only when no loaded pack defines the thresholds (then the page says so).

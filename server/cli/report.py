@@ -81,10 +81,10 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def _create(args: argparse.Namespace) -> int:
     from server import reports
-    from server.db import Database, engine_for
+    from server.compliance.settle import ComplianceConfig, settle_pending
     from server.policy import PackError, load_policy_set
     from server.results import load_or_create_key
-    from server.store.compliance import ComplianceConfig, settle_pending
+    from server.store.db import Database, engine_for
     from server.store.migrate import upgrade
 
     if not args.org or not args.period:

@@ -70,7 +70,7 @@ from server.store.pipeline import Pipeline
 from server.store.sqllist import values_in
 
 if TYPE_CHECKING:
-    from server.db import Database
+    from server.store.db import Database
 
 log = logging.getLogger("veu.compliance")
 

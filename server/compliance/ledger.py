@@ -16,7 +16,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from agent.evidence import Accelerator
-from server import audit
+from server.compliance.settle import (
+    LPP_ANNUAL_TPP,
+    LPP_CITATION,
+    ComplianceConfig,
+    _model_record,
+    bump_registry,
+    lpp_used,
+    new_id,
+    stale_hosts,
+)
 from server.policy import (
     ModelRecord,
     OrgAggregate,
@@ -27,16 +36,7 @@ from server.policy import (
 )
 from server.policy.catalog import ChipMatch
 from server.policy.engine import H100E_TPP, org_variables
-from server.store.compliance import (
-    LPP_ANNUAL_TPP,
-    LPP_CITATION,
-    ComplianceConfig,
-    _model_record,
-    bump_registry,
-    lpp_used,
-    new_id,
-    stale_hosts,
-)
+from server.store import audit
 from server.store.compliance_models import (
     FindingRow,
     HostState,

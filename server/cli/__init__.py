@@ -46,7 +46,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _db(args: argparse.Namespace) -> tuple[Settings, object]:
-    from server.db import Database, engine_for
+    from server.store.db import Database, engine_for
     from server.store.migrate import upgrade
 
     settings = _settings(args)
@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     if args.workers > 1:
-        from server.workers import supervisor
+        from server.api.workers import supervisor
 
         try:
             workers = supervisor(config)
@@ -241,8 +241,8 @@ def cmd_agent_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from server.audit import verify_audit
     from server.store import repo
+    from server.store.audit import verify_audit
 
     _, db = _db(args)
     with db.read() as s:  # type: ignore[attr-defined]
@@ -350,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit", required=True)
     add(audit, "verify", cmd_audit_verify, "prove the audit hash chain unbroken")
 
-    from server import compliance_cli, demo, report_cli, retention, simulate
-    from server.policy import cli as policy_cli
+    from server import retention
+    from server.cli import compliance as compliance_cli
+    from server.cli import policy as policy_cli
+    from server.cli import report as report_cli
+    from server.devtools import demo, simulate
 
     compliance_cli.register(sub, common, site, org)
     policy_cli.register(sub)
@@ -366,8 +369,8 @@ _STATUS_EXIT = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from server.compliance_cli import UsageError
-    from server.store.ledger import LedgerError
+    from server.cli.compliance import UsageError
+    from server.compliance.ledger import LedgerError
     from server.store.repo import StoreError
 
     args = build_parser().parse_args(argv)

@@ -100,11 +100,11 @@ def _enrolled_site_context(
     args: argparse.Namespace, snapshot: SnapshotV1
 ) -> tuple[HostContext, int]:
     """The context the verifier would use for this site, read from its database."""
+    from server.compliance.settle import model_registry
     from server.config import Settings
-    from server.db import Database, engine_for
     from server.store import repo
-    from server.store.compliance import model_registry
     from server.store.compliance_models import SiteAuthorization
+    from server.store.db import Database, engine_for
 
     settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
     db = Database(engine_for(settings))

@@ -218,8 +218,8 @@ class Demo:
 
     def seed(self) -> dict[str, str]:
         """Organization, sites, authorizations, API key, model registry, ledger; tokens."""
+        from server.compliance.settle import bump_registry
         from server.store import repo
-        from server.store.compliance import bump_registry
         from server.store.compliance_models import (
             ModelFile,
             RegisteredModel,

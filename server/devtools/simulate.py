@@ -307,8 +307,8 @@ class Report:
 
 def make_site(database_url: str, *, authorized_tpp: float = 1e12) -> str:
     """An organization and a site directly in the verifier's database; returns the site id."""
-    from server.db import Database, make_engine
     from server.store import repo
+    from server.store.db import Database, make_engine
 
     now = datetime.now(UTC)
     engine = make_engine(database_url)
@@ -326,8 +326,8 @@ def make_site(database_url: str, *, authorized_tpp: float = 1e12) -> str:
 
 def make_tokens(database_url: str, site_id: str, count: int) -> list[str]:
     """``count`` single-use enrollment tokens, created in one transaction in the database."""
-    from server.db import Database, make_engine
     from server.store import repo
+    from server.store.db import Database, make_engine
 
     now = datetime.now(UTC)
     engine = make_engine(database_url)
@@ -493,7 +493,7 @@ def make_hosts(site_id: str, count: int, start: int = 0) -> list[SimHost]:
 
 
 def register(subparsers: Any) -> None:
-    """``veu-server simulate``: wire into server/cli.py's subparsers."""
+    """``veu-server simulate``: wire into server/cli/__init__.py's subparsers."""
     p = subparsers.add_parser(
         "simulate",
         help="drive a simulated fleet of hosts against a running verifier",

@@ -34,8 +34,8 @@ def _now() -> datetime:
 
 
 def _services(args: argparse.Namespace) -> tuple[Settings, Any, Any]:
-    from server.db import Database, engine_for
     from server.policy import load_policy_set
+    from server.store.db import Database, engine_for
     from server.store.migrate import upgrade
 
     settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
@@ -71,7 +71,7 @@ def _digests(values: list[str], files: list[Path]) -> list[str]:
 
 
 def cmd_shipment_add(args: argparse.Namespace) -> int:
-    from server.store import ledger
+    from server.compliance import ledger
 
     _, db, policy = _services(args)
     data = {
@@ -99,7 +99,7 @@ def cmd_shipment_add(args: argparse.Namespace) -> int:
 
 
 def cmd_shipment_list(args: argparse.Namespace) -> int:
-    from server.store import ledger
+    from server.compliance import ledger
 
     _, db, _ = _services(args)
     with db.read() as session:
@@ -120,7 +120,7 @@ def cmd_shipment_list(args: argparse.Namespace) -> int:
 
 
 def cmd_model_add(args: argparse.Namespace) -> int:
-    from server.store import ledger
+    from server.compliance import ledger
 
     _, db, policy = _services(args)
     data = {
@@ -142,7 +142,7 @@ def cmd_model_add(args: argparse.Namespace) -> int:
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
-    from server.store import ledger
+    from server.compliance import ledger
 
     _, db, policy = _services(args)
     with db.read() as session:
@@ -162,7 +162,8 @@ def cmd_model_list(args: argparse.Namespace) -> int:
 
 
 def cmd_site_authorize(args: argparse.Namespace) -> int:
-    from server.store import ledger, repo
+    from server.compliance import ledger
+    from server.store import repo
 
     _, db, _ = _services(args)
     with db.write() as session:
@@ -182,8 +183,9 @@ def cmd_site_authorize(args: argparse.Namespace) -> int:
 
 
 def cmd_site_status(args: argparse.Namespace) -> int:
-    from server.store import ledger, repo
-    from server.store.compliance import ComplianceConfig, finding_of, settle_pending
+    from server.compliance import ledger
+    from server.compliance.settle import ComplianceConfig, finding_of, settle_pending
+    from server.store import repo
 
     settings, db, policy = _services(args)
     config = ComplianceConfig(max_host_age=settings.max_host_age)
@@ -214,8 +216,9 @@ def _site_text(s: dict[str, Any]) -> str:
 
 
 def cmd_org_status(args: argparse.Namespace) -> int:
-    from server.store import ledger, repo
-    from server.store.compliance import ComplianceConfig, finding_of, settle_pending
+    from server.compliance import ledger
+    from server.compliance.settle import ComplianceConfig, finding_of, settle_pending
+    from server.store import repo
 
     settings, db, policy = _services(args)
     settle_pending(db, policy, ComplianceConfig(max_host_age=settings.max_host_age), _now)
@@ -250,7 +253,8 @@ def _org_text(s: dict[str, Any]) -> str:
 def cmd_attest_request(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from server.store import ledger, repo
+    from server.compliance import ledger
+    from server.store import repo
     from server.store.models import Host
 
     settings, db, _ = _services(args)

@@ -1,0 +1,1 @@
+"""Compliance: settling sites and organizations, status documents, shipments and models."""

@@ -1,0 +1,1 @@
+"""Developer tools: the demo fleet and the fleet load simulator (they run real agents)."""

@@ -135,8 +135,8 @@ def in_process(
 ) -> Run:
     """The verifier's own work per snapshot, with no HTTP, no threads and no load generator: the
     same site and envelopes as :func:`http_run`, each appraised by the ingest code
-    (:func:`server.api.routes_snapshots.appraise_body`) and committed ``batch`` at a time by its
-    group-commit write (:func:`~server.api.routes_snapshots.write_batch`), and the site settled
+    (:meth:`server.ingest.Ingest.appraise`) and committed ``batch`` at a time by its
+    group-commit write (:meth:`~server.ingest.Ingest.commit`), and the site settled
     every ``settle_every`` snapshots (a server settles once a second, which at the rates seen
     here is a few hundred snapshots; counted, not timed, so a slower run or a profiler does not
     settle more often), one after the other in this process.
@@ -147,9 +147,9 @@ def in_process(
     """
     from fastapi.testclient import TestClient
 
-    from server.api import routes_snapshots as routes
     from server.api.app import create_app
     from server.config import Settings
+    from server.ingest import Outcome, Pending
     from server.store import repo
 
     app = create_app(Settings(data_dir=data_dir, database_url=database_url))
@@ -176,11 +176,11 @@ def in_process(
     begin = time.perf_counter()
     unsettled = 0
     for start in range(0, len(order), batch):
-        items = [routes.appraise_body(svc, body) for body in order[start : start + batch]]
-        pending = [item for item in items if isinstance(item, routes.Pending)]
+        items = [svc.ingest.appraise(body) for body in order[start : start + batch]]
+        pending = [item for item in items if isinstance(item, Pending)]
         errors += len(items) - len(pending)
-        outcomes = routes.write_batch(svc, pending)
-        errors += sum(not isinstance(o, routes.IngestOutcome) for o in outcomes)
+        outcomes = svc.ingest.commit(pending)
+        errors += sum(not isinstance(o, Outcome) for o in outcomes)
         unsettled += len(items)
         if unsettled >= settle_every:
             svc.settle()

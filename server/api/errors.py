@@ -1,4 +1,10 @@
-"""Every error the API answers is JSON ``{"code", "detail"}`` with a stable code; no tracebacks."""
+"""Every error the API answers is JSON ``{"code", "detail"}`` with a stable code; no tracebacks.
+
+The one table from the verifier's error families (server/errors.py, and the appraisal's
+rejections, server/appraise/) to HTTP statuses lives here: :data:`FAMILY_STATUS`, looked up by
+the error's class and its bases, most specific first. :class:`APIError` is for what only HTTP
+has (a media type, a Content-Length) and carries its status itself.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,18 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.store.repo import StoreError
+from server import appraise
+from server.errors import (
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Refused,
+    Unauthenticated,
+    Unprocessable,
+    VeuError,
+)
 
 log = logging.getLogger("veu.server")
 
@@ -27,6 +44,40 @@ _STATUS_CODES = {
     422: "invalid_request",
     429: "rate_limited",
 }
+
+
+#: Family -> HTTP status; an error takes the entry of the first class of its MRO listed here.
+FAMILY_STATUS: dict[type[Exception], int] = {
+    Invalid: 400,
+    Unprocessable: 422,
+    Unauthenticated: 401,
+    Refused: 403,
+    RateLimited: 429,
+    NotFound: 404,
+    Gone: 410,
+    Conflict: 409,
+    appraise.Rejected: 400,
+    appraise.Malformed: 400,
+    appraise.TooLarge: 413,
+    appraise.Unauthenticated: 401,
+    appraise.KeyRefused: 403,
+    appraise.InvalidStatement: 422,
+    appraise.BindingMismatch: 403,
+    appraise.FreshnessRejected: 409,
+    appraise.ClockSkew: 422,
+    appraise.EvidenceTooOld: 422,
+    appraise.ChainRejected: 409,
+}
+
+
+def http_status(error: type[Exception] | Exception) -> int:
+    """The HTTP status of an error family (500 for anything not in :data:`FAMILY_STATUS`)."""
+    cls = error if isinstance(error, type) else type(error)
+    for base in cls.__mro__:
+        status = FAMILY_STATUS.get(base)
+        if status is not None:
+            return status
+    return 500
 
 
 class APIError(Exception):
@@ -51,9 +102,10 @@ def known_error_response(exc: Exception) -> JSONResponse | None:
     None for anything else. Shared by the exception handlers and the ingest fast path."""
     if isinstance(exc, APIError):
         return error_response(exc.status, exc.code, exc.detail, exc.headers)
-    if isinstance(exc, StoreError):
-        headers = {"Retry-After": "60"} if exc.status == 429 else None
-        return error_response(exc.status, exc.code, exc.detail, headers)
+    if isinstance(exc, VeuError | appraise.Rejected):
+        status = http_status(exc)
+        headers = {"Retry-After": "60"} if status == 429 else None
+        return error_response(status, exc.code, exc.detail, headers)
     if isinstance(exc, DataError):
         # Input the database cannot hold (NUL in text, a value too wide): the caller's fault.
         log.info("database refused input: %s", str(exc.orig).splitlines()[0][:200])
@@ -65,7 +117,8 @@ def known_error_response(exc: Exception) -> JSONResponse | None:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    @app.exception_handler(StoreError)
+    @app.exception_handler(VeuError)
+    @app.exception_handler(appraise.Rejected)
     @app.exception_handler(DataError)
     async def _known(_: Request, exc: Exception) -> JSONResponse:
         response = known_error_response(exc)

@@ -130,12 +130,9 @@ def add_shipment(svc: SvcDep, request: Request, body: ShipmentIn) -> dict[str, A
     """Record a shipment; answers the LPP and country-allocation standing it leaves."""
     user = auth.admin(svc, request)
     with svc.db.write() as session:
-        try:
-            out = ledger.add_shipment(
-                session, svc.policy, body.model_dump(), now=svc.now(), actor=user.actor
-            )
-        except ledger.LedgerError as exc:
-            raise APIError(exc.status, exc.code, exc.detail) from None
+        out = ledger.add_shipment(
+            session, svc.policy, body.model_dump(), now=svc.now(), actor=user.actor
+        )
     return out
 
 
@@ -177,12 +174,9 @@ def add_model(svc: SvcDep, request: Request, body: ModelIn) -> dict[str, Any]:
     """Register a model and its file digests; answers its ECCN 4E091 classification and why."""
     user = auth.admin(svc, request)
     with svc.db.write() as session:
-        try:
-            return ledger.add_model(
-                session, svc.policy, body.model_dump(), now=svc.now(), actor=user.actor
-            )
-        except ledger.LedgerError as exc:
-            raise APIError(exc.status, exc.code, exc.detail) from None
+        return ledger.add_model(
+            session, svc.policy, body.model_dump(), now=svc.now(), actor=user.actor
+        )
 
 
 @router.get("/models")
@@ -206,12 +200,9 @@ def set_authorization(
     """Terms of the site's authorization beyond its TPP: allowed chip models, weight storage."""
     user = auth.admin(svc, request)
     with svc.db.write() as session:
-        try:
-            return ledger.set_authorization(
-                session, site_id, body.model_dump(), now=svc.now(), actor=user.actor
-            )
-        except ledger.LedgerError as exc:
-            raise APIError(exc.status, exc.code, exc.detail) from None
+        return ledger.set_authorization(
+            session, site_id, body.model_dump(), now=svc.now(), actor=user.actor
+        )
 
 
 @router.post("/sites/{site_id}/refresh")

@@ -166,7 +166,6 @@ class Rejected(Exception):
     """Evidence that cannot be accepted, with a stable ``code`` and an actionable ``detail``."""
 
     code: ClassVar[str] = "rejected"
-    http_status: ClassVar[int] = 400
     permanent: ClassVar[bool] = True
     authenticated: bool = False
     #: What the sender should do about it; always the end of ``detail``.
@@ -198,13 +197,11 @@ class Malformed(Rejected):
     """Bytes that are not a well-formed envelope or payload."""
 
     code = "malformed"
-    http_status = 400
     hint = "the sender is not a conforming VEU Attest agent or the body was corrupted in transit"
 
 
 class TooLarge(Malformed):
     code = "too_large"
-    http_status = 413
     hint = "no conforming agent sends a snapshot this large; the limit is the verifier's max_bytes"
 
 
@@ -257,7 +254,6 @@ class Unauthenticated(Rejected):
     """No valid signature by an enrolled key."""
 
     code = "unauthenticated"
-    http_status = 401
     hint = "sign with the host key enrolled at this verifier"
 
 
@@ -280,7 +276,6 @@ class KeyRefused(Rejected):
     """An enrolled key that may not submit evidence now."""
 
     code = "key_refused"
-    http_status = 403
     hint = "ask the verifier's administrator about this host's enrollment"
 
 
@@ -298,7 +293,6 @@ class InvalidStatement(Rejected):
     """A signed, well-formed payload whose statement does not match the snapshot contract."""
 
     code = "invalid_statement"
-    http_status = 422
     hint = "upgrade the agent to a version that speaks this verifier's snapshot contract"
 
 
@@ -328,7 +322,6 @@ class BindingMismatch(Rejected):
     """Evidence about a site or machine the signing key was not enrolled for."""
 
     code = "binding_mismatch"
-    http_status = 403
     hint = "a host key speaks only for the site and machine it was enrolled on"
 
 
@@ -352,7 +345,6 @@ class FreshnessRejected(Rejected):
     """Evidence that cannot prove it describes the present."""
 
     code = "not_fresh"
-    http_status = 409
     hint = "take a new snapshot"
 
 
@@ -378,13 +370,11 @@ class NonceExpired(FreshnessRejected):
 
 class ClockSkew(FreshnessRejected):
     code = "clock_skew"
-    http_status = 422
     hint = "synchronize the host clock (NTP) and take a new snapshot"
 
 
 class EvidenceTooOld(FreshnessRejected):
     code = "evidence_too_old"
-    http_status = 422
     hint = "it no longer describes the host; take a new snapshot"
 
 
@@ -392,7 +382,6 @@ class ChainRejected(Rejected):
     """Evidence that does not continue this host's hash chain."""
 
     code = "chain_broken"
-    http_status = 409
     hint = "take a new snapshot that continues the chain"
 
 

@@ -18,20 +18,23 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
-from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError, Settings
-
-EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DB = 0, 1, 2, 3, 4, 5
+from server.cli._common import (
+    EXIT_BROKEN,
+    EXIT_DB,
+    EXIT_OK,
+    Parser,
+    Subcommands,
+    add_command,
+    exit_code,
+    open_services,
+    say,
+    settings_of,
+)
+from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError
+from server.errors import Invalid, VeuError
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-class CliError(Exception):
-    def __init__(self, code: str, detail: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.exit_code = exit_code
 
 
 def parse_duration(text: str) -> timedelta:
@@ -39,20 +42,6 @@ def parse_duration(text: str) -> timedelta:
     if not m or int(m.group(1)) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h, 7d")
     return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
-
-
-def _db(args: argparse.Namespace) -> tuple[Settings, object]:
-    from server.store.db import Database, engine_for
-    from server.store.migrate import upgrade
-
-    settings = _settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    upgrade(settings.resolved_database_url())
-    return settings, Database(engine_for(settings))
 
 
 def _now() -> datetime:
@@ -67,14 +56,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.results import load_or_create_key
     from server.store.migrate import upgrade
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise CliError("usage", "--tls-cert and --tls-key go together")
+        raise Invalid("usage", "--tls-cert and --tls-key go together")
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.resolved_database_url())
     load_or_create_key(settings.verifier_key_path)  # before workers race to create it
     if settings.database_url is None and args.workers > 1:
-        raise CliError(
+        raise Invalid(
             "usage", "--workers > 1 needs PostgreSQL (--database-url); SQLite has one writer"
         )
     os.environ[ENV_DATA_DIR] = str(settings.data_dir)
@@ -104,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             workers = supervisor(config)
         except OSError as exc:
-            raise CliError(
+            raise Invalid(
                 "cannot_listen",
                 f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
                 " (is another process on that port? choose one with --port)",
@@ -118,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from server.store.migrate import current_revision, upgrade
 
-    settings = _settings(args)
+    settings = settings_of(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.resolved_database_url()
     upgrade(url)
@@ -129,8 +118,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_org_add(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.write() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.write() as s:
         org = repo.add_org(s, args.name, args.veu, args.hq, args.parent_hq, _now())
         print(f"organization {org.name} ({org.veu} VEU, HQ {org.hq_country})")
         print(org.id)
@@ -140,8 +129,8 @@ def cmd_org_add(args: argparse.Namespace) -> int:
 def cmd_org_list(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.read() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.read() as s:
         for org in repo.list_orgs(s):
             parent = org.parent_hq_country or "-"
             print(f"{org.id}\t{org.name}\t{org.veu}\thq={org.hq_country}\tparent_hq={parent}")
@@ -151,8 +140,8 @@ def cmd_org_list(args: argparse.Namespace) -> int:
 def cmd_site_add(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.write() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.write() as s:
         site = repo.add_site(
             s,
             args.org,
@@ -171,8 +160,8 @@ def cmd_site_add(args: argparse.Namespace) -> int:
 def cmd_site_list(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.read() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.read() as s:
         cursor: str | None = None
         while True:
             page = repo.list_sites(s, limit=500, cursor=cursor)
@@ -191,8 +180,8 @@ def cmd_site_list(args: argparse.Namespace) -> int:
 def cmd_enroll_token(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.write() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.write() as s:
         token, row = repo.create_enroll_token(s, args.site, args.ttl, _now())
         print(f"single-use enrollment token for site {row.site_id}, expires {row.expires_at}")
         print(token)
@@ -202,8 +191,8 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
 def cmd_apikey_create(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.write() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.write() as s:
         key, row = repo.create_api_key(s, args.role, args.name, _now())
         print(f"{row.role} API key {row.id}; it is shown once and stored only as a hash")
         print(key)
@@ -213,8 +202,8 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 def cmd_agent_list(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.read() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.read() as s:
         cursor: str | None = None
         while True:
             page = repo.list_hosts(s, site_id=args.site, limit=500, cursor=cursor)
@@ -233,8 +222,8 @@ def cmd_agent_list(args: argparse.Namespace) -> int:
 def cmd_agent_revoke(args: argparse.Namespace) -> int:
     from server.store import repo
 
-    _, db = _db(args)
-    with db.write() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.write() as s:
         host = repo.revoke_host(s, args.key_id, _now(), "cli")
         print(f"host {host.key_id} is {host.status}")
     return EXIT_OK
@@ -244,8 +233,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from server.store import repo
     from server.store.audit import verify_audit
 
-    _, db = _db(args)
-    with db.read() as s:  # type: ignore[attr-defined]
+    db = open_services(args).db
+    with db.read() as s:
         broken = verify_audit(s)
         total = repo.row_counts(s, ["audit_log"])["audit_log"]
     if broken is not None:
@@ -278,24 +267,19 @@ def _tpp(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--data-dir", help=f"data directory (env {ENV_DATA_DIR})")
     common.add_argument(
         "--database-url",
         help=f"PostgreSQL URL; default SQLite in the data dir ({ENV_DATABASE_URL})",
     )
-    parser = argparse.ArgumentParser(prog="veu-server", description="VEU Attest verifier")
+    parser = Parser(prog="veu-server", description="VEU Attest verifier")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(
-        group: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        func: Callable[[argparse.Namespace], int],
-        help_text: str,
+        group: Subcommands, name: str, func: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
-        p = group.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        return p
+        return add_command(group, name, func, help_text, common)
 
     serve = add(sub, "serve", cmd_serve, "run the verifier's HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
@@ -350,10 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit", required=True)
     add(audit, "verify", cmd_audit_verify, "prove the audit hash chain unbroken")
 
-    from server import retention
     from server.cli import compliance as compliance_cli
     from server.cli import policy as policy_cli
     from server.cli import report as report_cli
+    from server.cli import retention
     from server.devtools import demo, simulate
 
     compliance_cli.register(sub, common, site, org)
@@ -365,28 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_STATUS_EXIT = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from server.cli.compliance import UsageError
-    from server.compliance.ledger import LedgerError
-    from server.store.repo import StoreError
-
     args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
-    except (CliError, UsageError, LedgerError, ConfigError) as exc:
-        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
-        return getattr(exc, "exit_code", EXIT_USAGE)
-    except StoreError as exc:
-        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
-        return _STATUS_EXIT.get(exc.status, EXIT_USAGE)
+    except (VeuError, ConfigError) as exc:
+        say(exc.code, exc.detail)
+        return exit_code(exc)
     except SQLAlchemyError as exc:
-        print(f"error: database: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        say("database", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
         return EXIT_DB
     except OSError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        say("os", f"{type(exc).__name__}: {exc}")
         return EXIT_DB
     except KeyboardInterrupt:
         return 130

@@ -16,32 +16,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from server.config import Settings
+from server.cli._common import Parser, Subcommands, add_command, open_services
+from server.errors import Invalid
 
 ACTOR = "cli"
 
 
-class UsageError(Exception):
-    def __init__(self, code: str, detail: str, exit_code: int = 2) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.exit_code = exit_code
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _services(args: argparse.Namespace) -> tuple[Settings, Any, Any]:
-    from server.policy import load_policy_set
-    from server.store.db import Database, engine_for
-    from server.store.migrate import upgrade
-
-    settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    upgrade(settings.resolved_database_url())
-    return settings, Database(engine_for(settings)), load_policy_set(settings.policies_dir)
 
 
 def _print(value: Any, as_json: bool, text: Callable[[Any], str]) -> None:
@@ -59,7 +41,7 @@ def _digests(values: list[str], files: list[Path]) -> list[str]:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            raise UsageError("unreadable", f"cannot read {path}: {exc.strerror}") from exc
+            raise Invalid("unreadable", f"cannot read {path}: {exc.strerror}") from exc
         try:
             out.append(hash_fd(fd)[0])
         finally:
@@ -73,7 +55,9 @@ def _digests(values: list[str], files: list[Path]) -> list[str]:
 def cmd_shipment_add(args: argparse.Namespace) -> int:
     from server.compliance import ledger
 
-    _, db, policy = _services(args)
+    opened = open_services(args)
+
+    db, policy = opened.db, opened.policy
     data = {
         "shipped_on": args.date,
         "site": args.site,
@@ -101,7 +85,7 @@ def cmd_shipment_add(args: argparse.Namespace) -> int:
 def cmd_shipment_list(args: argparse.Namespace) -> int:
     from server.compliance import ledger
 
-    _, db, _ = _services(args)
+    db = open_services(args).db
     with db.read() as session:
         items = ledger.list_shipments(session, site=args.site, limit=args.limit)
     _print(
@@ -122,7 +106,9 @@ def cmd_shipment_list(args: argparse.Namespace) -> int:
 def cmd_model_add(args: argparse.Namespace) -> int:
     from server.compliance import ledger
 
-    _, db, policy = _services(args)
+    opened = open_services(args)
+
+    db, policy = opened.db, opened.policy
     data = {
         "name": args.name,
         "training_ops": args.training_ops,
@@ -144,7 +130,9 @@ def cmd_model_add(args: argparse.Namespace) -> int:
 def cmd_model_list(args: argparse.Namespace) -> int:
     from server.compliance import ledger
 
-    _, db, policy = _services(args)
+    opened = open_services(args)
+
+    db, policy = opened.db, opened.policy
     with db.read() as session:
         items = ledger.list_models(session, policy, _now().date())
     _print(
@@ -165,7 +153,7 @@ def cmd_site_authorize(args: argparse.Namespace) -> int:
     from server.compliance import ledger
     from server.store import repo
 
-    _, db, _ = _services(args)
+    db = open_services(args).db
     with db.write() as session:
         site = repo.find_site(session, args.site)
         out = ledger.set_authorization(
@@ -187,7 +175,9 @@ def cmd_site_status(args: argparse.Namespace) -> int:
     from server.compliance.settle import ComplianceConfig, finding_of, settle_pending
     from server.store import repo
 
-    settings, db, policy = _services(args)
+    opened = open_services(args)
+
+    settings, db, policy = opened.settings, opened.db, opened.policy
     config = ComplianceConfig(max_host_age=settings.max_host_age)
     settle_pending(db, policy, config, _now)
     with db.read() as session:
@@ -220,7 +210,9 @@ def cmd_org_status(args: argparse.Namespace) -> int:
     from server.compliance.settle import ComplianceConfig, finding_of, settle_pending
     from server.store import repo
 
-    settings, db, policy = _services(args)
+    opened = open_services(args)
+
+    settings, db, policy = opened.settings, opened.db, opened.policy
     settle_pending(db, policy, ComplianceConfig(max_host_age=settings.max_host_age), _now)
     with db.read() as session:
         org = repo.find_org(session, args.org)
@@ -257,7 +249,9 @@ def cmd_attest_request(args: argparse.Namespace) -> int:
     from server.store import repo
     from server.store.models import Host
 
-    settings, db, _ = _services(args)
+    opened = open_services(args)
+
+    settings, db = opened.settings, opened.db
     with db.write() as session:
         is_host = session.scalar(select(Host.key_id).where(Host.key_id == args.target))
         if is_host is None:
@@ -303,20 +297,15 @@ def cmd_attest_request(args: argparse.Namespace) -> int:
 
 
 def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    site_group: argparse._SubParsersAction[argparse.ArgumentParser],
-    org_group: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: Subcommands,
+    common: Parser,
+    site_group: Subcommands,
+    org_group: Subcommands,
 ) -> None:
     def add(
-        group: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        func: Callable[[argparse.Namespace], int],
-        help_text: str,
+        group: Subcommands, name: str, func: Callable[[argparse.Namespace], int], help_text: str
     ) -> argparse.ArgumentParser:
-        p = group.add_parser(name, parents=[common], help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        return p
+        return add_command(group, name, func, help_text, common)
 
     shipment = sub.add_parser("shipment", help="the shipment ledger").add_subparsers(
         dest="shipment", required=True

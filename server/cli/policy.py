@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from agent.evidence import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
+from server.cli._common import EXIT_USAGE, say
 from server.config import DEFAULT_POLICIES_DIR
 from server.findings import status_of
 from server.policy.aggregate import SiteAggregate
@@ -60,24 +60,21 @@ def run(args: argparse.Namespace) -> int:
             return _test(args)
         return _eval(args)
     except PackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (EvidenceError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the store's own errors (unknown site, unreachable database)
-        code, detail = getattr(exc, "code", None), getattr(exc, "detail", None)
-        if code is None or detail is None:
-            raise
-        print(f"error: {code}: {detail}", file=sys.stderr)
-        return 2
+        say(exc.code, str(exc))
+        return EXIT_USAGE
+    except EvidenceError as exc:
+        say(exc.code, str(exc))
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        say("invalid_input", str(exc))
+        return EXIT_USAGE
 
 
 def _test(args: argparse.Namespace) -> int:
     root: Path = args.policies
     dirs = [root / args.pack] if args.pack else sorted(p.parent for p in root.glob("*/pack.yaml"))
     if not dirs:
-        print(f"error: no packs under {root}", file=sys.stderr)
+        say("no_packs", f"no packs under {root}")
         return 2
     ok = True
     for d in dirs:

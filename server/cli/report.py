@@ -6,7 +6,7 @@
 - ``report verify FILE SIG [--pubkey PEM]`` checks a report against the verifier's public key
   (``--pubkey``, e.g. saved from ``GET /v1/verifier-key``; default: this data directory's key).
 
-Exit codes: 0 written / signature valid; 1 signature invalid; 2 bad usage; 3 not found.
+Exit codes: 0 written / signature valid; 1 signature invalid; otherwise server/cli/errors.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 3
+from server.cli._common import EXIT_BROKEN, EXIT_OK, settings_of
+from server.errors import Invalid, NotFound
 
 
 def register(subparsers: Any) -> None:
@@ -51,49 +52,27 @@ def _storage_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if getattr(args, "report_command", "create") == "verify":
-            return _verify(args)
-        return _create(args)
-    except _Usage as exc:
-        print(f"error: {exc.code}: {exc}", file=sys.stderr)
-        return exc.exit_code
+    if getattr(args, "report_command", "create") == "verify":
+        return _verify(args)
+    return _create(args)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Usage(Exception):
-    def __init__(self, code: str, detail: str, exit_code: int = EXIT_USAGE) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.exit_code = exit_code
-
-
-def _settings(args: argparse.Namespace) -> Any:
-    from server.config import Settings
-
-    return Settings.from_env(
-        data_dir=getattr(args, "data_dir", None), database_url=getattr(args, "database_url", None)
-    )
-
-
 def _create(args: argparse.Namespace) -> int:
     from server import reports
     from server.compliance.settle import ComplianceConfig, settle_pending
-    from server.policy import PackError, load_policy_set
+    from server.policy import load_policy_set
     from server.results import load_or_create_key
     from server.store.db import Database, engine_for
     from server.store.migrate import upgrade
 
     if not args.org or not args.period:
-        raise _Usage("usage", "give --org ORG and --period 2026H1 (or: report verify FILE SIG)")
-    settings = _settings(args)
-    try:
-        policy = load_policy_set(args.policies or settings.policies_dir)
-    except PackError as exc:
-        raise _Usage("policy", str(exc)) from None
+        raise Invalid("usage", "give --org ORG and --period 2026H1 (or: report verify FILE SIG)")
+    settings = settings_of(args)
+    policy = load_policy_set(args.policies or settings.policies_dir)
     upgrade(settings.resolved_database_url())
     db = Database(engine_for(settings))
     try:
@@ -113,9 +92,6 @@ def _create(args: argparse.Namespace) -> int:
             datetime.now(UTC),
             out=args.out,
         )
-    except reports.ReportError as exc:
-        code = EXIT_NOT_FOUND if exc.code == "not_found" else EXIT_USAGE
-        raise _Usage(exc.code, exc.detail, code) from None
     finally:
         db.dispose()
     print(f"signature: {written.signature}")
@@ -128,18 +104,18 @@ def _verify(args: argparse.Namespace) -> int:
 
     for path in (args.file, args.sig):
         if not path.is_file():
-            raise _Usage("not_found", f"{path} does not exist", EXIT_NOT_FOUND)
+            raise NotFound("not_found", f"{path} does not exist")
     if args.pubkey is not None:
         from agent.keys import KeyFileError, load_public_pem
 
         try:
             public = load_public_pem(args.pubkey.read_bytes())
         except KeyFileError as exc:
-            raise _Usage("bad_pubkey", f"{args.pubkey}: {exc}") from None
+            raise Invalid("bad_pubkey", f"{args.pubkey}: {exc}") from None
     else:
-        settings = _settings(args)
+        settings = settings_of(args)
         if not settings.verifier_key_path.exists():
-            raise _Usage(
+            raise Invalid(
                 "no_key", "give --pubkey (the verifier's public key) or --data-dir of the verifier"
             )
         from server.results import load_or_create_key
@@ -149,4 +125,4 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"valid: {args.file} is signed by the verifier key")
         return EXIT_OK
     print(f"INVALID: the signature does not match {args.file}", file=sys.stderr)
-    return EXIT_INVALID
+    return EXIT_BROKEN

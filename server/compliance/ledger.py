@@ -26,6 +26,7 @@ from server.compliance.settle import (
     new_id,
     stale_hosts,
 )
+from server.errors import Conflict, NotFound, Unprocessable
 from server.policy import (
     ModelRecord,
     OrgAggregate,
@@ -53,14 +54,6 @@ from server.store.models import Host, Organization, Site
 #: Tier 2 country allocation for licensed exports to non-VEU end users, 2025-2027 (RULES.md: S/C).
 TIER2_ALLOCATION_TPP = 790_000_000
 TIER2_ALLOCATION_CITATION = "15 CFR 742.6(a)(13) country allocations (90 FR 4544); figure S/C"
-
-
-class LedgerError(Exception):
-    def __init__(self, code: str, detail: str, status: int = 422) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
 
 
 # --------------------------------------------------------------------------- status documents
@@ -218,17 +211,17 @@ def add_shipment(
     site = repo.find_site(session, data["site"]) if data.get("site") else None
     country = (data.get("destination_country") or (site.country if site else "")).upper()
     if not country:
-        raise LedgerError("usage", "give the site or the destination country")
+        raise Unprocessable("usage", "give the site or the destination country")
     identities = [f"uuid:{u}" for u in data.get("uuids", [])] + [
         f"serial:{s}" for s in data.get("serials", [])
     ]
     quantity = data.get("quantity") or len(identities)
     if quantity < 1:
-        raise LedgerError("usage", "give a quantity or the shipped chips' UUIDs/serials")
+        raise Unprocessable("usage", "give a quantity or the shipped chips' UUIDs/serials")
     shipped_on: date = data["shipped_on"]
     chip = chip_by_name(policy, data["chip_model"], shipped_on)
     if chip is None:
-        raise LedgerError(
+        raise Unprocessable(
             "unknown_chip_model",
             f"{data['chip_model']!r} is not in the chip catalog of the packs in force; "
             "use a catalog name (see GET /v1/policy)",
@@ -332,13 +325,14 @@ def add_model(
     session: Session, policy: PolicySet, data: dict[str, Any], *, now: datetime, actor: str
 ) -> dict[str, Any]:
     if session.scalar(select(RegisteredModel).where(RegisteredModel.name == data["name"])):
-        raise LedgerError("conflict", f"a model named {data['name']!r} is registered", 409)
+        raise Conflict("conflict", f"a model named {data['name']!r} is registered")
     taken = session.scalars(
         select(ModelFile.digest).where(ModelFile.digest.in_(data.get("digests", [])))
     ).all()
     if taken:
-        raise LedgerError(
-            "conflict", f"digest {taken[0][:16]}… already belongs to another model", 409
+        raise Conflict(
+            "conflict",
+            f"digest {taken[0][:16]}… already belongs to another model",
         )
     row = RegisteredModel(
         id=new_id("mdl"),
@@ -409,7 +403,7 @@ def set_authorization(
     session: Session, site_id: str, data: dict[str, Any], *, now: datetime, actor: str
 ) -> dict[str, Any]:
     if session.get(Site, site_id) is None:
-        raise LedgerError("not_found", f"no site {site_id[:64]!r}", 404)
+        raise NotFound("not_found", f"no site {site_id[:64]!r}")
     row = session.get(SiteAuthorization, site_id)
     allowed = data.get("allowed_models")
     encoded = json.dumps(sorted(allowed)) if allowed is not None else None

@@ -65,6 +65,7 @@ from agent.evidence import (
 )
 from agent.keys import key_id, raw_public
 from agent.reqsign import enroll_message, sign_request
+from server.errors import Invalid
 
 JSON = {"Content-Type": "application/json"}
 T = TypeVar("T")
@@ -537,8 +538,7 @@ def database_url_of(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """Enroll ``--hosts`` hosts and drive traffic; exit 1 on any error."""
     if args.hosts < 1 or args.seconds <= 0 or args.count < 1:
-        print("error: usage: --hosts, --seconds and --count must be positive", file=sys.stderr)
-        return 2
+        raise Invalid("usage", "--hosts, --seconds and --count must be positive")
     db_url = database_url_of(args)
     site_id = args.site or make_site(db_url)
     hosts = make_hosts(site_id, args.hosts)

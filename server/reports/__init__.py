@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from agent.evidence import SnapshotV1, parse_statement
 from agent.fsutil import atomic_write
+from server.errors import Invalid, NotFound
 from server.policy import OrgAggregate, OrgFacts, Pack, PolicySet, load_policy_set
 from server.policy.engine import org_variables
 from server.results import VerifierKey
@@ -177,13 +178,6 @@ def _denominator(total: int) -> str:
 # =========================================================================== the report
 
 
-class ReportError(Exception):
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
 @dataclass(frozen=True)
 class Period:
     """A half year: ``2026H1`` is 1 January to 30 June 2026, ``2026H2`` 1 July to 31 December."""
@@ -196,7 +190,7 @@ class Period:
     def parse(cls, text: str) -> Period:
         m = _PERIOD.match(text.strip().upper())
         if not m:
-            raise ReportError("bad_period", f"{text!r} is not a period like 2026H1 or 2026H2")
+            raise Invalid("bad_period", f"{text!r} is not a period like 2026H1 or 2026H2")
         year, half = int(m.group(1)), int(m.group(2))
         if half == 1:
             return cls(f"{year}H1", date(year, 1, 1), date(year, 6, 30))
@@ -321,9 +315,9 @@ def build_report(
     if org is None:
         org = session.scalar(select(Organization).where(Organization.name == org_id))
     if org is None:
-        raise ReportError("not_found", f"no organization {org_id!r}")
+        raise NotFound("not_found", f"no organization {org_id!r}")
     if period.start_moment() > now:
-        raise ReportError("future_period", f"period {period.label} has not started yet")
+        raise Invalid("future_period", f"period {period.label} has not started yet")
     as_of = min(period.end_moment(), now)
     prev = period.previous()
     lines, by_country, hosts = installed_as_of(session, policy, org.id, as_of)
@@ -793,7 +787,7 @@ def generate(
     db: Database, policy: PolicySet, org_id: str, period: str, fmt: str, now: datetime
 ) -> tuple[dict[str, Any], bytes]:
     if fmt not in RENDERERS:
-        raise ReportError("bad_format", f"format must be one of {', '.join(RENDERERS)}")
+        raise Invalid("bad_format", f"format must be one of {', '.join(RENDERERS)}")
     with db.read() as session:
         data = build_report(session, policy, org_id, Period.parse(period), now)
     return data, RENDERERS[fmt](data)

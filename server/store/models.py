@@ -159,7 +159,7 @@ class Snapshot(Base):
     size: Mapped[int] = mapped_column(Integer)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     #: Set when retention dropped the raw envelope (``envelope`` is then empty); see
-    #: server/retention.py. Migration 0003 adds the column and an index on ``received_at``.
+    #: server/store/retention.py. Migration 0003 adds the column and an index on ``received_at``.
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 

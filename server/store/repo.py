@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from server.errors import Conflict, Invalid, NotFound, RateLimited, Refused, Unauthenticated
 from server.store import audit
 from server.store.countries import is_country
 from server.store.models import (
@@ -39,16 +40,6 @@ ROLES: tuple[Role, ...] = ("admin", "auditor")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class StoreError(Exception):
-    """A request the records refuse. ``code`` is stable; ``status`` is the HTTP status."""
-
-    def __init__(self, code: str, detail: str, status: int = 400) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
@@ -60,7 +51,7 @@ def hash_secret(secret: str) -> str:
 def country(code: str, what: str = "country") -> str:
     code = code.strip().upper()
     if not is_country(code):
-        raise StoreError("bad_country", f"{what} {code!r} is not an ISO 3166-1 alpha-2 code")
+        raise Invalid("bad_country", f"{what} {code!r} is not an ISO 3166-1 alpha-2 code")
     return code
 
 
@@ -71,12 +62,12 @@ def add_org(
     session: Session, name: str, veu: str, hq: str, parent_hq: str | None, now: datetime
 ) -> Organization:
     if veu not in ("universal", "national"):
-        raise StoreError("bad_veu", "--veu must be universal or national")
+        raise Invalid("bad_veu", "--veu must be universal or national")
     name = name.strip()
     if not name:
-        raise StoreError("bad_name", "organization name must not be empty")
+        raise Invalid("bad_name", "organization name must not be empty")
     if session.scalar(select(Organization).where(Organization.name == name)) is not None:
-        raise StoreError("exists", f"organization {name!r} already exists", 409)
+        raise Conflict("exists", f"organization {name!r} already exists")
     org = Organization(
         id=new_id("org"),
         name=name,
@@ -103,7 +94,7 @@ def find_org(session: Session, ref: str) -> Organization:
         select(Organization).where(Organization.name == ref)
     )
     if org is None:
-        raise StoreError("unknown_org", f"no organization with id or name {ref!r}", 404)
+        raise NotFound("unknown_org", f"no organization with id or name {ref!r}")
     return org
 
 
@@ -124,12 +115,12 @@ def add_site(
     org = find_org(session, org_ref)
     name = name.strip()
     if not name:
-        raise StoreError("bad_name", "site name must not be empty")
+        raise Invalid("bad_name", "site name must not be empty")
     if not (authorized_tpp >= 0) or authorized_tpp == float("inf"):
-        raise StoreError("bad_tpp", "--authorized-tpp must be a finite number >= 0")
+        raise Invalid("bad_tpp", "--authorized-tpp must be a finite number >= 0")
     clash = select(Site).where(and_(Site.org_id == org.id, Site.name == name))
     if session.scalar(clash) is not None:
-        raise StoreError("exists", f"site {name!r} already exists in {org.name!r}", 409)
+        raise Conflict("exists", f"site {name!r} already exists in {org.name!r}")
     site = Site(
         id=new_id("site"),
         org_id=org.id,
@@ -166,9 +157,9 @@ def find_site(session: Session, ref: str) -> Site:
         return site
     matches = session.scalars(select(Site).where(Site.name == ref)).all()
     if len(matches) > 1:
-        raise StoreError("ambiguous_site", f"several sites are named {ref!r}; use the site id")
+        raise Invalid("ambiguous_site", f"several sites are named {ref!r}; use the site id")
     if not matches:
-        raise StoreError("unknown_site", f"no site with id or name {ref!r}", 404)
+        raise NotFound("unknown_site", f"no site with id or name {ref!r}")
     return matches[0]
 
 
@@ -187,7 +178,7 @@ def create_enroll_token(
 ) -> tuple[str, EnrollToken]:
     site = find_site(session, site_ref)
     if ttl <= timedelta(0):
-        raise StoreError("bad_ttl", "--ttl must be positive")
+        raise Invalid("bad_ttl", "--ttl must be positive")
     token = "veu_et_" + secrets.token_urlsafe(32)
     row = EnrollToken(
         id=new_id("et"),
@@ -213,7 +204,7 @@ def create_api_key(
     session: Session, role: str, name: str | None, now: datetime, actor: str = "cli"
 ) -> tuple[str, ApiKey]:
     if role not in ROLES:
-        raise StoreError("bad_role", "--role must be admin or auditor")
+        raise Invalid("bad_role", "--role must be admin or auditor")
     key = "veu_ak_" + secrets.token_urlsafe(32)
     row = ApiKey(id=new_id("ak"), key_hash=hash_secret(key), role=role, name=name, created_at=now)
     session.add(row)
@@ -262,23 +253,23 @@ def enroll(
     digest = hash_secret(token)
     row = session.scalar(select(EnrollToken).where(EnrollToken.token_hash == digest))
     if row is None or not hmac.compare_digest(row.token_hash, digest):
-        raise StoreError("invalid_token", "enrollment token is not known", 401)
+        raise Unauthenticated("invalid_token", "enrollment token is not known")
     if row.used_at is not None:
-        raise StoreError("token_used", "enrollment token was already used", 401)
+        raise Unauthenticated("token_used", "enrollment token was already used")
     if row.expires_at <= now:
-        raise StoreError("token_expired", "enrollment token has expired", 401)
+        raise Unauthenticated("token_expired", "enrollment token has expired")
     existing = session.get(Host, key_id)
     if existing is not None:
         if existing.status == "revoked":
-            raise StoreError("key_revoked", "this host key was revoked; create a new key", 403)
-        raise StoreError("already_enrolled", "this host key is already enrolled", 409)
+            raise Refused("key_revoked", "this host key was revoked; create a new key")
+        raise Conflict("already_enrolled", "this host key is already enrolled")
     claimed = session.execute(
         update(EnrollToken)
         .where(EnrollToken.id == row.id, EnrollToken.used_at.is_(None))
         .values(used_at=now, used_by=key_id)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        raise StoreError("token_used", "enrollment token was already used", 401)
+        raise Unauthenticated("token_used", "enrollment token was already used")
     site = session.get(Site, row.site_id)
     assert site is not None
     host = Host(
@@ -318,7 +309,7 @@ def _short(value: Any, limit: int = 200) -> str | None:
 def revoke_host(session: Session, key_id: str, now: datetime, actor: str) -> Host:
     host = session.get(Host, key_id)
     if host is None:
-        raise StoreError("unknown_host", f"no host with key id {key_id!r}", 404)
+        raise NotFound("unknown_host", f"no host with key id {key_id!r}")
     if host.status != "revoked":
         host.status = "revoked"
         host.revoked_at = now
@@ -360,11 +351,10 @@ def issue_nonce(session: Session, key_id: str, origin: str, now: datetime, ttl: 
             )
         )
         if (open_count or 0) >= MAX_OPEN_NONCES:
-            raise StoreError(
+            raise RateLimited(
                 "too_many_challenges",
                 f"this host already holds {MAX_OPEN_NONCES} unused challenges; use one or wait "
                 "for them to expire",
-                429,
             )
     row = Nonce(
         nonce=secrets.token_hex(32),

@@ -65,6 +65,6 @@ def test_policy_eval_on_a_missing_file_is_an_error_not_a_traceback(
                 str(PACK.parent),
             ]
         )
-        == 2
+        == 4
     )
-    assert "error:" in capsys.readouterr().err
+    assert "error[" in capsys.readouterr().err

@@ -178,8 +178,8 @@ def test_cli_writes_a_report_and_verifies_it(
 
 def test_cli_usage_errors_have_codes(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = str(env.data_dir)
-    assert _cli("report", "--data-dir", data_dir, "--org", "Acme AI") == 2
+    assert _cli("report", "--data-dir", data_dir, "--org", "Acme AI") == 4
     assert _cli("report", "--data-dir", data_dir, "--org", "nope", "--period", "2026H1") == 3
-    assert _cli("report", "--data-dir", data_dir, "--org", "Acme AI", "--period", "26H1") == 2
+    assert _cli("report", "--data-dir", data_dir, "--org", "Acme AI", "--period", "26H1") == 4
     assert _cli("report", "verify", "/nonexistent", "/nonexistent.sig") == 3
-    assert "error: " in capsys.readouterr().err
+    assert "error[" in capsys.readouterr().err

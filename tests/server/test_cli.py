@@ -33,7 +33,7 @@ def test_org_and_site_commands_validate_country_codes(tmp_path: Path) -> None:
         str(tmp_path),
         check=False,
     )
-    assert bad.returncode == 2 and "ISO 3166" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 4 and "ISO 3166" in bad.stderr and "Traceback" not in bad.stderr
     run_cli("org", "add", "Acme", "--veu", "national", "--hq", "us", "--data-dir", str(tmp_path))
     dup = run_cli(
         "org",
@@ -47,7 +47,7 @@ def test_org_and_site_commands_validate_country_codes(tmp_path: Path) -> None:
         str(tmp_path),
         check=False,
     )
-    assert dup.returncode == 4 and "error: exists" in dup.stderr
+    assert dup.returncode == 6 and "error[exists]" in dup.stderr
     listed = run_cli("org", "list", "--data-dir", str(tmp_path)).stdout
     assert "Acme\tnational\thq=US" in listed
 
@@ -61,7 +61,7 @@ def test_a_bad_ttl_is_a_usage_error(tmp_path: Path) -> None:
     out = run_cli(
         "enroll-token", "create", "x", "--ttl", "soon", "--data-dir", str(tmp_path), check=False
     )
-    assert out.returncode == 2 and "duration" in out.stderr
+    assert out.returncode == 4 and "duration" in out.stderr
 
 
 def test_secrets_are_printed_once_as_the_last_line_and_work(fleet: Fleet) -> None:
@@ -179,7 +179,7 @@ def test_serve_with_tls_answers_https_verified_by_the_given_ca(tmp_path: Path) -
 
 def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     out = run_cli("serve", "--data-dir", str(tmp_path), "--workers", "2", check=False)
-    assert out.returncode == 2 and "PostgreSQL" in out.stderr
+    assert out.returncode == 4 and "PostgreSQL" in out.stderr
 
 
 def test_a_bad_setting_in_the_environment_is_a_clear_error(tmp_path: Path) -> None:
@@ -190,8 +190,8 @@ def test_a_bad_setting_in_the_environment_is_a_clear_error(tmp_path: Path) -> No
         ("VEU_SETTLE_INTERVAL", "inf"),
     ):
         out = run_cli("site", "list", "--data-dir", str(tmp_path), check=False, env={name: value})
-        assert out.returncode == 2, out.stderr
-        assert out.stderr.startswith(f"error: bad_config: {name} is ")
+        assert out.returncode == 4, out.stderr
+        assert out.stderr.startswith(f"error[bad_config]: {name} is ")
         assert "Traceback" not in out.stderr
     ok = run_cli("site", "list", "--data-dir", str(tmp_path), env={"VEU_SETTLE_INTERVAL": "0"})
     assert ok.returncode == 0

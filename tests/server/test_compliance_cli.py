@@ -92,7 +92,7 @@ def test_shipment_of_an_unknown_chip_is_a_clear_error(
         "--data-dir",
         str(data_dir),
     )
-    assert code == 2 and "unknown_chip_model" in err and "Traceback" not in err
+    assert code == 4 and "unknown_chip_model" in err and "Traceback" not in err
 
 
 def test_model_add_hashes_files_and_explains_its_classification(
@@ -200,4 +200,4 @@ def test_policy_eval_judges_an_envelope_as_at_an_enrolled_site(
     code, _, err = run(
         capsys, "policy", "eval", str(envelope), "--site", "nowhere", "--data-dir", str(data_dir)
     )
-    assert code == 2 and "nowhere" in err and "Traceback" not in err
+    assert code == 3 and "nowhere" in err and "Traceback" not in err

@@ -14,10 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from server.api import routes_snapshots as routes
+import server.ingest
 from server.api.app import create_app
-from server.api.errors import APIError
+from server.api.errors import http_status
+from server.appraise import Rejected
 from server.config import ENV_INGEST_BATCH, ENV_INGEST_BATCH_WAIT, ConfigError, Settings
+from server.ingest import Ingest, Outcome, Pending
 from server.ingest._groupcommit import GroupCommitter
 from server.results import verify_result
 from server.store.audit import verify_audit
@@ -228,9 +230,9 @@ def test_a_full_batch_does_not_wait_for_items_being_prepared() -> None:
 # --------------------------------------------------------------------------- batch writes
 
 
-def _prepared(api: Any, data: bytes) -> routes.Pending:
-    item = routes.appraise_body(api.services, data)
-    assert isinstance(item, routes.Pending)
+def _prepared(api: Any, data: bytes) -> Pending:
+    item = api.services.ingest.appraise(data)
+    assert isinstance(item, Pending)
     return item
 
 
@@ -250,9 +252,9 @@ def test_a_batch_of_hosts_commits_in_one_transaction(api: Any) -> None:
         api.enroll(kit)
     before = api.audit_count()
     items = [_prepared(api, kit.next_envelope()) for kit in kits]
-    outcomes = routes.write_batch(api.services, items)
+    outcomes = api.services.ingest.commit(items)
     assert [o.digest for o in outcomes] == [i.accepted.digest for i in items]  # type: ignore[union-attr]
-    assert all(isinstance(o, routes.IngestOutcome) and not o.duplicate for o in outcomes)
+    assert all(isinstance(o, Outcome) and not o.duplicate for o in outcomes)
     assert api.counts()["snapshots"] == 5
     assert api.counts()["inventory_accelerators"] == 40
     assert api.audit_count() == before + 5
@@ -265,7 +267,7 @@ def test_a_batch_of_hosts_commits_in_one_transaction(api: Any) -> None:
         assert host["chain_head"] == {"seq": 2, "digest": kit.prev}
 
 
-def _lost_race(api: Any) -> tuple[routes.Pending, routes.Pending]:
+def _lost_race(api: Any) -> tuple[Pending, Pending]:
     """A snapshot that lost its race before its commit (another child of the same head was
     accepted while it waited), and a bystander snapshot of another host."""
     winner, loser = HostKit(api.site_id, index=1), HostKit(api.site_id, index=2)
@@ -280,10 +282,10 @@ def _lost_race(api: Any) -> tuple[routes.Pending, routes.Pending]:
 def test_a_batch_that_loses_a_race_is_retried_one_by_one(api: Any) -> None:
     racing, bystander = _lost_race(api)
     before = api.counts()
-    outcomes = routes.write_batch(api.services, [racing, bystander])
+    outcomes = api.services.ingest.commit([racing, bystander])
     assert _metric(api, "veu_ingest_batch_retries_total") == 1
-    assert isinstance(outcomes[0], APIError) and outcomes[0].code == "fork"
-    assert isinstance(outcomes[1], routes.IngestOutcome)
+    assert isinstance(outcomes[0], Rejected) and outcomes[0].code == "fork"
+    assert isinstance(outcomes[1], Outcome)
     assert outcomes[1].digest == bystander.accepted.digest
     assert api.counts()["snapshots"] == before["snapshots"] + 1
     _audit_ok(api)
@@ -296,8 +298,8 @@ def test_the_same_envelope_twice_in_a_batch_is_one_row_and_two_identical_answers
     api.enroll(kit)
     data = kit.next_envelope()
     a, b = _prepared(api, data), _prepared(api, data)
-    first, second = routes.write_batch(api.services, [a, b])
-    assert isinstance(first, routes.IngestOutcome) and isinstance(second, routes.IngestOutcome)
+    first, second = api.services.ingest.commit([a, b])
+    assert isinstance(first, Outcome) and isinstance(second, Outcome)
     assert (first.duplicate, second.duplicate) == (False, True)
     assert first.result == second.result and first.digest == digest_of(data)
     assert api.counts()["snapshots"] == 1
@@ -310,11 +312,11 @@ def test_two_children_of_one_head_in_a_batch_are_one_accepted_and_one_fork(api: 
     one = _prepared(api, kit.next_envelope())
     kit.seq, kit.prev = 0, None
     two = _prepared(api, kit.next_envelope(now=ago(seconds=5)))
-    outcomes = routes.write_batch(api.services, [one, two])
+    outcomes = api.services.ingest.commit([one, two])
     kinds = sorted(type(o).__name__ for o in outcomes)
-    assert kinds == ["APIError", "IngestOutcome"]
-    refused = next(o for o in outcomes if isinstance(o, APIError))
-    assert refused.code == "fork" and refused.status == 409
+    assert kinds == ["Fork", "Outcome"]
+    refused = next(o for o in outcomes if isinstance(o, Rejected))
+    assert refused.code == "fork" and http_status(refused) == 409
     assert api.counts()["snapshots"] == 1
     _audit_ok(api)
 
@@ -393,8 +395,9 @@ def test_the_process_committer_uses_the_setting_and_closes(tmp_path: Path) -> No
     app = create_app(Settings(data_dir=tmp_path / "data", ingest_batch_max=1))
     svc = app.state.veu
     gate = Gate()
-    committer = svc.ingest_committer(gate)
-    assert svc.ingest_committer(lambda items: []) is committer  # one per process
+    svc.ingest.commit = gate  # what the committer writes with (built on first use)
+    committer = svc.ingest.committer()
+    assert svc.ingest.committer() is committer  # one per process
     first = committer.submit(0)
     assert gate.entered.wait(10)
     rest = [committer.submit(2), committer.submit(4)]
@@ -404,7 +407,7 @@ def test_the_process_committer_uses_the_setting_and_closes(tmp_path: Path) -> No
     svc.close()
     with pytest.raises(RuntimeError, match="closed"):
         committer.submit(6)
-    assert svc.ingest_committer(gate) is not committer  # a new one after close
+    assert svc.ingest.committer() is not committer  # a new one after close
     svc.close()
     svc.db.dispose()
 
@@ -421,8 +424,8 @@ def test_a_database_failure_fails_each_snapshot_of_the_batch_and_changes_nothing
     def gone(*args: object, **kwargs: object) -> None:
         raise RuntimeError("connection lost")
 
-    monkeypatch.setattr(routes, "send_accepted", gone)
-    outcomes = routes.write_batch(api.services, items)
+    monkeypatch.setattr(server.ingest, "send_accepted", gone)
+    outcomes = api.services.ingest.commit(items)
     assert [str(o) for o in outcomes] == ["connection lost"] * 3
     assert _metric(api, "veu_ingest_batch_retries_total") == 1
     assert api.counts() == before and api.audit_count() == audit_before
@@ -436,8 +439,8 @@ def test_a_lost_race_whose_security_event_cannot_be_written_fails_alone(
     def audit_down(*args: object) -> None:
         raise RuntimeError("audit log unavailable")
 
-    monkeypatch.setattr(routes, "_rejected", audit_down)
-    outcomes = routes.write_batch(api.services, [racing, bystander])
+    monkeypatch.setattr(Ingest, "record_rejection", audit_down)
+    outcomes = api.services.ingest.commit([racing, bystander])
     assert isinstance(outcomes[0], RuntimeError) and str(outcomes[0]) == "audit log unavailable"
-    assert isinstance(outcomes[1], routes.IngestOutcome)  # committed, and told so
+    assert isinstance(outcomes[1], Outcome)  # committed, and told so
     _audit_ok(api)

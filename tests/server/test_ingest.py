@@ -247,7 +247,7 @@ def _posture(secure_boot: bool) -> Any:
 
 def _stale_lookup(api: Any, monkeypatch: pytest.MonkeyPatch, kit: HostKit) -> None:
     """Make every lookup see the host's state as it is now, as a racing worker would."""
-    from server.api import routes_snapshots
+    import server.ingest
     from server.store.ingest import lookup
 
     with api.services.db.read() as session:
@@ -257,7 +257,7 @@ def _stale_lookup(api: Any, monkeypatch: pytest.MonkeyPatch, kit: HostKit) -> No
         fresh = lookup(session, key_ids, digest, nonce)
         return type(fresh)(host=frozen.host, head=frozen.head, nonce=fresh.nonce, stored=None)
 
-    monkeypatch.setattr(routes_snapshots, "lookup", stale)
+    monkeypatch.setattr(server.ingest, "lookup", stale)
 
 
 def test_a_child_appraised_against_a_stale_head_loses_at_commit_as_a_fork(

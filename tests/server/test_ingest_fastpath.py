@@ -16,6 +16,7 @@ import pytest
 
 import server.api.routes_snapshots as routes
 from server.config import ENV_INGEST_CONCURRENCY, ConfigError, Settings
+from server.ingest import Ingest, Outcome
 from tests.server.builders import HostKit
 from tests.server.conftest import Api, seed
 
@@ -122,10 +123,10 @@ def test_accepted_snapshots_get_the_same_shape_on_both_paths(pair: tuple[Api, Ap
 def test_an_unexpected_failure_is_the_generic_json_500(
     pair: tuple[Api, Api], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(svc: object, data: bytes) -> object:
+    def broken(ingest: object, data: bytes) -> object:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(routes, "appraise_body", broken)
+    monkeypatch.setattr(Ingest, "appraise", broken)
     fast, route = pair
     for api in (fast, route):
         status, body = _post(api, b"{}")
@@ -172,7 +173,7 @@ def test_no_more_ingests_run_at_once_than_the_limit(
     running = 0
     most = 0
 
-    def slow(svc: object, data: bytes) -> routes.IngestOutcome:
+    def slow(ingest: object, data: bytes) -> Outcome:
         nonlocal running, most
         with lock:
             running += 1
@@ -180,9 +181,9 @@ def test_no_more_ingests_run_at_once_than_the_limit(
         time.sleep(0.05)
         with lock:
             running -= 1
-        return routes.IngestOutcome("d" * 64, "affirming", "jwt", False)
+        return Outcome("d" * 64, "affirming", "jwt", False)
 
-    monkeypatch.setattr(routes, "appraise_body", slow)
+    monkeypatch.setattr(Ingest, "appraise", slow)
 
     async def burst() -> list[int]:
         transport = httpx.ASGITransport(app=app)

@@ -59,7 +59,7 @@ def unencrypted_secret_root() -> Any:
 
 
 def test_unchanged_facts_are_judged_once_and_answered_the_same(api: Any) -> None:
-    memo: JudgementMemo = api.services.judgements
+    memo: JudgementMemo = api.services.ingest.judgements
     kit = enrolled(api)
     first = findings(api, kit)
     misses = memo.misses
@@ -74,7 +74,7 @@ def test_unchanged_facts_are_judged_once_and_answered_the_same(api: Any) -> None
 
 
 def test_changed_accelerators_storage_or_errors_are_judged_afresh(api: Any) -> None:
-    memo: JudgementMemo = api.services.judgements
+    memo: JudgementMemo = api.services.ingest.judgements
     kit = enrolled(api)
     assert "host.accelerator-identified" not in ids(findings(api, kit))
     misses = memo.misses
@@ -94,7 +94,7 @@ def test_changed_accelerators_storage_or_errors_are_judged_afresh(api: Any) -> N
 
 
 def test_a_model_registration_reaches_the_next_snapshot_of_unchanged_facts(api: Any) -> None:
-    memo: JudgementMemo = api.services.judgements
+    memo: JudgementMemo = api.services.ingest.judgements
     kit = enrolled(api)
     root = unencrypted_secret_root()
     before = ids(findings(api, kit, storage=[root]))
@@ -134,7 +134,7 @@ def test_a_change_of_the_sites_terms_reaches_the_next_snapshot(api: Any) -> None
 
 
 def test_two_hosts_with_equal_facts_are_remembered_apart(api: Any) -> None:
-    memo: JudgementMemo = api.services.judgements
+    memo: JudgementMemo = api.services.ingest.judgements
     a, b = enrolled(api, 0), enrolled(api, 1)
     same = h100_accelerators(0)  # b reports a's GPUs: judged for b, never answered from a
     findings(api, a, accelerators=same)

@@ -3,14 +3,14 @@ deleted, in batches; heads and open findings never touched (SQLite and PostgreSQ
 
 from __future__ import annotations
 
-import argparse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 
-from server import retention
+from server.cli import main
+from server.store import retention
 from server.store.audit import verify_audit
 from server.store.compliance_models import FindingRow
 from server.store.models import AuditEntry, Snapshot
@@ -160,14 +160,9 @@ def test_the_retention_apply_command_prunes_through_its_registered_parser(tmp_pa
         _age(api, digests, 10)
     svc.db.dispose()
 
-    parser = argparse.ArgumentParser()
-    retention.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["retention", "apply", "--data-dir", str(data), "--envelopes-days", "7", "--batch", "1"]
-    )
-    assert args.func(args) == 0
-    usage = parser.parse_args(["retention", "apply", "--data-dir", str(data)])
-    assert usage.func(usage) == 2
+    apply = ["retention", "apply", "--data-dir", str(data)]
+    assert main([*apply, "--envelopes-days", "7", "--batch", "1"]) == 0
+    assert main(apply) == 4  # usage
 
     app = create_app(Settings(data_dir=data))
     with app.state.veu.db.read() as s:

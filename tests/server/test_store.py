@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import inspect, select, text
 
+from server.errors import VeuError
 from server.store import repo
 from server.store.db import Database, make_engine
 from server.store.migrate import current_revision, head_revision, upgrade
@@ -44,7 +45,7 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: object) -> None:
 
 
 def test_org_and_site_reject_unknown_country_codes(db: Database) -> None:
-    with db.write() as s, pytest.raises(repo.StoreError) as err:
+    with db.write() as s, pytest.raises(VeuError) as err:
         repo.add_org(s, "Acme", "universal", "XX", None, NOW)
     assert err.value.code == "bad_country"
 
@@ -81,7 +82,7 @@ def test_an_enrollment_token_enrolls_exactly_one_host(db: Database) -> None:
             head_digest=None,
             now=NOW,
         )
-    with db.write() as s, pytest.raises(repo.StoreError) as err:
+    with db.write() as s, pytest.raises(VeuError) as err:
         repo.enroll(
             s,
             token=token,
@@ -103,7 +104,7 @@ def test_an_expired_enrollment_token_is_refused(db: Database) -> None:
         repo.add_org(s, "Acme", "universal", "US", None, NOW)
         site = repo.add_site(s, "Acme", "Frankfurt", "DE", 1e6, None, False, NOW)
         token, _ = repo.create_enroll_token(s, site.id, timedelta(hours=1), NOW)
-    with db.write() as s, pytest.raises(repo.StoreError) as err:
+    with db.write() as s, pytest.raises(VeuError) as err:
         repo.enroll(
             s,
             token=token,

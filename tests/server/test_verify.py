@@ -31,6 +31,7 @@ from agent.evidence import (
     statement_bytes,
 )
 from agent.keys import key_id
+from server.api.errors import http_status
 from server.appraise import (
     Accepted,
     ChainHead,
@@ -241,7 +242,7 @@ def test_every_rejection_is_permanent_with_its_documented_http_status(
     cls: type[Rejected],
 ) -> None:
     assert cls.permanent is True
-    assert cls.http_status == STATUS.get(cls.code, 400)
+    assert http_status(cls) == STATUS.get(cls.code, 400)
     assert cls.authenticated is False, "authenticated is decided per instance"
 
 
@@ -260,7 +261,7 @@ def test_an_evidence_code_without_a_class_keeps_its_code_and_family_status(
     exc = verify._from_evidence(family("it went wrong", code=code))
     assert type(exc) is expected
     assert exc.code == code
-    assert exc.http_status == expected.http_status
+    assert http_status(exc) == http_status(expected)
     assert "it went wrong" in exc.detail
 
 
@@ -279,7 +280,7 @@ def test_a_well_formed_envelope_preparses_to_digest_key_ids_and_nonce() -> None:
 
 def test_a_20_mib_body_is_too_large_before_it_is_parsed() -> None:
     exc = rejected(verify.TooLarge, pre(b"{" * (20 * 1024 * 1024)))
-    assert exc.http_status == 413
+    assert http_status(exc) == 413
     assert str(16 * 1024 * 1024) in exc.detail
 
 
@@ -373,7 +374,7 @@ def test_an_envelope_without_signatures_is_rejected() -> None:
     value = envelope_dict(envelope())
     value["signatures"] = []
     exc = rejected(verify.NoSignature, pre(to_bytes(value)))
-    assert exc.http_status == 401
+    assert http_status(exc) == 401
 
 
 def test_a_non_base64_payload_is_rejected() -> None:
@@ -449,7 +450,7 @@ def test_a_revoked_key_is_refused_and_audited_when_its_signature_is_valid() -> N
     exc = rejected(
         verify.RevokedKey, app(envelope(), host=host_record(status="revoked")), authenticated=True
     )
-    assert exc.http_status == 403
+    assert http_status(exc) == 403
     assert "revoked" in exc.detail
 
 
@@ -475,7 +476,7 @@ def test_a_tampered_payload_byte_breaks_the_signature() -> None:
     value["payload"] = base64.b64encode(bytes(payload)).decode()
     exc = rejected(verify.BadSignature, app(to_bytes(value)))
     assert KID in exc.detail
-    assert exc.http_status == 401
+    assert http_status(exc) == 401
 
 
 def test_a_tampered_signature_is_rejected() -> None:
@@ -546,7 +547,7 @@ def test_the_same_json_in_another_encoding_is_a_non_canonical_payload(
     value = {"predicateType": value["predicateType"], **value}  # not JCS key order
     exc = rejected(verify.NonCanonicalPayload, app(sign(encode(value))), authenticated=True)
     assert "8785" in exc.detail
-    assert exc.http_status == 400
+    assert http_status(exc) == 400
 
 
 def test_duplicate_keys_in_a_signed_payload_are_rejected_and_audited() -> None:
@@ -563,7 +564,7 @@ def test_a_payload_that_is_not_a_statement_is_schema_invalid() -> None:
     del value["subject"]
     exc = rejected(verify.SchemaInvalid, app(sign(canonical_bytes(value))), authenticated=True)
     assert "subject" in exc.detail
-    assert exc.http_status == 422
+    assert http_status(exc) == 422
 
 
 def test_a_predicate_missing_a_field_is_schema_invalid() -> None:
@@ -668,7 +669,7 @@ def test_a_nonce_issued_to_another_host_is_refused() -> None:
         app(envelope(nonce=NONCE), nonce=nonce_record(key_id=OTHER_KID)),
         authenticated=True,
     )
-    assert OTHER_KID in exc.detail and exc.http_status == 409
+    assert OTHER_KID in exc.detail and http_status(exc) == 409
 
 
 def test_a_used_nonce_is_a_reuse() -> None:
@@ -722,7 +723,7 @@ def test_naive_nonce_times_are_taken_as_utc() -> None:
 def test_a_snapshot_from_the_future_beyond_the_skew_is_refused() -> None:
     data = envelope(collected_at=format_timestamp(NOW + timedelta(minutes=6)))
     exc = rejected(verify.ClockSkew, app(data), authenticated=True)
-    assert "6m ahead" in exc.detail and "NTP" in exc.detail and exc.http_status == 422
+    assert "6m ahead" in exc.detail and "NTP" in exc.detail and http_status(exc) == 422
 
 
 def test_a_snapshot_slightly_in_the_future_is_within_the_skew() -> None:
@@ -781,7 +782,7 @@ def test_a_second_child_of_the_head_is_a_fork() -> None:
     exc = rejected(
         verify.Fork, app(data, head=ChainHead(seq=7, digest=HEAD_DIGEST)), authenticated=True
     )
-    assert HEAD_DIGEST in exc.detail and "99" * 32 in exc.detail and exc.http_status == 409
+    assert HEAD_DIGEST in exc.detail and "99" * 32 in exc.detail and http_status(exc) == 409
 
 
 def test_a_new_snapshot_with_the_head_seq_is_a_replay() -> None:

@@ -333,6 +333,6 @@ def test_serve_with_workers_on_a_port_in_use_is_a_clear_error(
         )
     finally:
         busy.close()
-    assert out.returncode == 2, out.stderr
-    assert f"error: cannot_listen: cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert out.returncode == 4, out.stderr
+    assert f"error[cannot_listen]: cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr

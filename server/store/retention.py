@@ -21,16 +21,13 @@ and the next run continues. One audit row records each run (counts and settings)
 On SQLite the freed pages are reused by new rows but the file does not shrink until ``VACUUM``;
 on PostgreSQL autovacuum reclaims the space for reuse (``VACUUM FULL`` returns it to the OS).
 
-``veu-server retention apply --envelopes-days N --findings-days N`` (see :func:`register`).
+``veu-server retention apply --envelopes-days N --findings-days N`` (server/cli/retention.py).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
@@ -169,66 +166,3 @@ def pruned_count(db: Database) -> int:
             )
             or 0
         )
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days") from None
-    if not (0 <= value < 1e6):
-        raise argparse.ArgumentTypeError("days must be >= 0")
-    return value
-
-
-def register(subparsers: Any) -> None:
-    """``veu-server retention apply``: wire into server/cli/__init__.py's subparsers."""
-    group = subparsers.add_parser("retention", help="prune old raw envelopes and closed findings")
-    sub = group.add_subparsers(dest="retention", required=True)
-    p = sub.add_parser(
-        "apply",
-        help="apply the retention settings now (in batches)",
-        description=(__doc__ or "").split("\n\n")[0],
-    )
-    p.add_argument("--data-dir", help="data directory (env VEU_DATA_DIR)")
-    p.add_argument("--database-url", help="PostgreSQL URL (env VEU_DATABASE_URL)")
-    p.add_argument("--envelopes-days", type=_days, help="drop raw envelopes older than N days")
-    p.add_argument("--findings-days", type=_days, help="delete findings closed over N days ago")
-    p.add_argument("--batch", type=int, default=1000, help="rows per transaction")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from server.config import Settings
-    from server.store.db import engine_for
-    from server.store.migrate import upgrade
-
-    if args.envelopes_days is None and args.findings_days is None:
-        print("error: usage: give --envelopes-days and/or --findings-days", file=sys.stderr)
-        return 2
-    if args.batch < 1:
-        print("error: usage: --batch must be at least 1", file=sys.stderr)
-        return 2
-    settings = Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    upgrade(settings.resolved_database_url())
-    db = Database(engine_for(settings))
-    try:
-        result = apply(
-            db,
-            envelopes_days=args.envelopes_days,
-            findings_days=args.findings_days,
-            batch=args.batch,
-            actor="cli",
-        )
-    finally:
-        db.dispose()
-    mib = result.envelope_bytes_dropped / 2**20
-    print(
-        f"retention: {result.envelopes_pruned} raw envelopes pruned ({mib:.1f} MiB), "
-        f"{result.findings_deleted} closed findings deleted, in {result.batches} batches"
-    )
-    return 0

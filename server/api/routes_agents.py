@@ -65,10 +65,6 @@ class AdminChallengeRequest(BaseModel):
     host: str | None = Field(default=None, max_length=64)
 
 
-class AdminChallengeResponse(BaseModel):
-    challenges: list[dict[str, str]]
-
-
 class CheckinResponse(BaseModel):
     server_time: str
     pending_challenge: Challenge | None

@@ -20,7 +20,6 @@ from server.store.models import ChainHead, Host, Site, Snapshot
 
 router = APIRouter(tags=["read"])
 
-HOST_ID = r"^[0-9a-f]{64}$"
 LIMIT = Query(100, ge=1, le=1000, description="page size")
 CURSOR = Query(None, max_length=100, description="next_cursor of the previous page")
 

@@ -628,7 +628,7 @@ def appraise(
     ``head`` is that host's chain head, ``nonce`` the record of ``parsed.nonce`` (None if not
     found), ``already_accepted`` whether this key already had ``parsed.digest`` accepted.
     """
-    now = _utc(now)
+    now = utc(now)
     payload = _check_signature(parsed.envelope, host, parsed.payload)
     assert host is not None  # _check_signature raised otherwise
     key_id = host.key_id
@@ -749,14 +749,14 @@ def _check_freshness(
                 NonceReused,
                 f"nonce {_quote(snapshot.nonce, 40)} was already consumed by an accepted snapshot",
             )
-        expires_at = _utc(nonce.expires_at)
+        expires_at = utc(nonce.expires_at)
         if now >= expires_at:
             raise reject(
                 NonceExpired,
                 f"nonce {_quote(snapshot.nonce, 40)} expired at {format_timestamp(expires_at)}; "
                 f"it is now {format_timestamp(now)}",
             )
-        issued_at = _utc(nonce.issued_at)
+        issued_at = utc(nonce.issued_at)
         if collected_at < issued_at - config.max_future_skew:
             raise reject(
                 ClockSkew,
@@ -866,7 +866,8 @@ def _gap(key_id: str, *, expected: str, seen: str, message: str) -> Finding:
     )
 
 
-def _utc(moment: datetime) -> datetime:
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive value (as SQLite returns) is taken to be UTC already."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)

@@ -248,7 +248,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _country(text: str) -> str:
-    from server.store.countries import is_country
+    from server.store.iso3166 import is_country
 
     code = text.strip().upper()
     if not is_country(code):

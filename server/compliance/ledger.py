@@ -23,7 +23,6 @@ from server.compliance.settle import (
     _model_record,
     bump_registry,
     lpp_used,
-    new_id,
     stale_hosts,
 )
 from server.errors import Conflict, NotFound, Unprocessable
@@ -50,6 +49,7 @@ from server.store.compliance_models import (
     SiteState,
 )
 from server.store.models import Host, Organization, Site
+from server.store.repo import new_id
 
 #: Tier 2 country allocation for licensed exports to non-VEU end users, 2025-2027 (RULES.md: S/C).
 TIER2_ALLOCATION_TPP = 790_000_000

@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -1032,33 +1031,3 @@ def lpp_used(session: Session, consignee: str, year: int) -> int:
         )
     )
     return int(total or 0)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
-
-
-def mark_hosts_inactive(session: Session, key_id: str, now: datetime) -> None:
-    """A revoked host stops counting: its contribution leaves the site total when the site next
-    settles (the row is marked, not locked site-wide here), and its open findings close."""
-    session.execute(
-        update(_HOST_STATE)
-        .where(_HOST_STATE.c.key_id == key_id)
-        .values(revoked=True, pending=True, accelerators=0, tpp=0)
-    )
-    session.execute(
-        update(FindingRow)
-        .where(
-            FindingRow.scope == "host", FindingRow.scope_id == key_id, FindingRow.is_open.is_(True)
-        )
-        .values(is_open=False, closed_at=now)
-    )
-
-
-def site_snapshot_counts(session: Session, site_id: str) -> dict[str, Any]:
-    row = session.execute(
-        select(
-            func.count(HostState.key_id), func.coalesce(func.sum(HostState.accelerators), 0)
-        ).where(HostState.site_id == site_id)
-    ).one()
-    return {"hosts": int(row[0]), "accelerators": int(row[1])}

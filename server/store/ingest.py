@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
@@ -29,7 +29,7 @@ from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from agent.keys import public_from_raw
-from server.appraise import Accepted, HostRecord, NonceRecord
+from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding
 from server.store import audit
@@ -182,7 +182,11 @@ _NONCE_OF = select(
 
 def site_terms(session: Session, site_id: str) -> SiteTerms | None:
     row = session.connection().execute(_SITE_TERMS_OF, {"site": site_id}).first()
-    return SiteTerms(row[0], bool(row[1]), row[2], bool(row[3])) if row is not None else None
+    if row is None:
+        return None
+    return SiteTerms(
+        row.country, bool(row.test_site), row.org_id, bool(row.may_store_controlled_weights)
+    )
 
 
 _HEAD_VALUES: dict[str, Any] = {
@@ -268,22 +272,43 @@ def lookup(
         rows = {r[0]: r for r in found.fetchall()}
         for key_id in key_ids:  # the first enrolled key named by the envelope
             if key_id in rows:
-                r = rows[key_id]
-                host = _host_record(r[0], r[1], r[2], r[3], r[4])
-                if r[5] is not None and not (r[5] == 0 and r[6] is None):
-                    known = r[15] is not None
+                # In _LOOKUP's column order.
+                (
+                    _,
+                    public_key,
+                    site_id,
+                    status,
+                    machine_id,
+                    head_seq,
+                    head_digest,
+                    inventory_digest,
+                    stored_digest,
+                    stored_status,
+                    stored_result,
+                    country,
+                    test_site,
+                    org_id,
+                    may_store_controlled_weights,
+                    head_snapshot_digest,
+                    head_snapshot_prev,
+                    registry_generation,
+                ) = rows[key_id]
+                host = _host_record(key_id, public_key, site_id, status, machine_id)
+                if head_seq is not None and not (head_seq == 0 and head_digest is None):
+                    known = head_snapshot_digest is not None
                     head = HeadRecord(
-                        seq=int(r[5]),
-                        digest=r[6],
-                        parent=r[16] if known else None,
+                        seq=int(head_seq),
+                        digest=head_digest,
+                        parent=head_snapshot_prev if known else None,
                         parent_known=known,
                     )
-                inventory_digest = r[7]
-                if r[8] is not None:
-                    stored = StoredResult(r[8], r[0], r[9], r[10])
-                if r[11] is not None:
-                    site = SiteTerms(r[11], bool(r[12]), r[13], bool(r[14]))
-                generation = None if r[17] is None else int(r[17])
+                if stored_digest is not None:
+                    stored = StoredResult(stored_digest, key_id, stored_status, stored_result)
+                if country is not None:
+                    site = SiteTerms(
+                        country, bool(test_site), org_id, bool(may_store_controlled_weights)
+                    )
+                generation = None if registry_generation is None else int(registry_generation)
                 break
     nonce_record: NonceRecord | None = None
     # ``stored`` came with the join: this digest under this host's key (a digest stored under
@@ -292,11 +317,11 @@ def lookup(
         n = session.execute(_NONCE_OF, {"nonce": nonce}).first()
         if n is not None:
             nonce_record = NonceRecord(
-                nonce=n[0],
-                key_id=n[1],
-                issued_at=_utc(n[2]),
-                expires_at=_utc(n[3]),
-                used=bool(n[4]),
+                nonce=n.nonce,
+                key_id=n.key_id,
+                issued_at=utc(n.issued_at),
+                expires_at=utc(n.expires_at),
+                used=bool(n.used),
             )
     return TrustedState(
         host=host,
@@ -307,10 +332,6 @@ def lookup(
         site=site,
         registry_generation=generation,
     )
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _Rows = tuple[list[dict[str, Any]], list[dict[str, Any]]]

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from server.errors import Conflict, Invalid, NotFound, RateLimited, Refused, Unauthenticated
 from server.store import audit
-from server.store.countries import is_country
+from server.store.compliance_models import FindingRow, HostState
+from server.store.iso3166 import is_country
 from server.store.models import (
     ApiKey,
     ChainHead,
@@ -313,8 +314,6 @@ def revoke_host(session: Session, key_id: str, now: datetime, actor: str) -> Hos
     if host.status != "revoked":
         host.status = "revoked"
         host.revoked_at = now
-        from server.compliance.settle import mark_hosts_inactive
-
         mark_hosts_inactive(session, key_id, now)  # a revoked host's chips stop counting
         audit.append(
             session,
@@ -325,6 +324,23 @@ def revoke_host(session: Session, key_id: str, now: datetime, actor: str) -> Hos
             details={"site": host.site_id},
         )
     return host
+
+
+def mark_hosts_inactive(session: Session, key_id: str, now: datetime) -> None:
+    """A revoked host stops counting: its contribution leaves the site total when the site next
+    settles (the row is marked, not locked site-wide here), and its open findings close."""
+    session.execute(
+        update(HostState)
+        .where(HostState.key_id == key_id)
+        .values(revoked=True, pending=True, accelerators=0, tpp=0)
+    )
+    session.execute(
+        update(FindingRow)
+        .where(
+            FindingRow.scope == "host", FindingRow.scope_id == key_id, FindingRow.is_open.is_(True)
+        )
+        .values(is_open=False, closed_at=now)
+    )
 
 
 # --------------------------------------------------------------------------- challenges

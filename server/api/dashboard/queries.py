@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, literal, or_, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
 from server.findings import SEVERITY_STATUS, STATUS_RANK
@@ -674,15 +674,3 @@ def attest_answers(session: Session, site_id: str, since: datetime) -> list[Answ
         Answer(key, hostname, issued, bool(used), used_at)
         for key, hostname, issued, used, used_at in rows
     ]
-
-
-def search_sites(session: Session, text: str, limit: int = 20) -> list[Site]:
-    like = f"%{text}%"
-    return list(
-        session.scalars(
-            select(Site)
-            .where(or_(Site.id == text, Site.name.like(like)))
-            .order_by(Site.name)
-            .limit(limit)
-        )
-    )

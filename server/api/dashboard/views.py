@@ -104,11 +104,6 @@ def policy_of(request: Request) -> PolicySet:
     return services(request).policy
 
 
-class _Redirect(Exception):
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-
 def _render(
     request: Request, name: str, user: SessionUser | None, status_code: int = 200, **ctx: Any
 ) -> HTMLResponse:

@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.evidence import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
+from contract import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
 from server.config import DEFAULT_POLICIES_DIR
 from server.findings import status_of
 from server.policy.aggregate import SiteAggregate

@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from server.results import verify_result
+from contract.results import verify_result
 from server.store import repo
 from server.store.compliance import ComplianceConfig
 from tests.server.builders import HostKit, ago, failed_collector, h100_accelerators, weights_root

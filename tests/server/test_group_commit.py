@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
+from contract.results import verify_result
 from server.api import routes_snapshots as routes
 from server.api.app import create_app
 from server.api.errors import APIError
 from server.audit import verify_audit
 from server.config import ENV_INGEST_BATCH, ENV_INGEST_BATCH_WAIT, ConfigError, Settings
 from server.groupcommit import GroupCommitter
-from server.results import verify_result
 from tests.server.builders import HostKit, ago, digest_of
 
 # --------------------------------------------------------------------------- the committer

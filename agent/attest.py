@@ -22,6 +22,9 @@ from agent.config import AgentConfig
 from agent.enrollment import load as load_enrollment
 from agent.snapshot import take_snapshot
 from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt
+from contract.errors import ResultError
+from contract.keys import key_id as compute_key_id
+from contract.results import SUBMOD, result_status, verify_result
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,6 @@ def _deliver_backlog(client: VerifierClient, spool: Spool, upto: int) -> None:
 
 
 def attest(config: AgentConfig, *, as_json: bool, timeout: float) -> int:
-    from server.results import ResultError, result_status, verify_result
-
     deadline = time.monotonic() + timeout
     enrollment = load_enrollment(config.state_dir)
     if enrollment is None:
@@ -75,7 +76,7 @@ def attest(config: AgentConfig, *, as_json: bool, timeout: float) -> int:
             f"no enrollment in {config.state_dir}; run `veu-agent enroll --server URL --token T`",
         )
     key = keys.load(config.state_dir)
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
     verify: bool | str = str(config.ca_file) if config.ca_file else True
     config.scan_timeout = min(config.scan_timeout, max(1.0, timeout * 0.8))
     spool = Spool(
@@ -110,8 +111,8 @@ def attest(config: AgentConfig, *, as_json: bool, timeout: float) -> int:
     try:
         claims = verify_result(token, enrollment.verifier_key)
     except ResultError as exc:
-        raise AttestError("result_invalid", str(exc)) from exc
-    sub: dict[str, Any] = claims["submods"]["veu-snapshot"]
+        raise AttestError(exc.code, exc.detail) from exc
+    sub: dict[str, Any] = claims["submods"][SUBMOD]
     if sub.get("digest") != taken.digest or sub.get("nonce") != nonce:
         raise AttestError(
             "result_mismatch", "the signed result is not about this snapshot and nonce"

@@ -27,8 +27,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import keys
-from agent.evidence import (
+from contract import (
     Envelope,
     EvidenceError,
     SnapshotV1,
@@ -39,7 +38,8 @@ from agent.evidence import (
     sign_envelope,
     statement_bytes,
 )
-from agent.fsutil import atomic_write
+from contract.fsutil import atomic_write
+from contract.keys import key_id as compute_key_id
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Chain:
     ) -> None:
         self.state_dir = state_dir
         self.key = key
-        self.key_id = keys.key_id(key.public_key())
+        self.key_id = compute_key_id(key.public_key())
         self.outbox = outbox
         with chain_lock(state_dir):
             self._recover()

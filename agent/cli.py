@@ -19,8 +19,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import __version__, keys
+from agent import keys
 from agent.config import AgentConfig, ConfigError, load_config
+from contract import __version__
+from contract.keys import key_id as compute_key_id
+from contract.keys import load_public_pem
 
 EXIT_USAGE = 4
 
@@ -157,7 +160,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(
         f"Host key written to {config.state_dir / keys.PRIVATE_NAME} (mode 0600).", file=sys.stderr
     )
-    print(keys.key_id(key.public_key()))
+    print(compute_key_id(key.public_key()))
     return 0
 
 
@@ -204,7 +207,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     taken = take_snapshot(config, key, progress=sys.stderr.isatty())
     summary = summarize(taken.snapshot)
     if args.out is not None:
-        from agent.fsutil import atomic_write
+        from contract.fsutil import atomic_write
 
         atomic_write(args.out, taken.raw, mode=0o644)
     else:
@@ -219,12 +222,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from agent.evidence import (
-        EvidenceError,
-        SignatureError,
-        envelope_digest,
-        open_envelope,
-    )
+    from contract import EvidenceError, SignatureError, envelope_digest, open_envelope
 
     try:
         data = sys.stdin.buffer.read() if str(args.file) == "-" else args.file.read_bytes()
@@ -242,10 +240,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise AgentCommandError(
                 "no_pubkey", f"no {keys.PUBLIC_NAME} in {state_dir}; pass --pubkey FILE", 2
             ) from exc
-    public = keys.load_public_pem(pem)
+    public = load_public_pem(pem)
     try:
         envelope, _, statement, snapshot = open_envelope(
-            data.strip(), {keys.key_id(public): public}
+            data.strip(), {compute_key_id(public): public}
         )
     except SignatureError as exc:
         raise AgentCommandError(exc.code, exc.detail, 1) from exc

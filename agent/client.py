@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.evidence import format_timestamp
-from agent.keys import key_id as compute_key_id
-from agent.keys import raw_public
-from agent.reqsign import enroll_message, sign_request
+from contract import format_timestamp
+from contract.keys import key_id as compute_key_id
+from contract.keys import raw_public
+from contract.reqsign import enroll_message, sign_request
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 

@@ -50,9 +50,10 @@ from typing import Any, NoReturn, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import AgentConfig
-from agent.fsutil import atomic_write
-from agent.jsonlog import JsonFormatter
 from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt, SpoolFull
+from contract.fsutil import atomic_write
+from contract.jsonlog import JsonFormatter
+from contract.keys import key_id as compute_key_id
 
 log = logging.getLogger("agent.daemon")
 
@@ -887,7 +888,7 @@ def _run_locked(
         enrolled = enrollment_mod.load(config.state_dir)
     except (keys.KeyFileError, enrollment_mod.EnrollmentError) as exc:
         raise StartupError(exc.code, exc.detail) from exc
-    key_id = keys.key_id(key.public_key())
+    key_id = compute_key_id(key.public_key())
     server_url = config.server_url or (enrolled.server_url if enrolled else None)
     if server_url is None:
         raise StartupError(

@@ -1,7 +1,7 @@
 """``veu-agent enroll``: register this host's key with a verifier using a one-time token.
 
 The agent sends its public key, host facts, a proof of possession (a signature over the token's
-hash and its key id, see :func:`agent.reqsign.enroll_message`) and its current chain head, so the
+hash and its key id, see :func:`contract.reqsign.enroll_message`) and its current chain head, so the
 verifier knows which snapshot must come next. It stores what it learns — server URL, site, and the
 verifier's result-signing key — in ``enrollment.json``. That key is trusted on first use, over a
 TLS connection that is verified by default.
@@ -18,6 +18,8 @@ from agent.client import ClientError, VerifierClient
 from agent.collect.host import collect_host
 from agent.config import AgentConfig, check_server_url
 from agent.enrollment import Enrollment, EnrollmentError, save
+from contract.keys import key_id as compute_key_id
+from contract.keys import load_public_pem
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def enroll(
             raise
         key = keys.create(config.state_dir)
         log.warning("no host key in %s: created one", config.state_dir)
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
     head = Chain(config.state_dir, key).head()
     host = collect_host(proc_root=config.proc_root, sys_root=config.sys_root)
     verify: bool | str = str(ca_file or config.ca_file) if (ca_file or config.ca_file) else True
@@ -70,6 +72,6 @@ def enroll(
         raise EnrollmentError(
             "key_mismatch", "verifier enrolled a different key id than this host's"
         )
-    keys.load_public_pem(enrollment.verifier_key.encode())  # refuse garbage before storing it
+    load_public_pem(enrollment.verifier_key.encode())  # refuse garbage before storing it
     save(config.state_dir, enrollment)
     return enrollment

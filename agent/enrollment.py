@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.fsutil import atomic_write
+from contract.fsutil import atomic_write
 
 ENROLLMENT_NAME = "enrollment.json"
 

@@ -8,7 +8,7 @@ This module owns:
 2. :class:`ScanCache`: what an earlier scan learnt about a file (its evidence entry, or that it
    is not a weight file), keyed by ``(st_dev, st_ino, size, mtime_ns, ctime_ns)``. Any change to
    the file's content moves its mtime or ctime, so a hit means the file need not be opened at
-   all. The cache is one file written with :func:`agent.fsutil.atomic_write`: a header line with
+   all. The cache is one file written with :func:`contract.fsutil.atomic_write`: a header line with
    a SHA-256 of the rows, then the rows as compact JSON arrays. A missing cache, or one from
    another version, is rebuilt quietly; an unreadable or damaged one is rebuilt with a warning in
    the agent's log (:class:`CacheProblem`), never fatal, and never an evidence error: every file
@@ -37,8 +37,8 @@ from typing import Any, Literal, TypeVar
 import psutil
 from pydantic import BaseModel
 
-from agent.evidence import FileError, HeaderFacts, WeightFile
-from agent.fsutil import atomic_write
+from contract import FileError, HeaderFacts, WeightFile
+from contract.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class CacheProblem:
 class ScanCache:
     """What earlier scans concluded about each file version, keyed by :func:`cache_key`.
 
-    The value is the file's evidence entry (:class:`~agent.evidence.WeightFile`), or None for
+    The value is the file's evidence entry (:class:`~contract.WeightFile`), or None for
     "not a weight file", so neither kind is opened again while unchanged. ``load`` never raises
     for a bad file; ``save`` writes only the entries looked up or stored since load (so deleted
     files drop out) and only when something changed.

@@ -1,20 +1,20 @@
-"""The host key: create, store (PKCS#8 PEM, mode 0600), load, and name (key id).
+"""The host key file: create, store (PKCS#8 PEM, mode 0600) and load.
 
-The key id is the lowercase hex SHA-256 of the raw 32-byte Ed25519 public key, so anyone holding
-the public key can recompute it. The private key is never logged or printed.
+Key ids and encodings come from :mod:`contract.keys` (the key id is the SHA-256 of the raw public
+key). The private key is never logged or printed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.fsutil import atomic_write
+from contract.fsutil import atomic_write
+from contract.keys import private_pem, public_pem
 
 PRIVATE_NAME = "agent.key"
 PUBLIC_NAME = "agent.pub"
@@ -27,45 +27,6 @@ class KeyFileError(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
-
-
-def raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id(key: Ed25519PublicKey) -> str:
-    return hashlib.sha256(raw_public(key)).hexdigest()
-
-
-def public_pem(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def private_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def load_public_pem(data: bytes) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
-        raise KeyFileError("bad_public_key", f"not a PEM public key: {exc}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError("bad_public_key", "public key is not Ed25519")
-    return key
-
-
-def public_from_raw(raw: bytes) -> Ed25519PublicKey:
-    try:
-        return Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError as exc:
-        raise KeyFileError("bad_public_key", "public key must be 32 raw Ed25519 bytes") from exc
 
 
 def create(state_dir: Path, *, force: bool = False) -> Ed25519PrivateKey:

@@ -24,11 +24,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import __version__, keys
 from agent.chain import Chain, Outbox, Taken
 from agent.collect import run_collector
 from agent.config import AgentConfig
-from agent.evidence import (
+from contract import (
     Accelerator,
     AgentInfo,
     CollectorError,
@@ -36,8 +35,10 @@ from agent.evidence import (
     Posture,
     SnapshotV1,
     StorageRoot,
+    __version__,
     format_timestamp,
 )
+from contract.keys import key_id as compute_key_id
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def take_snapshot(
     host, posture, host_errors = collect_host(config)
     storage, storage_errors = collect_storage(config, progress=progress, low_priority=low_priority)
     collected_at = format_timestamp(datetime.now(UTC))
-    key_id = keys.key_id(key.public_key())
+    key_id = compute_key_id(key.public_key())
 
     def build(seq: int, prev: str | None) -> SnapshotV1:
         return SnapshotV1(

@@ -34,7 +34,7 @@ from typing import Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.evidence import (
+from contract import (
     EvidenceError,
     MalformedError,
     envelope_digest,
@@ -43,7 +43,7 @@ from agent.evidence import (
     parse_statement,
     verify_envelope,
 )
-from agent.fsutil import atomic_write, fsync_dir
+from contract.fsutil import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.spool import CORRUPT, REJECTED, SUFFIX
+from contract.keys import key_id as compute_key_id
+from contract.keys import load_public_pem
 
 STATUS_NAME = "status.json"
 EXIT_OK = 0
@@ -71,7 +73,7 @@ def _key_id(state_dir: Path) -> str | None:
     from agent import keys
 
     try:
-        return keys.key_id(keys.load_public_pem((state_dir / keys.PUBLIC_NAME).read_bytes()))
+        return compute_key_id(load_public_pem((state_dir / keys.PUBLIC_NAME).read_bytes()))
     except (OSError, keys.KeyFileError):
         return None
 

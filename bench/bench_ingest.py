@@ -4,7 +4,7 @@
 In one run:
 
 1. The floor: the same envelopes verified in a tight loop in one process (strict JSON parse,
-   JCS check, schema, Ed25519) with :func:`agent.evidence.open_envelope` — what ingest would cost
+   JCS check, schema, Ed25519) with :func:`contract.open_envelope` — what ingest would cost
    with no HTTP and no database.
 2. HTTP ingest against a real ``veu-server serve`` subprocess on SQLite (one worker), and on
    PostgreSQL (``--pg-url`` or ``VEU_TEST_PG_URL``; ``--workers`` processes).
@@ -43,8 +43,6 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
-from agent.evidence import open_envelope  # noqa: E402
-from agent.keys import public_from_raw, raw_public  # noqa: E402
 from bench import loadgen  # noqa: E402
 from bench.fleet import (  # noqa: E402
     cpu_by_pid,
@@ -54,6 +52,8 @@ from bench.fleet import (  # noqa: E402
     postgres_pids,
     tree_pids,
 )
+from contract import open_envelope  # noqa: E402
+from contract.keys import public_from_raw, raw_public  # noqa: E402
 from tests.server.builders import HostKit  # noqa: E402
 from tests.server.conftest import (  # noqa: E402
     LiveServer,

@@ -17,7 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.evidence import SnapshotV1  # noqa: E402
+from contract import SnapshotV1  # noqa: E402
 from server.policy import (  # noqa: E402
     HostContext,
     ModelRecord,

@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import insert, text, update  # noqa: E402
 
-from agent.keys import raw_public  # noqa: E402
 from bench.fleet import pg_create, pg_drop  # noqa: E402
+from contract.keys import raw_public  # noqa: E402
 from server.policy.aggregate import OrgAggregate, SiteAggregate  # noqa: E402
 from server.store import compliance  # noqa: E402
 from server.store.compliance_models import HostState, OrgState, SiteState  # noqa: E402

@@ -2,7 +2,9 @@
 
 The verifier's Ed25519 key lives in the data directory (``verifier.key``, PKCS#8 PEM, mode 0600)
 and is created on first use. A relying party checks a result offline with the public key from
-``GET /v1/verifier-key``; :func:`verify_result` is that check.
+``GET /v1/verifier-key``; :func:`contract.results.verify_result` is that check (written with
+``cryptography`` alone, so agents need no JOSE library); the profile, submodule name and algorithm
+are the contract's.
 
 ``alg`` is ``EdDSA`` (RFC 8037), which every JOSE library and Veraison's EAR tooling accept; RFC
 9864 prefers the fully specified ``Ed25519`` name, so joserfc warns about ``EdDSA``. That warning
@@ -19,22 +21,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc import jwt
-from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
-from agent.fsutil import atomic_write
-from agent.keys import key_id, load_public_pem, private_pem, public_pem
+from contract.errors import ResultError
+from contract.fsutil import atomic_write
+from contract.keys import key_id, private_pem, public_pem
+from contract.results import ALG, EAR_PROFILE, SUBMOD, TYP
 from server.findings import Finding, Status, status_of
 
-EAR_PROFILE = "tag:github.com,2023:veraison/ear"
-SUBMOD = "veu-snapshot"
-ALG = "EdDSA"
-
 warnings.filterwarnings("ignore", message=r"EdDSA is deprecated", module=r"joserfc\..*")
-
-
-class ResultError(Exception):
-    """A result token that does not verify or does not have the EAR shape."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +64,12 @@ def load_or_create_key(path: Path) -> VerifierKey:
         except FileExistsError:  # pragma: no cover
             pass
     if path.stat().st_mode & 0o077:
-        raise ResultError(f"{path} is readable by group or others; chmod 600 it")
+        raise ResultError(
+            f"{path} is readable by group or others; chmod 600 it", code="verifier_key_permissions"
+        )
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise ResultError(f"{path} is not an Ed25519 key")
+        raise ResultError(f"{path} is not an Ed25519 key", code="bad_verifier_key")
     return VerifierKey(private=key, key_id=key_id(key.public_key()))
 
 
@@ -108,29 +105,5 @@ def sign_result(
             }
         },
     }
-    header = {"alg": ALG, "kid": key.key_id, "typ": "JWT"}
+    header = {"alg": ALG, "kid": key.key_id, "typ": TYP}
     return jwt.encode(header, claims, key.jwk, algorithms=[ALG])
-
-
-def verify_result(token: str, public_key: Ed25519PublicKey | bytes | str) -> dict[str, Any]:
-    """Check a result's signature and shape; return its claims. Raises :class:`ResultError`."""
-    if isinstance(public_key, str):
-        public_key = public_key.encode("ascii")
-    if isinstance(public_key, bytes):
-        public_key = load_public_pem(public_key)
-    jwk = OKPKey.import_key(public_pem(public_key))
-    try:
-        decoded = jwt.decode(token, jwk, algorithms=[ALG])
-    except (JoseError, ValueError) as exc:
-        raise ResultError(f"result does not verify: {exc}") from exc
-    claims = dict(decoded.claims)
-    if claims.get("eat_profile") != EAR_PROFILE:
-        raise ResultError("result is not an EAR (eat_profile missing or wrong)")
-    sub = claims.get("submods", {}).get(SUBMOD)
-    if not isinstance(sub, dict) or "ear.status" not in sub:
-        raise ResultError(f"result has no {SUBMOD} submodule status")
-    return claims
-
-
-def result_status(claims: dict[str, Any]) -> str:
-    return str(claims["submods"][SUBMOD]["ear.status"])

@@ -2,7 +2,7 @@
 
 A collector is a plain function that returns facts or raises :class:`CollectorFailure`. The runner
 (:func:`run_collector`) turns a failure, an unexpected exception or a timeout into a
-:class:`~agent.evidence.CollectorError` entry in the snapshot's ``errors`` — never a crash, never a
+:class:`~contract.CollectorError` entry in the snapshot's ``errors`` — never a crash, never a
 silent pass (the verifier says "cannot attest" when a collector failed).
 """
 
@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from agent.evidence import CollectorError
+from contract import CollectorError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Order is stable: by bus id, then entries without a bus id in their input order.
 from __future__ import annotations
 
 from agent.collect.pci import normalize_bus_id
-from agent.evidence import Accelerator
+from contract import Accelerator
 
 _FILLED_FROM_PCI = ("pci_class", "pci_vendor_id", "pci_device_id", "vendor")
 

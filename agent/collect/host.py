@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from agent.evidence import HostInfo, Posture, Socket
+from contract import HostInfo, Posture, Socket
 
 SECURE_BOOT_VAR = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 _MAX_ATTR_BYTES = 64 * 1024

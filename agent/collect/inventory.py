@@ -4,7 +4,7 @@ Format (JSON, or YAML by ``.yaml``/``.yml`` extension or by content)::
 
     {"accelerators": [{"vendor": "NVIDIA", "model": "NVIDIA H100 80GB HBM3", ...}, ...]}
 
-Field names are those of :class:`~agent.evidence.Accelerator`; missing fields are null. Every entry
+Field names are those of :class:`~contract.Accelerator`; missing fields are null. Every entry
 is forced to ``source: "inventory-file"`` and ``assurance: "declared"``: nothing typed in by a
 person may pretend that it was probed, so an entry that claims another source or assurance is an
 error rather than being silently rewritten. PCI ids and bus ids are checked and normalized (ids to
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from agent.collect import CollectorFailure
 from agent.collect.pci import normalize_bus_id
-from agent.evidence import Accelerator, MalformedError, parse_json_strict
+from contract import Accelerator, MalformedError, parse_json_strict
 
 MAX_BYTES = 1024 * 1024
 MAX_ENTRIES = 10_000

@@ -5,7 +5,7 @@ It owns:
 1. :func:`collect_with_errors` — the walk. Per GPU: name, UUID (the identity), serial, board part
    number, PCI bus and device id, VBIOS, driver version, memory, architecture. A field the board
    does not support (``NVML_ERROR_NOT_SUPPORTED``) is null. A GPU whose identity (handle, PCI
-   info, UUID) cannot be read, or that is lost, becomes a :class:`~agent.evidence.CollectorError`
+   info, UUID) cannot be read, or that is lost, becomes a :class:`~contract.CollectorError`
    for that GPU and the others are still reported; any other field that fails is null plus an
    error naming the GPU and the field. **The snapshot assembler should call this one**
    (through ``run_collector`` with default ``([], [])``) and add the per-GPU errors to the
@@ -42,7 +42,7 @@ import pynvml
 
 from agent.collect import CollectorFailure
 from agent.collect.pci import normalize_bus_id
-from agent.evidence import Accelerator, CollectorError
+from contract import Accelerator, CollectorError
 
 log = logging.getLogger(__name__)
 

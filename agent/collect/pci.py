@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from agent.collect import CollectorFailure
-from agent.evidence import Accelerator
+from contract import Accelerator
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ Walking rules (each is a decision, tested):
   Symlink loops and dangling links are therefore harmless.
 - Other filesystems mounted below a root are not entered (their encryption may differ); each is
   reported as ``nested_mount_not_scanned`` so the operator can list it as a root of its own.
-- A file that cannot be opened is a :class:`~agent.evidence.WeightFile` with ``error`` when its
+- A file that cannot be opened is a :class:`~contract.WeightFile` with ``error`` when its
   name says it is a weight file, and a collector error otherwise (its format cannot be known).
 - Names that are not valid UTF-8 or contain control characters carry ``path_b64`` (the raw bytes);
   ``path`` shows undecodable bytes as ``\\xNN``.
@@ -59,14 +59,6 @@ from typing import Any, NamedTuple, cast
 from pydantic import TypeAdapter
 
 from agent.collect import weights
-from agent.evidence import (
-    CollectorError,
-    Encryption,
-    StorageRoot,
-    WeightFile,
-    WeightFormat,
-    format_timestamp,
-)
 from agent.hashing import (
     CHUNK_SIZE,
     CacheKey,
@@ -75,6 +67,14 @@ from agent.hashing import (
     cache_key,
     hash_fd,
     lower_priority,
+)
+from contract import (
+    CollectorError,
+    Encryption,
+    StorageRoot,
+    WeightFile,
+    WeightFormat,
+    format_timestamp,
 )
 
 COLLECTOR = "storage"

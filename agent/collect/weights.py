@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any
 
-from agent.evidence import FileError, HeaderFacts, MalformedError, WeightFormat, parse_json_strict
+from contract import FileError, HeaderFacts, MalformedError, WeightFormat, parse_json_strict
 
 #: Largest safetensors JSON header read (the format's own reference limit is 100 MB).
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000

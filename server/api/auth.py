@@ -3,7 +3,7 @@
 - Compliance users send ``Authorization: Bearer <key>``. Keys are stored as SHA-256; the lookup is
   by hash and the final comparison constant-time. Roles: ``admin`` (manage) and ``auditor`` (read);
   an admin may do everything an auditor may.
-- Hosts sign the request line (:mod:`agent.reqsign`) with their enrolled key. The key must be
+- Hosts sign the request line (:mod:`contract.reqsign`) with their enrolled key. The key must be
   active and the timestamp within the verifier's skew. Agents may only enroll, take challenges,
   check in and submit evidence; they hold no API key, so every read is closed to them.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from agent.evidence import parse_timestamp
-from agent.reqsign import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
+from contract import parse_timestamp
+from contract.reqsign import HEADER_KEY_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, verify_request
 from server.api.deps import Services
 from server.api.errors import APIError
 from server.appraise import HostRecord

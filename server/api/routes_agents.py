@@ -12,9 +12,10 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from agent.evidence import HostInfo, format_timestamp
-from agent.keys import KeyFileError, key_id, public_from_raw
-from agent.reqsign import enroll_message
+from contract import HostInfo, format_timestamp
+from contract.errors import KeyFormatError
+from contract.keys import key_id, public_from_raw
+from contract.reqsign import enroll_message
 from server.api import auth
 from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
@@ -82,7 +83,7 @@ def enroll(svc: SvcDep, body: EnrollRequest) -> EnrollResponse:
     """Register a host key at the enrollment token's site (single-use token, proof of key)."""
     try:
         public = public_from_raw(_b64(body.public_key, "public_key"))
-    except KeyFileError as exc:
+    except KeyFormatError as exc:
         raise APIError(400, "bad_public_key", exc.detail) from None
     kid = key_id(public)
     try:

@@ -10,11 +10,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from agent.evidence import format_timestamp
+from contract import format_timestamp
+from contract.results import ALG
 from server.api import auth
 from server.api.deps import SvcDep
 from server.api.errors import APIError
-from server.results import ALG
 from server.store import repo
 from server.store.models import ChainHead, Host, Site, Snapshot
 

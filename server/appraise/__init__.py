@@ -63,7 +63,7 @@ from typing import Any, ClassVar, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from agent.evidence import (
+from contract import (
     MAX_ENVELOPE_BYTES,
     MAX_JSON_DEPTH,
     PAYLOAD_TYPE,
@@ -138,7 +138,7 @@ __all__ = [
 _KEY_ID = re.compile(r"^[0-9a-f]{64}$")
 _MAX_NONCE_CHARS = 256
 _QUOTE_LIMIT = 100
-#: agent.evidence details quote received text after a short lead-in of their own.
+#: contract details quote received text after a short lead-in of their own.
 _EVIDENCE_DETAIL_LIMIT = 120
 
 
@@ -186,7 +186,7 @@ class Rejected(Exception):
         #: The enrolled key whose valid signature came with the evidence, when ``authenticated``.
         self.key_id = key_id
         if code is not None:
-            # Only for an agent.evidence code this module has no class for (yet).
+            # Only for a contract error code this module has no class for (yet).
             self.code = code  # type: ignore[misc]
 
     def to_json(self) -> dict[str, Any]:
@@ -247,7 +247,7 @@ class BadBase64(Malformed):
 
 class NonCanonicalPayload(Malformed):
     code = "non_canonical_payload"
-    hint = "sign the RFC 8785 (JCS) bytes of the statement, as agent.evidence.statement_bytes does"
+    hint = "sign the RFC 8785 (JCS) bytes of the statement, as contract.statement_bytes does"
 
 
 class Unauthenticated(Rejected):
@@ -451,7 +451,7 @@ def _quote(value: object, limit: int = _QUOTE_LIMIT) -> str:
 def _from_evidence(
     exc: EvidenceError, *, authenticated: bool = False, key_id: str | None = None
 ) -> Rejected:
-    """This module's class for an agent.evidence error, keeping its specific code."""
+    """This module's class for a contract error, keeping its specific code."""
     cls = _BY_CODE.get(exc.code)
     message = _clip(exc.detail, _EVIDENCE_DETAIL_LIMIT)
     if cls is not None:

@@ -52,7 +52,7 @@ def _now() -> datetime:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from agent.jsonlog import dict_config
+    from contract.jsonlog import dict_config
     from server.results import load_or_create_key
     from server.store.migrate import upgrade
 

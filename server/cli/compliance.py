@@ -31,21 +31,15 @@ def _print(value: Any, as_json: bool, text: Callable[[Any], str]) -> None:
 
 
 def _digests(values: list[str], files: list[Path]) -> list[str]:
-    """Digests given directly, or computed from weight files (the agent's streaming hasher)."""
-    import os
-
-    from agent.hashing import hash_fd
+    """Digests given directly, or computed from weight files (the contract's file digest)."""
+    from contract.digests import file_sha256
 
     out = [v.lower() for v in values]
     for path in files:
         try:
-            fd = os.open(path, os.O_RDONLY)
+            out.append(file_sha256(path))
         except OSError as exc:
             raise Invalid("unreadable", f"cannot read {path}: {exc.strerror}") from exc
-        try:
-            out.append(hash_fd(fd)[0])
-        finally:
-            os.close(fd)
     return out
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.evidence import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
+from contract import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
 from server.cli._common import EXIT_USAGE, say
 from server.config import DEFAULT_POLICIES_DIR
 from server.findings import status_of

@@ -106,11 +106,11 @@ def _verify(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise NotFound("not_found", f"{path} does not exist")
     if args.pubkey is not None:
-        from agent.keys import KeyFileError, load_public_pem
+        from contract import KeyFormatError, load_public_pem
 
         try:
             public = load_public_pem(args.pubkey.read_bytes())
-        except KeyFileError as exc:
+        except KeyFormatError as exc:
             raise Invalid("bad_pubkey", f"{args.pubkey}: {exc}") from None
     else:
         settings = settings_of(args)

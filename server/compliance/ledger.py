@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from agent.evidence import Accelerator
+from contract import Accelerator
 from server.compliance.settle import (
     LPP_ANNUAL_TPP,
     LPP_CITATION,
@@ -443,7 +443,7 @@ def request_attestation(
 
     Each host picks its nonce up at its next check-in and answers with a nonce-bound snapshot.
     """
-    from agent.evidence import format_timestamp
+    from contract import format_timestamp
     from server.store import repo
 
     site_id = repo.find_site(session, site).id if site else None

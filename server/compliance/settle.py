@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
-from agent.evidence import SnapshotV1
+from contract import SnapshotV1
 from server.findings import Finding, status_of
 from server.policy import (
     HostContext,

@@ -370,7 +370,7 @@ class Demo:
 
     def label_hosts(self) -> None:
         """Name each simulated host's record after its role: they all share this machine's name."""
-        from agent.keys import key_id, load_public_pem
+        from contract.keys import key_id, load_public_pem
         from server.store.models import Host
 
         with self.app.state.veu.db.write() as s:
@@ -412,7 +412,7 @@ class Demo:
         key_file = host.state_dir / "agent.pub"
         if not key_file.exists():
             return 0
-        from agent.keys import key_id, load_public_pem
+        from contract.keys import key_id, load_public_pem
 
         kid = key_id(load_public_pem(key_file.read_bytes()))
         with self.app.state.veu.db.read() as s:

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.evidence import (
+from contract import (
     Accelerator,
     AgentInfo,
     Encryption,
@@ -63,8 +63,8 @@ from agent.evidence import (
     format_timestamp,
     sign_envelope,
 )
-from agent.keys import key_id, raw_public
-from agent.reqsign import enroll_message, sign_request
+from contract.keys import key_id, raw_public
+from contract.reqsign import enroll_message, sign_request
 from server.errors import Invalid
 
 JSON = {"Content-Type": "application/json"}

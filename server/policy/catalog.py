@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.evidence import Accelerator
+from contract import Accelerator
 from server.policy._yaml import Reader, load_yaml
 from server.policy.errors import PackError
 from server.policy.figures import Figure, read_figure, read_tag

@@ -22,7 +22,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from agent.evidence import Accelerator, SnapshotV1
+from contract import Accelerator, SnapshotV1
 from server.findings import Finding
 from server.policy.aggregate import HostContribution, ModelTotal
 from server.policy.catalog import ChipMatch, _norm_hex

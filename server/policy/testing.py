@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from agent.evidence import SnapshotV1
+from contract import SnapshotV1
 from server.findings import Finding
 from server.policy._yaml import Reader, load_yaml
 from server.policy.aggregate import HostContribution, ModelTotal, OrgAggregate, SiteAggregate

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from agent.evidence import SnapshotV1, parse_statement
-from agent.fsutil import atomic_write
+from contract import SnapshotV1, parse_statement
+from contract.fsutil import atomic_write
 from server.errors import Invalid, NotFound
 from server.policy import OrgAggregate, OrgFacts, Pack, PolicySet, load_policy_set
 from server.policy.engine import org_variables

@@ -25,7 +25,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from agent.evidence import canonical_bytes, format_timestamp
+from contract import canonical_bytes, format_timestamp
 from server.store.models import AuditEntry, AuditHead
 from server.store.pipeline import Pipeline
 

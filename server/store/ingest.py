@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
-from agent.keys import public_from_raw
+from contract.keys import public_from_raw
 from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding

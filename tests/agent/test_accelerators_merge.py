@@ -9,7 +9,7 @@ from typing import Any
 from agent.collect import pci
 from agent.collect.accelerators import merge
 from agent.collect.nvml import RecordedNvml, collect_with_errors
-from agent.evidence import Accelerator
+from contract import Accelerator
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import keys
 from agent.chain import HEAD_NAME, JOURNAL_NAME, Chain, ChainError
-from agent.evidence import (
+from contract import (
     AgentInfo,
     HostInfo,
     Posture,
@@ -19,10 +18,11 @@ from agent.evidence import (
     parse_envelope,
     parse_statement,
 )
+from contract.keys import key_id as compute_key_id
 
 
 def builder(key: Ed25519PrivateKey):  # type: ignore[no-untyped-def]
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
 
     def build(seq: int, prev: str | None) -> SnapshotV1:
         return SnapshotV1(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.evidence import parse_envelope, parse_statement
+from contract import parse_envelope, parse_statement
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HGX_SYSFS = FIXTURES / "sysfs" / "h100-hgx"

@@ -10,7 +10,7 @@ import pytest
 
 from agent.collect import CollectorFailure, run_collector
 from agent.collect.inventory import MAX_BYTES, MAX_ENTRIES, InventoryError, load
-from agent.evidence import Accelerator
+from contract import Accelerator
 
 INVENTORY = Path(__file__).resolve().parent.parent / "fixtures" / "inventory"
 SERVERS = {

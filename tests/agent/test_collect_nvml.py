@@ -26,7 +26,7 @@ from agent.collect.nvml import (
     record,
     redact,
 )
-from agent.evidence import Accelerator, CollectorError
+from contract import Accelerator, CollectorError
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "nvml" / "h100-hgx-8.json"
 H100_BUSES = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]

@@ -9,7 +9,7 @@ import pytest
 
 from agent.collect import CollectorFailure, run_collector
 from agent.collect.pci import collect, is_accelerator, normalize_bus_id
-from agent.evidence import Accelerator
+from contract import Accelerator
 
 SYSFS = Path(__file__).resolve().parent.parent / "fixtures" / "sysfs"
 H100_BUSES = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]

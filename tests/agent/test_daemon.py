@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import keys
 from agent.chain import Chain
 from agent.config import AgentConfig
 from agent.daemon import (
@@ -32,7 +31,9 @@ from agent.daemon import (
     backoff_delay,
     snapshot_in_child,
 )
-from agent.evidence import (
+from agent.spool import CORRUPT, REJECTED, Spool, SpoolFull, file_name
+from agent.status import render
+from contract import (
     AgentInfo,
     HostInfo,
     Posture,
@@ -41,8 +42,7 @@ from agent.evidence import (
     parse_envelope,
     parse_statement,
 )
-from agent.spool import CORRUPT, REJECTED, Spool, SpoolFull, file_name
-from agent.status import render
+from contract.keys import key_id as compute_key_id
 
 
 class Clock:
@@ -101,7 +101,7 @@ class Host:
 
     def __init__(self, tmp_path: Path, *, max_bytes: int = 1_000_000, **config: object) -> None:
         self.key = Ed25519PrivateKey.generate()
-        self.key_id = keys.key_id(self.key.public_key())
+        self.key_id = compute_key_id(self.key.public_key())
         base = AgentConfig(
             state_dir=tmp_path / "state",
             check_in_interval=60.0,

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.evidence import FileError, HeaderFacts, WeightFile
 from agent.hashing import (
     SHAPE,
     CacheKey,
@@ -24,6 +23,7 @@ from agent.hashing import (
     cache_key,
     hash_fd,
 )
+from contract import FileError, HeaderFacts, WeightFile
 
 HEADER = {"tensor_count": 1, "parameter_count": 4, "dtypes": ["F32"], "metadata": {"a": "b"}}
 

@@ -10,6 +10,8 @@ import pytest
 
 from agent import keys
 from agent.config import ConfigError, check_server_url, load_config, parse_duration, parse_size
+from contract.keys import key_id as compute_key_id
+from contract.keys import load_public_pem, raw_public
 
 
 def test_init_writes_a_0600_pkcs8_key_and_a_public_key(tmp_path: Path) -> None:
@@ -17,9 +19,9 @@ def test_init_writes_a_0600_pkcs8_key_and_a_public_key(tmp_path: Path) -> None:
     mode = stat.S_IMODE((tmp_path / keys.PRIVATE_NAME).stat().st_mode)
     assert mode == 0o600
     assert (tmp_path / keys.PRIVATE_NAME).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    pub = keys.load_public_pem((tmp_path / keys.PUBLIC_NAME).read_bytes())
-    assert keys.key_id(pub) == keys.key_id(key.public_key())
-    assert len(keys.key_id(pub)) == 64
+    pub = load_public_pem((tmp_path / keys.PUBLIC_NAME).read_bytes())
+    assert compute_key_id(pub) == compute_key_id(key.public_key())
+    assert len(compute_key_id(pub)) == 64
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
@@ -28,7 +30,7 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
         keys.create(tmp_path)
     assert err.value.code == "key_exists"
     second = keys.create(tmp_path, force=True)
-    assert keys.key_id(second.public_key()) != keys.key_id(first.public_key())
+    assert compute_key_id(second.public_key()) != compute_key_id(first.public_key())
 
 
 def test_a_group_readable_key_is_refused(tmp_path: Path) -> None:
@@ -51,8 +53,7 @@ def test_key_id_is_sha256_of_the_raw_public_key(tmp_path: Path) -> None:
 
     key = keys.create(tmp_path)
     assert (
-        keys.key_id(key.public_key())
-        == hashlib.sha256(keys.raw_public(key.public_key())).hexdigest()
+        compute_key_id(key.public_key()) == hashlib.sha256(raw_public(key.public_key())).hexdigest()
     )
 
 

@@ -11,21 +11,22 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import fsutil, keys
-from agent.evidence import (
+from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt, SpoolFull, file_name
+from contract import (
     AgentInfo,
     HostInfo,
     Posture,
     SnapshotV1,
     format_timestamp,
+    fsutil,
     sign_envelope,
     statement_bytes,
 )
-from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt, SpoolFull, file_name
+from contract.keys import key_id as compute_key_id
 
 
 def envelope_bytes(key: Ed25519PrivateKey, seq: int, prev: str | None = None) -> bytes:
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
     snapshot = SnapshotV1(
         agent=AgentInfo(key_id=kid, version="test"),
         site_id="site-1",
@@ -213,7 +214,7 @@ def test_file_under_the_wrong_sequence_number_is_reported_corrupt(
 def test_tampered_payload_is_caught_by_the_signature_when_the_key_is_known(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
     spool = Spool(tmp_path / "spool", 1_000_000, public_key=key.public_key(), key_id=kid)
     good = envelope_bytes(key, 1)
     forged = json.loads(envelope_bytes(key, 1))  # same seq, other collected_at: other payload
@@ -273,7 +274,7 @@ def test_foreign_files_in_the_spool_are_ignored(tmp_path: Path, key: Ed25519Priv
 def test_with_the_host_key_a_signed_envelope_under_the_wrong_name_is_still_caught(
     tmp_path: Path, key: Ed25519PrivateKey
 ) -> None:
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
     spool = Spool(tmp_path / "spool", 1_000_000, public_key=key.public_key(), key_id=kid)
     spool.put(2, envelope_bytes(key, 5))
     with pytest.raises(SpoolCorrupt, match="seq 5, not seq 2"):

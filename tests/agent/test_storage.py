@@ -20,7 +20,7 @@ from agent.collect.storage import (
     read_mountinfo,
     scan_weight_roots,
 )
-from agent.evidence import (
+from contract import (
     AgentInfo,
     CollectorError,
     HostInfo,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.evidence import SnapshotV1, sign_envelope, statement_bytes
+from contract import SnapshotV1, sign_envelope, statement_bytes
 from server.cli import policy as cli
 from tests.policy.conftest import PACK
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.evidence import Accelerator, SnapshotV1
+from contract import Accelerator, SnapshotV1
 from server.findings import status_of
 from server.policy import (
     HostContext,

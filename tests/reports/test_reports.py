@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -13,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server import reports
-from server.cli import report as report_cli
+from server.cli import main
+from server.errors import VeuError
 from server.policy import PolicySet
 from tests.dashboard.conftest import Env, make_env
 
@@ -39,7 +39,7 @@ def test_period_labels_map_to_half_years() -> None:
     assert (h1.start.isoformat(), h1.end.isoformat()) == ("2026-01-01", "2026-06-30")
     assert reports.Period.parse("2026h2").previous().label == "2026H1"
     assert h1.previous().label == "2025H2"
-    with pytest.raises(reports.ReportError):
+    with pytest.raises(VeuError):
         reports.Period.parse("2026Q1")
 
 
@@ -91,10 +91,10 @@ def test_report_names_policy_packs_and_says_the_rescinded_pack_is_not_enforced(e
 
 
 def test_future_period_and_unknown_org_are_refused(env: Env) -> None:
-    with pytest.raises(reports.ReportError) as exc:
+    with pytest.raises(VeuError) as exc:
         _report(env, "2027H2")
     assert exc.value.code == "future_period"
-    with env.svc.db.read() as s, pytest.raises(reports.ReportError) as exc:
+    with env.svc.db.read() as s, pytest.raises(VeuError) as exc:
         reports.build_report(s, env.policy, "nope", reports.Period.parse("2026H1"), NOW)
     assert exc.value.code == "not_found"
 
@@ -139,10 +139,7 @@ def test_bare_64_byte_signature_over_the_digest_also_verifies(env: Env) -> None:
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="veu-server")
-    report_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
+    return main(list(argv))
 
 
 def test_cli_writes_a_report_and_verifies_it(

@@ -1,4 +1,4 @@
-"""Test-only builders: realistic 8-GPU H100 host snapshots, signed with agent.evidence.
+"""Test-only builders: realistic 8-GPU H100 host snapshots, signed with the contract package.
 
 ``HostKit`` is one simulated host (its key and chain); ``next_envelope`` makes the next link of its
 chain, and keyword overrides build the hostile variants (wrong seq, wrong prev, a stale clock...).
@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.evidence import (
+from contract import (
     Accelerator,
     AgentInfo,
     CollectorError,
@@ -31,8 +31,8 @@ from agent.evidence import (
     sign_envelope,
     statement_bytes,
 )
-from agent.keys import key_id, raw_public
-from agent.reqsign import enroll_message, sign_request
+from contract.keys import key_id, raw_public
+from contract.reqsign import enroll_message, sign_request
 from server.devtools.simulate import h100_board
 
 
@@ -165,7 +165,7 @@ class HostKit:
 
 
 def digest_of(envelope: bytes) -> str:
-    from agent.evidence import parse_envelope
+    from contract import parse_envelope
 
     return envelope_digest(parse_envelope(envelope))
 

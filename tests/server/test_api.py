@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.keys import key_id, load_public_pem
+from contract.keys import key_id, load_public_pem
 from tests.server.builders import HostKit
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from agent.client import VerifierClient
-from server.results import verify_result
+from contract.results import verify_result
 from tests.server.builders import HostKit
 from tests.server.conftest import Fleet, run_cli
 

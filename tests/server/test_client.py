@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.client import ClientError, VerifierClient
-from agent.keys import key_id
+from contract.keys import key_id
 
 
 def _client(handler: object, url: str = "https://verifier.example") -> VerifierClient:

@@ -9,8 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from contract.results import verify_result
 from server.compliance.settle import ComplianceConfig
-from server.results import verify_result
 from server.store import repo
 from tests.server.builders import HostKit, ago, failed_collector, h100_accelerators, weights_root
 

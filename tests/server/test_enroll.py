@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.keys import load_public_pem
+from contract.keys import load_public_pem
 from tests.server.builders import HostKit
 
 

@@ -15,13 +15,13 @@ import httpx
 import pytest
 
 import server.ingest
+from contract.results import verify_result
 from server.api.app import create_app
 from server.api.errors import http_status
 from server.appraise import Rejected
 from server.config import ENV_INGEST_BATCH, ENV_INGEST_BATCH_WAIT, ConfigError, Settings
 from server.ingest import Ingest, Outcome, Pending
 from server.ingest._groupcommit import GroupCommitter
-from server.results import verify_result
 from server.store.audit import verify_audit
 from tests.server.builders import HostKit, ago, digest_of
 

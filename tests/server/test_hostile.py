@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from agent.evidence import canonical_bytes, format_timestamp, pae, statement_bytes
+from contract import canonical_bytes, format_timestamp, pae, statement_bytes
 from server.store import repo
 from server.store.db import make_engine
 from server.store.models import EVIDENCE_TABLES
@@ -404,7 +404,7 @@ CORPUS: list[Hostile] = [
 
 
 def _posture() -> Any:
-    from agent.evidence import Posture
+    from contract import Posture
 
     return Posture(secure_boot=False, tpm_present=False)
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.results import verify_result
+from contract.results import verify_result
 from tests.server.builders import HostKit, ago, digest_of
 from tests.server.conftest import Fleet, LiveServer, make_fleet, start_server, stop_server
 
@@ -144,7 +144,7 @@ def test_metrics_count_accepted_and_rejected_snapshots(api: Any) -> None:
 
 
 def _stamp(moment: Any) -> str:
-    from agent.evidence import format_timestamp
+    from contract import format_timestamp
 
     return format_timestamp(moment)
 
@@ -240,7 +240,7 @@ def test_the_same_envelope_on_two_workers_at_once_is_one_row_and_one_answer(
 
 
 def _posture(secure_boot: bool) -> Any:
-    from agent.evidence import Posture
+    from contract import Posture
 
     return Posture(secure_boot=secure_boot, tpm_present=True)
 

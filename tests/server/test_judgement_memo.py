@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.evidence import CollectorError, Posture, SnapshotV1
+from contract import CollectorError, Posture, SnapshotV1
+from contract.results import verify_result
 from server.compliance.settle import HostJudgement, JudgementMemo
 from server.policy import HostContext, ModelRegistry, PolicySet
 from server.policy.engine import host_variables
-from server.results import verify_result
 from server.store.ingest import SiteTerms
 from tests.server.builders import HostKit, h100_accelerators, weights_root
 

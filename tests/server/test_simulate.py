@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from agent.evidence import envelope_digest, open_envelope, sign_envelope, statement_bytes
-from agent.keys import public_from_raw, raw_public
+from contract import envelope_digest, open_envelope, sign_envelope, statement_bytes
+from contract.keys import public_from_raw, raw_public
 from server.devtools.simulate import SimHost
 
 

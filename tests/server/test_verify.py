@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import server.appraise as verify
-from agent.evidence import (
+from contract import (
     PAYLOAD_TYPE,
     EvidenceError,
     HostInfo,
@@ -30,7 +30,7 @@ from agent.evidence import (
     sign_envelope,
     statement_bytes,
 )
-from agent.keys import key_id
+from contract.keys import key_id
 from server.api.errors import http_status
 from server.appraise import (
     Accepted,

@@ -80,7 +80,7 @@ def _post(url: str, data: bytes) -> Callable[[], httpx.Response]:
 
 
 def _posture(secure_boot: bool) -> Any:
-    from agent.evidence import Posture
+    from contract import Posture
 
     return Posture(secure_boot=secure_boot, tpm_present=True)
 

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
-from agent.evidence import format_timestamp
+from contract import format_timestamp
 from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser

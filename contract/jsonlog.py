@@ -35,7 +35,7 @@ def dict_config(level: str = "INFO") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "agent.jsonlog.JsonFormatter"}},
+        "formatters": {"json": {"()": "contract.jsonlog.JsonFormatter"}},
         "handlers": {"default": handler},
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level.upper(), "propagate": False},

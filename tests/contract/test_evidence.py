@@ -11,8 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import keys
-from agent.evidence import (
+from contract import (
     PAYLOAD_TYPE,
     PREDICATE_MODELS,
     PREDICATE_TYPE_V1,
@@ -36,6 +35,7 @@ from agent.evidence import (
     statement_bytes,
     verify_envelope,
 )
+from contract.keys import key_id as compute_key_id
 
 
 def _f64(hex_bits: str) -> float:
@@ -113,7 +113,7 @@ def test_pae_counts_bytes_not_characters() -> None:
 
 def make_snapshot(key: Ed25519PrivateKey, **overrides: object) -> SnapshotV1:
     base: dict[str, object] = {
-        "agent": AgentInfo(key_id=keys.key_id(key.public_key()), version="0.1.0"),
+        "agent": AgentInfo(key_id=compute_key_id(key.public_key()), version="0.1.0"),
         "site_id": "site-1",
         "host": HostInfo(hostname="gpu-node-01", machine_id="ab" * 16),
         "seq": 1,
@@ -147,7 +147,7 @@ def key() -> Ed25519PrivateKey:
 
 def test_signed_snapshot_opens_with_the_signers_key(key: Ed25519PrivateKey) -> None:
     snapshot = make_snapshot(key)
-    kid = keys.key_id(key.public_key())
+    kid = compute_key_id(key.public_key())
     envelope = sign_envelope(statement_bytes(snapshot), key, kid)
     _, keyid, statement, parsed = open_envelope(envelope.to_bytes(), {kid: key.public_key()})
     assert keyid == kid
@@ -258,7 +258,7 @@ def test_signature_by_another_key_is_reported_as_unknown_key(key: Ed25519Private
     other = Ed25519PrivateKey.generate()
     envelope = sign_envelope(statement_bytes(make_snapshot(key)), other, "other")
     with pytest.raises(SignatureError) as err:
-        verify_envelope(envelope, {keys.key_id(key.public_key()): key.public_key()})
+        verify_envelope(envelope, {compute_key_id(key.public_key()): key.public_key()})
     assert err.value.code == "unknown_key"
 
 
@@ -359,7 +359,7 @@ def test_unicode_escaping_style_never_changes_canonical_bytes(text: str) -> None
 
 
 _SIGNING_KEY = Ed25519PrivateKey.generate()
-_SIGNING_KID = keys.key_id(_SIGNING_KEY.public_key())
+_SIGNING_KID = compute_key_id(_SIGNING_KEY.public_key())
 
 
 @given(st.text(max_size=40), st.integers(1, 2**40))
@@ -452,7 +452,7 @@ _JSON_TREES = st.recursive(
 @settings(max_examples=300)
 @given(_JSON_TREES)
 def test_depth_check_matches_a_plain_recursive_definition(value: object) -> None:
-    from agent.evidence import _depth
+    from contract.jsonstrict import _depth
 
     expected = _reference_depth(value)
     assert _depth(value, 1000) == expected
@@ -462,7 +462,7 @@ def test_depth_check_matches_a_plain_recursive_definition(value: object) -> None
 
 
 def test_parse_statement_reuses_the_callers_strict_parse(key: Ed25519PrivateKey) -> None:
-    from agent.evidence import parse_statement, parse_strict, statement_bytes
+    from contract import parse_statement, parse_strict, statement_bytes
 
     payload = statement_bytes(make_snapshot(key))
     parsed = parse_strict(payload)
@@ -477,7 +477,8 @@ def test_what_the_parser_notes_agrees_with_the_fast_path_walk(value: object) -> 
     parsed value, and canonical bytes made with it match the reference encoder."""
     import rfc8785
 
-    from agent.evidence import _fast_path_ok, parse_strict
+    from contract import parse_strict
+    from contract.jsonstrict import _fast_path_ok
 
     try:
         parsed = parse_strict(json.dumps(value).encode())
@@ -507,6 +508,6 @@ def test_what_the_parser_notes_agrees_with_the_fast_path_walk(value: object) -> 
     ],
 )
 def test_the_parser_notes_floats_and_keys_beyond_the_bmp(text: bytes, plain: bool) -> None:
-    from agent.evidence import parse_strict
+    from contract import parse_strict
 
     assert parse_strict(text).stdlib_jcs is plain

@@ -1,0 +1,179 @@
+"""The snapshot predicate, version 1 (pydantic models, ``extra="forbid"``): what one host says
+about itself.
+
+Versioning: the predicate type is a versioned URI. :data:`PREDICATE_MODELS` maps each known type to
+its model; a v2 adds an entry and v1 envelopes stay verifiable forever.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from contract._model import Strict as _Strict
+from contract.timestamps import parse_timestamp
+
+PREDICATE_TYPE_V1 = "https://veu-attest.dev/snapshot/v1"
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
+
+
+Assurance = Literal[
+    "declared",  # typed in by a person (inventory file): not probed at all
+    "self-reported",  # probed by the host and signed with a key on its disk
+    "tpm-bound",  # key held in a TPM and the claim covered by a quote (not provided yet)
+    "hardware-attested",  # the device's own attestation report (not provided yet)
+]
+
+
+class AgentInfo(_Strict):
+    key_id: str
+    version: str
+
+    @field_validator("key_id")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not _HEX64.match(v):
+            raise ValueError("key_id must be 64 lowercase hex characters")
+        return v
+
+
+class HostInfo(_Strict):
+    hostname: str | None = None
+    machine_id: str | None = None
+    boot_id: str | None = None
+    os: str | None = None
+    kernel: str | None = None
+    arch: str | None = None
+    uptime_s: int | None = None
+
+
+class Accelerator(_Strict):
+    """One device. Unknown values are null, never invented."""
+
+    vendor: str | None = None
+    model: str | None = None
+    pci_vendor_id: str | None = None  # "0x10de"
+    pci_device_id: str | None = None  # "0x2330"
+    pci_class: str | None = None  # "0x030200"
+    pci_bus_id: str | None = None  # "0000:18:00.0"
+    uuid: str | None = None
+    serial: str | None = None
+    board_part_number: str | None = None
+    vbios_version: str | None = None
+    driver_version: str | None = None
+    memory_mib: int | None = None
+    architecture: str | None = None
+    source: Literal["nvml", "pci", "inventory-file"]
+    assurance: Assurance = "self-reported"
+
+
+class Encryption(_Strict):
+    status: Literal["encrypted", "unencrypted", "unknown"]
+    method: str | None = None  # "dm-crypt/LUKS2", "dm-crypt", "fscrypt"
+    determined_by: str | None = None  # what was read to decide
+    reason: str | None = None  # why unknown
+
+
+class HeaderFacts(_Strict):
+    tensor_count: int | None = None
+    parameter_count: int | None = None
+    dtypes: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class FileError(_Strict):
+    code: str
+    detail: str
+
+
+WeightFormat = Literal["safetensors", "gguf", "pytorch-zip", "pytorch-pickle", "onnx"]
+
+
+class WeightFile(_Strict):
+    path: str  # UTF-8; undecodable bytes appear as \\xNN and path_b64 holds the raw name
+    path_b64: str | None = None
+    size: int
+    mtime: str
+    mode: str  # octal permission bits, e.g. "0640"
+    uid: int
+    gid: int
+    owner: str | None = None
+    sha256: str | None = None  # null when the file could not be hashed (see error)
+    format: WeightFormat
+    header: HeaderFacts | None = None
+    error: FileError | None = None
+
+
+class StorageRoot(_Strict):
+    root: str
+    mount_point: str | None = None
+    device: str | None = None
+    filesystem: str | None = None
+    encryption: Encryption
+    file_count: int
+    total_bytes: int
+    files: list[WeightFile]
+
+
+class Socket(_Strict):
+    proto: Literal["tcp", "tcp6", "udp", "udp6"]
+    address: str
+    port: int
+
+
+class Posture(_Strict):
+    secure_boot: bool | None = None
+    tpm_present: bool | None = None
+    tpm_version: str | None = None
+    listening_sockets: list[Socket] | None = None
+
+
+class CollectorError(_Strict):
+    collector: str
+    code: str
+    detail: str
+
+
+class SnapshotV1(_Strict):
+    """The predicate of a snapshot statement, version 1."""
+
+    agent: AgentInfo
+    site_id: str | None
+    host: HostInfo
+    seq: int = Field(ge=1)
+    prev: str | None
+    nonce: str | None
+    collected_at: str
+    accelerators: list[Accelerator]
+    storage: list[StorageRoot]
+    posture: Posture
+    errors: list[CollectorError]
+    key_protection: Literal["file", "tpm"] = "file"
+    #: Reserved for evidence this version does not produce yet (TPM quote, GPU reports, RTT
+    #: location bounds). Always empty in v1 agents; the verifier ignores unknown sections.
+    extensions: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("prev")
+    @classmethod
+    def _prev_hex(cls, v: str | None) -> str | None:
+        if v is not None and not _HEX64.match(v):
+            raise ValueError("prev must be 64 lowercase hex characters or null")
+        return v
+
+    @field_validator("collected_at")
+    @classmethod
+    def _rfc3339(cls, v: str) -> str:
+        if not _RFC3339_UTC.match(v):
+            raise ValueError("collected_at must be RFC 3339 UTC, e.g. 2026-01-01T00:00:00Z")
+        return v
+
+    def collected_at_datetime(self) -> datetime:
+        return parse_timestamp(self.collected_at)
+
+
+PREDICATE_MODELS: dict[str, type[SnapshotV1]] = {PREDICATE_TYPE_V1: SnapshotV1}

@@ -190,9 +190,9 @@ def total_instructions(callgrind_out: Path) -> int:
 
 
 def measure(tree: Tree, load: Path, shim: Path, work: Path, python: str, valgrind: str) -> Measured:
-    out = work / f"callgrind.{tree.label}.out"
-    result = work / f"result.{tree.label}.json"
-    log = work / f"valgrind.{tree.label}.log"
+    folder = work / hashlib.sha256(tree.label.encode()).hexdigest()[:12]  # labels are free text
+    folder.mkdir()
+    out, result, log = folder / "callgrind.out", folder / "result.json", folder / "valgrind.log"
     env = {**os.environ, "PYTHONPATH": str(tree.path), "PYTHONHASHSEED": "0"}
     command = [
         valgrind,
@@ -206,7 +206,7 @@ def measure(tree: Tree, load: Path, shim: Path, work: Path, python: str, valgrin
         str(shim),
         str(result),
     ]
-    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=folder, capture_output=True, text=True)
     if done.returncode != 0 or not result.is_file():
         tail = (done.stderr + done.stdout)[-2000:]
         raise SystemExit(f"{tree.label}: the driver failed (exit {done.returncode}):\n{tail}")

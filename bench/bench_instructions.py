@@ -227,17 +227,18 @@ def markdown(runs: list[Measured], args: argparse.Namespace, version: str, secon
         SECTION,
         "",
         "`.venv/bin/python bench/bench_instructions.py --tree BEFORE --tree AFTER` (`--smoke` in",
-        "CI via `tests/bench/test_bench_instructions_smoke.py`). The in-process ingest loop of",
-        "`bench_ingest.py` (appraise, group-commit write of 8, settle every 256 snapshots and at",
-        "the end; SQLite; no HTTP) under `valgrind --tool=callgrind`, instrumentation on for the",
-        "loop only; the same envelopes for every tree. Instructions do not depend on the load of",
-        "the shared box: compare them across runs, unlike times.",
+        "CI via `tests/bench/test_bench_instructions_smoke.py`; see bench/README.md). The",
+        "in-process ingest loop of `bench_ingest.py` (appraise, group-commit write, settling;",
+        "SQLite; no HTTP) under `valgrind --tool=callgrind`, instrumentation on for the loop only;",
+        "the same envelopes for every tree. Instruction counts hardly depend on the load of the",
+        "shared box: unlike times, they can be compared across runs.",
         "",
         f"### Run of {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "",
-        f"- {args.hosts} hosts x {args.per_host} snapshots; {version}, Python "
-        f"{platform.python_version()}, {platform.machine()}; load average {load1:.2f}/"
-        f"{load5:.2f}/{load15:.2f}; {seconds:.0f} s under valgrind",
+        f"- {args.hosts} hosts x {args.per_host} snapshots, batches of {args.batch}, settled "
+        f"every {args.settle_every} and at the end",
+        f"- {version}, Python {platform.python_version()}, {platform.machine()}; load average "
+        f"{load1:.2f}/{load5:.2f}/{load15:.2f}; {seconds:.0f} s under valgrind",
         "",
         "| tree | commit | ingest API | snapshots | errors | instructions (loop) | "
         "instructions per snapshot | vs first |",
@@ -251,6 +252,16 @@ def markdown(runs: list[Measured], args: argparse.Namespace, version: str, secon
             f"{ratio:.3f} |"
         )
     lines.append("")
+    for run in runs[1:]:
+        change = (run.per_snapshot / reference.per_snapshot - 1) * 100
+        over = run.per_snapshot > reference.per_snapshot * (1 + args.tolerance)
+        verdict = "**over**" if over else "within"
+        lines.append(
+            f"- {run.tree.label} against {reference.tree.label}: {change:+.1f}% instructions "
+            f"per snapshot ({verdict} the tolerance of +{args.tolerance * 100:.1f}%)"
+        )
+    if len(runs) > 1:
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -359,12 +359,12 @@ def markdown(pairs: list[Pair], floors: list[Run], args: argparse.Namespace) -> 
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Put this run first in the section of bench/RESULTS.md: the section's heading and intro
+def write_section(text: str, section: str = SECTION) -> None:
+    """Put this run first in ``section`` of bench/RESULTS.md: the section's heading and intro
     are replaced, and every earlier run below them (its ``###`` subsections) is kept."""
     path = REPO / "bench" / "RESULTS.md"
     current = path.read_text() if path.exists() else ""
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     found = pattern.search(current)
     if found is None:
         path.write_text(text + "\n" + current)

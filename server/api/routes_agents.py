@@ -147,7 +147,7 @@ async def challenges(svc: SvcDep, request: Request) -> dict[str, Any]:
         ) from None
     if (parsed.site is None) == (parsed.host is None):
         raise APIError(422, "invalid_request", 'give exactly one of "site" or "host"')
-    return await run_in_threadpool(_issue_for_admin, svc, parsed, actor)
+    return await run_in_threadpool(issue_for_admin, svc, parsed, actor)
 
 
 def _issue_for_agent(svc: Services, key_id: str) -> dict[str, Any]:
@@ -157,7 +157,7 @@ def _issue_for_agent(svc: Services, key_id: str) -> dict[str, Any]:
         return {"nonce": row.nonce, "expires_at": format_timestamp(row.expires_at)}
 
 
-def _issue_for_admin(svc: Services, req: AdminChallengeRequest, actor: auth.User) -> dict[str, Any]:
+def issue_for_admin(svc: Services, req: AdminChallengeRequest, actor: auth.User) -> dict[str, Any]:
     from server.compliance.ledger import request_attestation
 
     with svc.db.write() as session:

@@ -20,9 +20,9 @@ from server.compliance.settle import (
     LPP_ANNUAL_TPP,
     LPP_CITATION,
     ComplianceConfig,
-    _model_record,
     bump_registry,
     lpp_used,
+    model_record,
     stale_hosts,
 )
 from server.errors import Conflict, NotFound, Unprocessable
@@ -350,7 +350,7 @@ def add_model(
     for digest in sorted(set(data.get("digests", []))):
         session.add(ModelFile(digest=digest, model_id=row.id))
     bump_registry(session)
-    verdict = classify_model(_model_record(row, ()), policy, now.date())
+    verdict = classify_model(model_record(row, ()), policy, now.date())
     audit.append(
         session,
         at=now,
@@ -382,7 +382,7 @@ def list_models(session: Session, policy: PolicySet, on: date) -> list[dict[str,
     )
     out = []
     for row in rows:
-        record: ModelRecord = _model_record(row, ())
+        record: ModelRecord = model_record(row, ())
         out.append(
             {
                 "id": row.id,

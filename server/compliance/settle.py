@@ -122,7 +122,7 @@ def model_registry(session: Session, digests: Iterable[str]) -> ModelRegistry:
 
 def _registered(session: Session, digests: Sequence[str]) -> dict[str, ModelRecord]:
     return {
-        row.digest: _model_record(row, (row.digest,))
+        row.digest: model_record(row, (row.digest,))
         for row in session.connection().execute(_MODELS_OF_DIGESTS, {"digests": digests})
     }
 
@@ -185,7 +185,7 @@ class RegistryCache:
         return registry
 
 
-def _model_record(model: Any, digests: tuple[str, ...]) -> ModelRecord:
+def model_record(model: Any, digests: tuple[str, ...]) -> ModelRecord:
     """From a :class:`RegisteredModel` or a row with the same column names."""
     return ModelRecord(
         name=model.name,

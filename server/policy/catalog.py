@@ -89,7 +89,7 @@ class ChipMatch:
     matched_by: Literal["pci", "name"]
 
 
-def _norm_hex(value: Any) -> str | None:
+def norm_hex(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     return _norm_hex_text(value)
@@ -149,7 +149,7 @@ class Catalog:
         return match
 
     def _identify(self, acc: Accelerator) -> ChipMatch | None:
-        vendor, device = _norm_hex(acc.pci_vendor_id), _norm_hex(acc.pci_device_id)
+        vendor, device = norm_hex(acc.pci_vendor_id), norm_hex(acc.pci_device_id)
         chip = self._by_pci.get((vendor, device)) if vendor and device else None
         how: Literal["pci", "name"] = "pci"
         if chip is None and acc.model:
@@ -203,7 +203,7 @@ def load_catalog(path: Path) -> Catalog:
             pr = Reader(
                 path, pnode, f"chip {chip_id} pci id", {"vendor", "device", "confidence", "note"}
             )
-            vendor, device = _norm_hex(pr.req("vendor")), _norm_hex(pr.req("device"))
+            vendor, device = norm_hex(pr.req("vendor")), norm_hex(pr.req("device"))
             if vendor is None or device is None:
                 raise pr.error(
                     None, "bad_pci_id", "vendor and device must be hex strings like '0x10de'"

@@ -25,7 +25,7 @@ from typing import Any
 from contract import Accelerator, SnapshotV1
 from server.findings import Finding
 from server.policy.aggregate import HostContribution, ModelTotal
-from server.policy.catalog import ChipMatch, _norm_hex
+from server.policy.catalog import ChipMatch, norm_hex
 from server.policy.cel import MEMO_LIMIT
 from server.policy.errors import PackError, PolicyEvaluationError
 from server.policy.facts import NVML_VENDOR_IDS, HostContext, OrgFacts, SiteFacts
@@ -297,7 +297,7 @@ def host_variables(
     for i, acc in enumerate(snapshot.accelerators):
         match = pack.catalog.identify(acc)
         bus = (acc.pci_bus_id or "").lower()
-        vendor_id = _norm_hex(acc.pci_vendor_id) or ""
+        vendor_id = norm_hex(acc.pci_vendor_id) or ""
         accs.append(
             {
                 "id": identity_of(acc) or f"pci:{acc.pci_bus_id or i}",
@@ -306,7 +306,7 @@ def host_variables(
                 "model": acc.model or "",
                 "vendor": acc.vendor or "",
                 "pci_vendor_id": vendor_id,
-                "pci_device_id": _norm_hex(acc.pci_device_id) or "",
+                "pci_device_id": norm_hex(acc.pci_device_id) or "",
                 "pci_bus_id": acc.pci_bus_id or "",
                 "source": acc.source,
                 "assurance": acc.assurance,
@@ -487,7 +487,7 @@ def _pack_dirs(policies_dir: Path) -> list[Path]:
     return sorted(p for p in policies_dir.iterdir() if p.is_dir() and (p / "pack.yaml").is_file())
 
 
-def _files_digest(dirs: Iterable[Path], root: Path) -> str:
+def files_digest(dirs: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for d in dirs:
         for f in sorted(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
@@ -533,4 +533,4 @@ def load_policy_set(policies_dir: Path, *, only: list[str] | None = None) -> Pol
                     f"pack id {pack.id!r} is also used by {other.path}",
                 )
         packs.append(pack)
-    return PolicySet(packs, _files_digest(dirs, policies_dir))
+    return PolicySet(packs, files_digest(dirs, policies_dir))

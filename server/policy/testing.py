@@ -18,7 +18,7 @@ from contract import SnapshotV1
 from server.findings import Finding
 from server.policy._yaml import Reader, load_yaml
 from server.policy.aggregate import HostContribution, ModelTotal, OrgAggregate, SiteAggregate
-from server.policy.engine import PolicySet, _files_digest
+from server.policy.engine import PolicySet, files_digest
 from server.policy.errors import PackError
 from server.policy.facts import HostContext, OrgFacts, SiteFacts
 from server.policy.models import ModelRecord, ModelRegistry
@@ -191,7 +191,7 @@ def run_pack_tests(pack_dir: Path) -> PackTestReport:
     """Run every fixture of one pack. Loading errors in the pack raise :class:`PackError`."""
     pack_dir = Path(pack_dir)
     pack = load_pack(pack_dir)
-    policy = PolicySet([pack], _files_digest([pack_dir], pack_dir.parent))
+    policy = PolicySet([pack], files_digest([pack_dir], pack_dir.parent))
     coverage = {c.id: ConditionCoverage(c.full_id) for c in pack.conditions}
     results: list[CaseResult] = []
     files = sorted((pack_dir / "tests").glob("*.yaml"))

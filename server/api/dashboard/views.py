@@ -525,11 +525,11 @@ async def attest_now(request: Request, site_id: str) -> Response:
     if not session.csrf_ok(svc, found, request.headers.get("x-csrf-token")):
         return JSONResponse({"code": "csrf", "detail": "missing or wrong CSRF token"}, 403)
     from server.api.auth import User
-    from server.api.routes_agents import AdminChallengeRequest, _issue_for_admin
+    from server.api.routes_agents import AdminChallengeRequest, issue_for_admin
 
     now = svc.now()
     req = AdminChallengeRequest(site=site_id[:40])
-    out = await run_in_threadpool(_issue_for_admin, svc, req, User(found.key_id, found.role))
+    out = await run_in_threadpool(issue_for_admin, svc, req, User(found.key_id, found.role))
     out["requested_at"] = format_timestamp(now)
     return JSONResponse(out)
 

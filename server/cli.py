@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
+from contract import __version__
 from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError, Settings
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DB = 0, 1, 2, 3, 4, 5
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"PostgreSQL URL; default SQLite in the data dir ({ENV_DATABASE_URL})",
     )
     parser = argparse.ArgumentParser(prog="veu-server", description="VEU Attest verifier")
+    parser.add_argument("--version", action="version", version=f"veu-server {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(

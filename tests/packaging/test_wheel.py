@@ -67,6 +67,18 @@ def _run(
     )
 
 
+def _start(cmd: list[str | Path], cwd: Path) -> subprocess.Popen[str]:
+    """A long-running command of the installed package, its output read as one stream."""
+    return subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def _ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, f"{result.args} -> {result.returncode}\n{result.stderr}"
     return result.stdout
@@ -201,23 +213,8 @@ def test_the_installed_demo_delivers_evidence_and_stops_cleanly(
     server_bin: Path, elsewhere: Path
 ) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(server_bin / "veu-server"),
-            "demo",
-            "--port",
-            str(port),
-            "--hosts-per-site",
-            "1",
-            "--report-interval",
-            "4s",
-        ],
-        cwd=elsewhere,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    demo = f"demo --port {port} --hosts-per-site 1 --report-interval 4s"
+    proc = _start([server_bin / "veu-server", *demo.split()], elsewhere)
     assert proc.stdout is not None
     lines: list[str] = []
     try:
@@ -316,24 +313,8 @@ def test_an_agent_host_installs_without_the_verifier_and_attests_against_one(
 
     before = head_seq()
     assert before >= 1
-    daemon = subprocess.Popen(
-        [
-            str(agent),
-            "run",
-            "--state-dir",
-            str(state),
-            *HGX,
-            "--check-in-interval",
-            "1s",
-            "--report-interval",
-            "2s",
-        ],
-        cwd=elsewhere,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    intervals = ["--check-in-interval", "1s", "--report-interval", "2s"]
+    daemon = _start([agent, "run", "--state-dir", state, *HGX, *intervals], elsewhere)
     try:
         deadline = time.monotonic() + 120
         while head_seq() <= before:

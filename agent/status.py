@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.spool import CORRUPT, REJECTED, SUFFIX
+from contract.errors import KeyFormatError
 from contract.keys import key_id as compute_key_id
 from contract.keys import load_public_pem
 
@@ -74,7 +75,7 @@ def _key_id(state_dir: Path) -> str | None:
 
     try:
         return compute_key_id(load_public_pem((state_dir / keys.PUBLIC_NAME).read_bytes()))
-    except (OSError, keys.KeyFileError):
+    except (OSError, KeyFormatError):
         return None
 
 

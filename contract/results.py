@@ -29,6 +29,9 @@ EAR_PROFILE = "tag:github.com,2023:veraison/ear"
 SUBMOD = "veu-snapshot"
 ALG = "EdDSA"
 TYP = "JWT"
+#: Largest token checked at all. The verifier condenses findings so results stay far below it
+#: (docs/decisions.md, 10); anything larger is refused before it is decoded.
+MAX_RESULT_BYTES = 1024 * 1024
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
@@ -63,6 +66,11 @@ def verify_result(token: str, public_key: Ed25519PublicKey | bytes | str) -> dic
         public_key = public_key.encode("ascii")
     if isinstance(public_key, bytes):
         public_key = load_public_pem(public_key)
+    if len(token) > MAX_RESULT_BYTES:
+        raise ResultError(
+            f"result is {len(token)} characters; the limit is {MAX_RESULT_BYTES}",
+            code="result_too_large",
+        )
     parts = token.split(".")
     if len(parts) != 3:
         raise ResultError(

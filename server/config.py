@@ -1,13 +1,14 @@
 """Verifier settings: one explicit object, built from flags or the environment, passed in.
 
-Nothing in the server reads the environment except :meth:`Settings.from_env`, so a test can run
-two differently configured servers in one process.
+Nothing in the server reads the environment except :meth:`Settings.from_env` and
+:func:`resolve_policies_dir` (which it uses), so a test can run two differently configured servers
+in one process.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,8 +17,6 @@ ENV_DATABASE_URL = "VEU_DATABASE_URL"
 ENV_MAX_BODY = "VEU_MAX_BODY_BYTES"
 
 DEFAULT_DATA_DIR = Path("/var/lib/veu-server")
-#: The packs shipped with the source tree; deployments point VEU_POLICIES_DIR at their own copy.
-DEFAULT_POLICIES_DIR = Path(__file__).resolve().parents[1] / "policies"
 ENV_POLICIES_DIR = "VEU_POLICIES_DIR"
 ENV_REFRESH = "VEU_REFRESH_INTERVAL"
 ENV_SETTLE = "VEU_SETTLE_INTERVAL"
@@ -25,6 +24,20 @@ ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
 ENV_INGEST_BATCH_WAIT = "VEU_INGEST_BATCH_WAIT_MS"
 SQLITE_NAME = "veu.sqlite3"
+
+
+def shipped_policies_dir() -> Path:
+    """The packs that ship inside the installed package (``policies/`` in a checkout)."""
+    import policies
+
+    return Path(policies.__file__).resolve().parent
+
+
+def resolve_policies_dir(flag: str | Path | None = None) -> Path:
+    """THE policy directory of every command: ``--policies`` if given, else ``VEU_POLICIES_DIR``,
+    else the shipped packs."""
+    chosen = flag or os.environ.get(ENV_POLICIES_DIR)
+    return Path(chosen) if chosen else shipped_policies_dir()
 
 
 @dataclass(frozen=True)
@@ -44,8 +57,8 @@ class Settings:
     #: PostgreSQL connection pool per process (see docs/verifier.md, "Connections").
     pool_size: int = 5
     pool_max_overflow: int = 5
-    #: Policy packs to judge evidence by (``--policies``, VEU_POLICIES_DIR).
-    policies_dir: Path = DEFAULT_POLICIES_DIR
+    #: Policy packs to judge evidence by (``--policies``, VEU_POLICIES_DIR, else the shipped ones).
+    policies_dir: Path = field(default_factory=shipped_policies_dir)
     #: A host whose last accepted snapshot is older than this is stale (3 x the 15 min default
     #: report interval).
     max_host_age: timedelta = timedelta(minutes=45)
@@ -93,7 +106,7 @@ class Settings:
         dd = data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
         url = database_url or os.environ.get(ENV_DATABASE_URL) or None
         max_body = int(_env_number(ENV_MAX_BODY, 16 * 1024 * 1024, "a number of bytes"))
-        policies = Path(os.environ.get(ENV_POLICIES_DIR) or DEFAULT_POLICIES_DIR)
+        policies = resolve_policies_dir()
         refresh = _env_number(ENV_REFRESH, 60.0, "seconds (0 turns it off)")
         settle = _env_number(ENV_SETTLE, 1.0, "seconds (0 turns it off)")
         concurrency = _env_number(ENV_INGEST_CONCURRENCY, 0, "a number of snapshots (0: default)")

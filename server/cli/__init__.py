@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
+from contract import __version__
 from server.cli._common import (
     EXIT_BROKEN,
     EXIT_DB,
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"PostgreSQL URL; default SQLite in the data dir ({ENV_DATABASE_URL})",
     )
     parser = Parser(prog="veu-server", description="VEU Attest verifier")
+    parser.add_argument("--version", action="version", version=f"veu-server {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(

@@ -15,7 +15,7 @@ from typing import Any
 
 from contract import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
 from server.cli._common import EXIT_USAGE, say
-from server.config import DEFAULT_POLICIES_DIR
+from server.config import resolve_policies_dir
 from server.findings import status_of
 from server.policy.aggregate import SiteAggregate
 from server.policy.engine import load_policy_set
@@ -31,7 +31,11 @@ def register(subparsers: Any) -> None:
     sub = policy.add_subparsers(dest="policy_command", required=True)
     test = sub.add_parser("test", help="run each pack's fixtures (exit 0 when all pass)")
     test.add_argument("pack", nargs="?", help="pack folder name (default: every pack)")
-    test.add_argument("--policies", type=Path, default=DEFAULT_POLICIES_DIR)
+    test.add_argument(
+        "--policies",
+        type=Path,
+        help="policy packs directory (default: VEU_POLICIES_DIR, else the shipped packs)",
+    )
     ev = sub.add_parser("eval", help="judge a snapshot envelope offline (signature not checked)")
     ev.add_argument("snapshot", type=Path)
     ev.add_argument(
@@ -50,7 +54,11 @@ def register(subparsers: Any) -> None:
     ev.add_argument(
         "--date", type=date.fromisoformat, default=None, help="judge as of (default today)"
     )
-    ev.add_argument("--policies", type=Path, default=DEFAULT_POLICIES_DIR)
+    ev.add_argument(
+        "--policies",
+        type=Path,
+        help="policy packs directory (default: VEU_POLICIES_DIR, else the shipped packs)",
+    )
     ev.add_argument("--json", action="store_true")
 
 
@@ -71,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    root: Path = args.policies
+    root = resolve_policies_dir(args.policies)
     dirs = [root / args.pack] if args.pack else sorted(p.parent for p in root.glob("*/pack.yaml"))
     if not dirs:
         say("no_packs", f"no packs under {root}")
@@ -126,7 +134,7 @@ def _enrolled_site_context(
 
 def _eval(args: argparse.Namespace) -> int:
     on: date = args.date or datetime.now(UTC).date()
-    policy = load_policy_set(args.policies)
+    policy = load_policy_set(resolve_policies_dir(args.policies))
     snapshot = _load_snapshot(args.snapshot)
     if args.site_country:
         ctx = HostContext(

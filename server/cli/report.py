@@ -34,7 +34,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--period", help="half year, e.g. 2026H1 or 2026H2")
     p.add_argument("--format", choices=["pdf", "csv", "json"], default="pdf")
     p.add_argument("--out", type=Path, help="output file (default: <data dir>/reports/...)")
-    p.add_argument("--policies", type=Path, help="policy packs directory (default: ./policies)")
+    p.add_argument(
+        "--policies",
+        type=Path,
+        help="policy packs directory (default: VEU_POLICIES_DIR, else the shipped packs)",
+    )
     sub = p.add_subparsers(dest="report_sub", required=False)
     v = sub.add_parser("verify", help="check a report's detached signature")
     v.set_defaults(func=run, report_command="verify")

@@ -204,11 +204,12 @@ class Demo:
 
     def build_app(self) -> None:
         from server.api.app import create_app
-        from server.config import Settings
+        from server.config import Settings, resolve_policies_dir
 
         interval = self.interval_seconds()
         settings = Settings(
             data_dir=self.data_dir / "server",
+            policies_dir=resolve_policies_dir(),
             # A host is stale after three missed reports, as in production (3 x report interval),
             # and the app's periodic task re-judges sites often enough to notice it on time.
             max_host_age=timedelta(seconds=3 * interval),

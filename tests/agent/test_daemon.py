@@ -469,6 +469,15 @@ def test_status_without_any_agent_state_says_what_to_do(tmp_path: Path) -> None:
     assert code == 3 and "veu-agent init" in text
 
 
+def test_status_with_a_damaged_public_key_file_still_renders(tmp_path: Path) -> None:
+    from agent import keys
+
+    keys.create(tmp_path)
+    (tmp_path / keys.PUBLIC_NAME).write_text("not a key")
+    text, _ = render(tmp_path, as_json=True)
+    assert json.loads(text)["code"] == "no_status"  # as without a key, not a crash
+
+
 def test_a_snapshot_taken_in_a_child_process_reaches_the_parent_spool(tmp_path: Path) -> None:
     host = Host(tmp_path)
     parent = Spool(host.spool.directory, 1_000_000)

@@ -11,7 +11,7 @@ import pytest
 from agent import keys
 from agent.config import ConfigError, check_server_url, load_config, parse_duration, parse_size
 from contract.keys import key_id as compute_key_id
-from contract.keys import load_public_pem, raw_public
+from contract.keys import load_public_pem
 
 
 def test_init_writes_a_0600_pkcs8_key_and_a_public_key(tmp_path: Path) -> None:
@@ -46,15 +46,6 @@ def test_missing_key_says_to_run_init(tmp_path: Path) -> None:
     with pytest.raises(keys.KeyFileError) as err:
         keys.load(tmp_path)
     assert err.value.code == "no_key" and "veu-agent init" in err.value.detail
-
-
-def test_key_id_is_sha256_of_the_raw_public_key(tmp_path: Path) -> None:
-    import hashlib
-
-    key = keys.create(tmp_path)
-    assert (
-        compute_key_id(key.public_key()) == hashlib.sha256(raw_public(key.public_key())).hexdigest()
-    )
 
 
 @pytest.mark.parametrize(

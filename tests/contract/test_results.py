@@ -158,3 +158,10 @@ def test_a_bad_public_key_is_a_contract_error(signed: str) -> None:
 
     with pytest.raises(KeyFormatError):
         verify_result(signed, "not a key")
+
+
+def test_an_oversized_token_is_refused_before_it_is_decoded(verifier: VerifierKey) -> None:
+    from contract.results import MAX_RESULT_BYTES
+
+    huge = "e30." + "A" * MAX_RESULT_BYTES + ".AA"
+    assert _code(huge, verifier.public) == "result_too_large"

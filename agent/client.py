@@ -46,6 +46,7 @@ from agent.evidence import format_timestamp
 from agent.keys import key_id as compute_key_id
 from agent.keys import raw_public
 from agent.reqsign import enroll_message, sign_request
+from server.results import SUBMOD, ResultError, verify_result
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -542,8 +543,6 @@ def verified_result(answer: SubmitResult, digest: str, verifier_key: str) -> dic
     Anything else is a transient :class:`ClientError` (``no_result``, ``result_invalid``,
     ``result_mismatch``): the envelope was not acknowledged, so it stays in the spool.
     """
-    from server.results import SUBMOD, ResultError, verify_result
-
     token = answer.result
     if token is None:
         raise ClientError(

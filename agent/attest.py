@@ -5,6 +5,11 @@ daemon uses (so the chain stays in order even while the daemon runs); deliver an
 still waiting in the spool, then this snapshot; check the signed result with the verifier key
 stored at enrollment, and that it is about *this* envelope and *this* nonce; print the verdict.
 
+An envelope leaves the spool only once a result that verifies with that key and names its digest
+has come back (:func:`agent.client.verified_result`); a verifier that answers 2xx without one is
+reported (exit 3) and the envelope stays for the daemon or the next attest to resend. The whole
+command, every call to the verifier included, ends by ``--timeout``.
+
 Exit codes: 0 affirming, 1 warning, 2 contraindicated, 3 could not attest.
 """
 
@@ -17,14 +22,14 @@ import time
 from typing import Any
 
 from agent import keys
-from agent.client import ClientError, VerifierClient
+from agent.client import ClientError, VerifierClient, verified_result
 from agent.config import AgentConfig
 from agent.enrollment import load as load_enrollment
 from agent.snapshot import take_snapshot
 from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt
-from contract.errors import ResultError
+from contract import EvidenceError, envelope_digest, parse_envelope
 from contract.keys import key_id as compute_key_id
-from contract.results import SUBMOD, result_status, verify_result
+from contract.results import SUBMOD, result_status
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class AttestError(Exception):
         self.detail = detail
 
 
-def _deliver_backlog(client: VerifierClient, spool: Spool, upto: int) -> None:
+def _deliver_backlog(client: VerifierClient, spool: Spool, upto: int, verifier_key: str) -> None:
     """Send older spooled envelopes first, so the verifier sees the chain in order."""
     for seq in spool.pending():
         if seq >= upto:
@@ -58,7 +63,12 @@ def _deliver_backlog(client: VerifierClient, spool: Spool, upto: int) -> None:
         except FileNotFoundError:
             continue  # the daemon delivered it meanwhile
         try:
-            client.submit(data)
+            digest = envelope_digest(parse_envelope(data))
+        except EvidenceError as exc:
+            spool.quarantine(seq, exc.detail, folder=CORRUPT, code="corrupt")
+            continue
+        try:
+            verified_result(client.submit(data), digest, verifier_key)
         except ClientError as exc:
             if exc.transient:
                 raise
@@ -90,8 +100,9 @@ def attest(config: AgentConfig, *, as_json: bool, timeout: float) -> int:
         verify=verify,
         timeout=max(1.0, min(30.0, timeout)),
         allow_insecure_http=config.allow_insecure_http,
+        deadline=deadline,
     ) as client:
-        nonce = str(client.challenge(key, kid)["nonce"])
+        nonce = str(client.challenge(key, kid)["nonce"])  # its form checked by the client
         taken = take_snapshot(
             config,
             key,
@@ -100,20 +111,21 @@ def attest(config: AgentConfig, *, as_json: bool, timeout: float) -> int:
             progress=sys.stderr.isatty() and not as_json,
             site_id=enrollment.site_id,
         )
-        _deliver_backlog(client, spool, taken.snapshot.seq)
+        _deliver_backlog(client, spool, taken.snapshot.seq, enrollment.verifier_key)
         if time.monotonic() > deadline:
             raise AttestError("timeout", f"no verdict within {timeout:g}s")
         answer = client.submit(taken.raw)
+        try:
+            claims = verified_result(answer, taken.digest, enrollment.verifier_key)
+        except ClientError as exc:
+            raise AttestError(
+                exc.code,
+                f"{exc.detail}; seq {taken.snapshot.seq} stays in the spool to be sent again",
+            ) from exc
         spool.remove(taken.snapshot.seq)
-    token = answer.result
-    if token is None:
-        raise AttestError("bad_response", "verifier answered without a signed result")
-    try:
-        claims = verify_result(token, enrollment.verifier_key)
-    except ResultError as exc:
-        raise AttestError(exc.code, exc.detail) from exc
+    token = str(answer.result)
     sub: dict[str, Any] = claims["submods"][SUBMOD]
-    if sub.get("digest") != taken.digest or sub.get("nonce") != nonce:
+    if sub.get("nonce") != nonce:
         raise AttestError(
             "result_mismatch", "the signed result is not about this snapshot and nonce"
         )

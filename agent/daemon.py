@@ -3,8 +3,11 @@
 Rules this module enforces:
 
 1. An envelope reaches the spool (durably) before any attempt to send it; the chain and the spool
-   see to that. It leaves the spool only after the verifier's 2xx (an already-accepted digest is
-   answered 2xx too), so a crash at any point resends rather than loses.
+   see to that. It leaves the spool only after the verifier's 2xx carrying a signed result that
+   verifies with the verifier key stored at enrollment and names the envelope's digest (an
+   already-accepted digest is answered with its stored result), so a crash at any point resends
+   rather than loses, and a verifier that answers 2xx without such a result is reported and
+   retried like a transient failure.
 2. The spool is sent in sequence order, one envelope at a time; a transient failure (network,
    timeout, 5xx, 429) stops the round and schedules the next one with exponential backoff, full
    jitter and a cap, never sooner than the verifier's ``Retry-After``.
@@ -16,8 +19,12 @@ Rules this module enforces:
 5. Snapshots are taken at start (unless one was taken less than a report interval ago), every
    report interval, at once when a check-in returns a challenge (bound to its nonce), and when
    the cheap accelerator fingerprint changes between full snapshots.
-6. SIGTERM (and SIGINT) let the current send finish, then the daemon exits 0. SIGHUP reloads the
-   configuration; a configuration that does not load is logged and the old one kept.
+6. SIGTERM (and SIGINT) end the daemon with 0 within about a second whatever the network does:
+   a call to the verifier in progress is cut off (the envelope stays spooled), a snapshot child is
+   killed. SIGHUP reloads the configuration; one that does not load is logged, the old one kept.
+7. What the verifier says is bounded before it is kept: rejection details are truncated
+   (:data:`agent.client.MAX_DETAIL_CHARS`), at most :data:`RECENT_REJECTIONS` are in the status,
+   and an old status file over :data:`MAX_STATUS_BYTES` is not read back.
 
 :class:`Daemon` is the loop's state machine; it does no sleeping and takes the verifier, the
 snapshot function, the clock and the randomness as parameters, so tests can drive it tick by tick.
@@ -69,6 +76,8 @@ EXIT_CONFIG = 78
 MAX_RETRY_AFTER = 3600.0
 #: How many recent permanent rejections the status keeps.
 RECENT_REJECTIONS = 10
+#: The largest status file read back at start (a bounded daemon writes a few KiB).
+MAX_STATUS_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -254,7 +263,11 @@ class Daemon:
 
     def _restore_status(self) -> None:
         try:
-            old = json.loads(self.status_path.read_bytes())
+            with self.status_path.open("rb") as handle:
+                raw = handle.read(MAX_STATUS_BYTES + 1)
+            if len(raw) > MAX_STATUS_BYTES:
+                return  # written by an unbounded older agent: start afresh
+            old = json.loads(raw)
         except (OSError, ValueError):
             return
         if not isinstance(old, dict):
@@ -265,8 +278,11 @@ class Daemon:
         for name in ("last_snapshot", "last_success"):
             if isinstance(old.get(name), dict):
                 setattr(self.state, name, old[name])
+        from agent.client import truncate
+
         for item in old.get("recent_rejections") or []:
             if isinstance(item, dict):
+                item["detail"] = truncate(str(item.get("detail")))
                 self.state.recent_rejections.append(item)
 
     def _first_report_due(self, now: float) -> float:
@@ -319,7 +335,8 @@ class Daemon:
         try:
             nonce = self.verifier.checkin()
         except DeliveryError as exc:
-            self._error(exc.code, f"check-in failed: {exc.detail}", status=exc.status)
+            if exc.code != "cancelled":
+                self._error(exc.code, f"check-in failed: {exc.detail}", status=exc.status)
             return
         self.state.last_checkin_at = self._wall()
         self.state.checkins += 1
@@ -460,6 +477,8 @@ class Daemon:
             try:
                 self.verifier.submit(data)
             except DeliveryError as exc:
+                if exc.code == "cancelled":
+                    return  # stopping: the envelope stays spooled
                 if exc.transient:
                     self._transient(seq, exc)
                     return
@@ -490,14 +509,17 @@ class Daemon:
         )
 
     def _rejected(self, seq: int, exc: DeliveryError) -> None:
-        reason = f"{exc.code}: {exc.detail}"
-        moved = self.spool.quarantine(seq, reason, folder=REJECTED, code=exc.code)
+        from agent.client import MAX_CODE_CHARS, truncate
+
+        code, detail = truncate(exc.code, MAX_CODE_CHARS), truncate(exc.detail)
+        reason = f"{code}: {detail}"
+        moved = self.spool.quarantine(seq, reason, folder=REJECTED, code=code)
         self.state.recent_rejections.append(
             {
                 "at": rfc3339(self._wall()),
                 "seq": seq,
-                "code": exc.code,
-                "detail": exc.detail,
+                "code": code,
+                "detail": detail,
                 "path": str(moved.path),
             }
         )
@@ -506,7 +528,7 @@ class Daemon:
             f"the verifier rejected seq {seq} for good ({reason}); moved to {moved.path}",
             level=logging.ERROR,
             seq=seq,
-            code_from_verifier=exc.code,
+            code_from_verifier=code,
             status=exc.status,
         )
 
@@ -574,6 +596,7 @@ class Daemon:
                 "full_detail": s.spool_full_detail,
                 "rejected": len(self.spool.quarantined(REJECTED)),
                 "corrupt": len(self.spool.quarantined(CORRUPT)),
+                "quarantined_bytes": self.spool.quarantined_bytes,
                 "directory": str(self.spool.directory),
             },
             "last_snapshot": s.last_snapshot,
@@ -764,7 +787,14 @@ class HttpVerifier:
     """:class:`Verifier` over :class:`agent.client.VerifierClient` (signed check-ins)."""
 
     def __init__(
-        self, config: AgentConfig, key: Ed25519PrivateKey, key_id: str, server_url: str
+        self,
+        config: AgentConfig,
+        key: Ed25519PrivateKey,
+        key_id: str,
+        server_url: str,
+        *,
+        verifier_key: str,
+        stop: threading.Event | None = None,
     ) -> None:
         from agent.client import VerifierClient
 
@@ -784,9 +814,11 @@ class HttpVerifier:
             cert=cert,
             timeout=timeout,
             allow_insecure_http=config.allow_insecure_http,
+            cancel=stop,
         )
         self._key = key
         self._key_id = key_id
+        self._verifier_key = verifier_key
 
     def close(self) -> None:
         self._client.close()
@@ -804,18 +836,27 @@ class HttpVerifier:
         return None
 
     def submit(self, envelope: bytes) -> None:
-        from agent.client import ClientError
+        from agent.client import ClientError, verified_result
+        from contract import EvidenceError, envelope_digest, parse_envelope
 
         try:
+            digest = envelope_digest(parse_envelope(envelope))
+        except EvidenceError as exc:  # the spool checked it; kept for a caller that did not
+            raise DeliveryError(exc.code, exc.detail, transient=False) from exc
+        try:
             result = self._client.submit(envelope)
+            status = int(getattr(result, "status_code", 200))
+            if not 200 <= status < 300:
+                transient = status >= 500 or status in {408, 425, 429}
+                raise DeliveryError(
+                    f"http_{status}",
+                    f"verifier answered {status}",
+                    transient=transient,
+                    status=status,
+                )
+            verified_result(result, digest, self._verifier_key)
         except ClientError as exc:
             raise _delivery_error(exc) from exc
-        status = int(getattr(result, "status_code", 200))
-        if not 200 <= status < 300:
-            transient = status >= 500 or status in {408, 425, 429}
-            raise DeliveryError(
-                f"http_{status}", f"verifier answered {status}", transient=transient, status=status
-            )
 
 
 def _delivery_error(exc: Any) -> DeliveryError:
@@ -890,12 +931,13 @@ def _run_locked(
         raise StartupError(exc.code, exc.detail) from exc
     key_id = compute_key_id(key.public_key())
     server_url = config.server_url or (enrolled.server_url if enrolled else None)
-    if server_url is None:
+    if server_url is None or enrolled is None:
         raise StartupError(
             "not_enrolled",
-            f"no verifier for {config.state_dir}: run `veu-agent enroll --server URL --token T` "
-            "or set server_url",
+            f"no enrollment in {config.state_dir}: run `veu-agent enroll --server URL --token T` "
+            "(the daemon checks every answer against the verifier key stored then)",
         )
+    verifier_key = enrolled.verifier_key
     site_id = config.site_id or (enrolled.site_id if enrolled else None)
     identity = Identity(
         key_id=key_id,
@@ -930,7 +972,14 @@ def _run_locked(
             spool.refresh()  # the child wrote the spool file
 
     def verifier_for(cfg: AgentConfig) -> Verifier:
-        return HttpVerifier(cfg, key, key_id, cfg.server_url or server_url)
+        return HttpVerifier(
+            cfg,
+            key,
+            key_id,
+            cfg.server_url or server_url,
+            verifier_key=verifier_key,
+            stop=stop_event,
+        )
 
     daemon = Daemon(
         config,

@@ -6,8 +6,11 @@ Rules this module enforces:
    fsynced, renamed to ``<seq>.dsse.json``, and the directory fsynced. A crash at any point leaves
    either no file or the whole file, never a torn one under the final name.
 2. The spool is bounded: a put that would take it past ``max_bytes`` raises :class:`SpoolFull`
-   and writes nothing. A full disk (ENOSPC, EDQUOT) is the same error, and its partial temporary
-   file is removed. Evidence is never dropped silently: the caller stops taking snapshots.
+   and writes nothing. What was set aside (``rejected/``, ``corrupt/``: the envelopes and their
+   reason files) counts against the same bound until a person removes it, and a reason is cut to
+   :data:`MAX_REASON_CHARS`, so a verifier's answers cannot grow the directory past it either.
+   A full disk (ENOSPC, EDQUOT) is the same error, and its partial temporary file is removed.
+   Evidence is never dropped silently: the caller stops taking snapshots.
 3. :meth:`Spool.pending` lists sequence numbers in ascending order, so envelopes go out in chain
    order.
 4. :meth:`Spool.read` checks what it returns: the bytes must be a well-formed envelope carrying the
@@ -53,6 +56,8 @@ CORRUPT: Final = "corrupt"
 QuarantineFolder = Literal["rejected", "corrupt"]
 
 _NAME = re.compile(r"^(\d{20})\.dsse\.json$")
+#: The longest reason kept next to a set-aside envelope (the verifier's detail is part of it).
+MAX_REASON_CHARS = 2000
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -125,6 +130,7 @@ class Spool:
         self._keys = {key_id: public_key} if public_key is not None and key_id else {}
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._sizes: dict[int, int] = {}
+        self._aside = 0
         self._scan()
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -135,6 +141,7 @@ class Spool:
         self._scan()
 
     def _scan(self) -> None:
+        self._aside = sum(self._folder_bytes(folder) for folder in (REJECTED, CORRUPT))
         for entry in os.scandir(self.directory):
             if entry.name.startswith(".") and ".tmp" in entry.name:
                 # A put that crashed before its rename: never acknowledged as durable.
@@ -152,16 +159,31 @@ class Spool:
     def depth(self) -> int:
         return len(self._sizes)
 
+    def _folder_bytes(self, folder: str) -> int:
+        total = 0
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(self.directory / folder):
+                with contextlib.suppress(OSError):
+                    if entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        return total
+
     @property
     def bytes_used(self) -> int:
+        """Bytes of the envelopes waiting to be sent."""
         return sum(self._sizes.values())
+
+    @property
+    def quarantined_bytes(self) -> int:
+        """Bytes set aside in ``rejected/`` and ``corrupt/`` (envelopes and reasons)."""
+        return self._aside
 
     def pending(self) -> list[int]:
         """Sequence numbers waiting to be sent, oldest first."""
         return sorted(self._sizes)
 
     def has_room(self, size: int) -> bool:
-        return self.bytes_used + size <= self.max_bytes
+        return self.bytes_used + self._aside + size <= self.max_bytes
 
     # -- operations ----------------------------------------------------------------------------
 
@@ -174,11 +196,17 @@ class Spool:
                 if path.read_bytes() == data:
                     return
             log.warning("spool: replacing a different envelope already stored for seq %d", seq)
-        if self.bytes_used - (old or 0) + len(data) > self.max_bytes:
+        if self.bytes_used + self._aside - (old or 0) + len(data) > self.max_bytes:
+            aside = (
+                f" and {self._aside} bytes are set aside in {REJECTED}/ and {CORRUPT}/ (read "
+                "and remove them)"
+                if self._aside
+                else ""
+            )
             raise SpoolFull(
                 f"spool {self.directory} is full: {self.depth} envelopes use "
-                f"{self.bytes_used} of {self.max_bytes} bytes and seq {seq} needs {len(data)} "
-                "more; no snapshot is taken until the verifier acknowledges some "
+                f"{self.bytes_used} bytes{aside}, of {self.max_bytes}, and seq {seq} needs "
+                f"{len(data)} more; no snapshot is taken until the verifier acknowledges some "
                 "(raise spool_max_bytes or restore the connection)"
             )
         try:
@@ -239,6 +267,8 @@ class Spool:
         self, seq: int, reason: str, *, folder: QuarantineFolder, code: str = ""
     ) -> Quarantined:
         """Move ``seq`` out of the send queue into ``folder/``, next to a reason file."""
+        if len(reason) > MAX_REASON_CHARS:
+            reason = f"{reason[:MAX_REASON_CHARS]}... [{len(reason) - MAX_REASON_CHARS} more]"
         source = self._path(seq)
         target_dir = self.directory / folder
         target_dir.mkdir(exist_ok=True, mode=0o700)
@@ -249,17 +279,19 @@ class Spool:
         with contextlib.suppress(OSError, EvidenceError):
             digest = envelope_digest(parse_envelope(source.read_bytes()))
         now = time.time()
+        moved = 0
         with contextlib.suppress(FileNotFoundError):
             os.replace(source, target)
+            moved = target.stat().st_size
         self._sizes.pop(seq, None)
         fsync_dir(target_dir)
         fsync_dir(self.directory)
-        note = {"seq": seq, "code": code, "reason": reason, "digest": digest, "at": now}
+        note = {"seq": seq, "code": code[:64], "reason": reason, "digest": digest, "at": now}
+        body = json.dumps(note, indent=2).encode()
         atomic_write(
-            target.with_name(target.name.removesuffix(SUFFIX) + ".reason.json"),
-            json.dumps(note, indent=2).encode(),
-            mode=0o600,
+            target.with_name(target.name.removesuffix(SUFFIX) + ".reason.json"), body, mode=0o600
         )
+        self._aside += moved + len(body)
         return Quarantined(seq=seq, folder=folder, path=target, reason=reason, code=code, at=now)
 
     def quarantined(self, folder: QuarantineFolder) -> list[Quarantined]:

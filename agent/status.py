@@ -56,16 +56,24 @@ def _spool_facts(spool_dir: Path) -> dict[str, Any]:
                 with contextlib.suppress(OSError):
                     used += entry.stat(follow_symlinks=False).st_size
 
+    aside = 0
+
     def count(folder: str) -> int:
+        nonlocal aside
+        found = 0
         with contextlib.suppress(OSError):
-            return sum(1 for p in (spool_dir / folder).iterdir() if p.name.endswith(SUFFIX))
-        return 0
+            for entry in os.scandir(spool_dir / folder):
+                with contextlib.suppress(OSError):
+                    aside += entry.stat(follow_symlinks=False).st_size
+                found += entry.name.endswith(SUFFIX)
+        return found
 
     return {
         "depth": depth,
         "bytes": used,
         "rejected": count(REJECTED),
         "corrupt": count(CORRUPT),
+        "quarantined_bytes": aside,
         "directory": str(spool_dir),
     }
 
@@ -163,7 +171,12 @@ def format_text(status: dict[str, Any]) -> str:
         + (f"seq {head.get('seq')}  digest {head.get('digest')}" if head else "none yet"),
         f"spool:          {spool.get('depth', 0)} envelope(s), {_size(spool.get('bytes'))}{limit}"
         + ("  FULL" if spool.get("full") else ""),
-        f"quarantined:    {spool.get('rejected', 0)} rejected, {spool.get('corrupt', 0)} corrupt",
+        f"quarantined:    {spool.get('rejected', 0)} rejected, {spool.get('corrupt', 0)} corrupt"
+        + (
+            f" ({_size(spool['quarantined_bytes'])}, counted against the spool limit)"
+            if spool.get("quarantined_bytes")
+            else ""
+        ),
         "last snapshot:  "
         + (
             f"{last_snapshot.get('at')}  seq {last_snapshot.get('seq')} "

@@ -284,3 +284,21 @@ def test_with_the_host_key_a_signed_envelope_under_the_wrong_name_is_still_caugh
         spool.read(3)
     spool.put(4, envelope_bytes(key, 4))
     assert spool.read(4)
+
+
+def test_what_was_set_aside_counts_against_the_bound_with_its_reason_cut(
+    tmp_path: Path, key: Ed25519PrivateKey
+) -> None:
+    first = envelope_bytes(key, 1)
+    spool = Spool(tmp_path / "spool", len(first) * 2 + 3000)
+    spool.put(1, first)
+    spool.quarantine(1, "r" * 10_000_000, folder=REJECTED, code="fork")
+    note = next((tmp_path / "spool" / REJECTED).glob("*.reason.json"))
+    assert note.stat().st_size < 4096
+    assert spool.bytes_used == 0
+    assert spool.quarantined_bytes == len(first) + note.stat().st_size
+    spool.put(2, envelope_bytes(key, 2))
+    assert not spool.has_room(len(first))
+    with pytest.raises(SpoolFull, match="set aside"):
+        spool.put(3, envelope_bytes(key, 3))
+    assert Spool(tmp_path / "spool", 1 << 30).quarantined_bytes == spool.quarantined_bytes

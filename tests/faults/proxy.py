@@ -11,6 +11,8 @@ request gets its own decision. :class:`Fault` says what happens to one request:
 - ``RESET_AFTER``: forwarded, then reset instead of relaying the answer.
 - ``HANG``: held without an answer for ``hang_s`` (longer than the client's timeout), then closed.
 - ``SLOW``: forwarded, the answer relayed after ``slow_s`` (shorter than the client's timeout).
+- ``NO_RESULT_AFTER``: forwarded (the verifier commits), then answered 200 without the signed
+  result: the agent must keep the envelope and resend it until it gets one (the duplicate's).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Fault(enum.Enum):
     RESET_AFTER = "reset-after-forward"
     HANG = "hang"
     SLOW = "slow"
+    NO_RESULT_AFTER = "200-without-result-after-forward"
 
 
 Chooser = Callable[[str, str], Fault]
@@ -152,6 +155,9 @@ class FaultProxy:
             return
         if fault is Fault.RESET_AFTER:
             _reset(client)
+            return
+        if fault is Fault.NO_RESULT_AFTER:
+            _send(client, _response(200, "OK", b'{"status":"affirming","duplicate":false}'))
             return
         if fault is Fault.SLOW:
             time.sleep(self.slow_s)

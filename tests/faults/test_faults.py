@@ -126,20 +126,19 @@ def test_every_acknowledged_envelope_survives_the_verifier_being_killed_during_i
 def test_everything_is_delivered_through_5xx_timeouts_resets_and_slow_answers(
     verifier: VerifierProcess, agent: AgentProcess
 ) -> None:
-    schedule = itertools.cycle(
-        [
-            Fault.PASS,
-            Fault.ERROR_503,
-            Fault.PASS,
-            Fault.ERROR_AFTER,
-            Fault.RESET,
-            Fault.PASS,
-            Fault.RESET_AFTER,
-            Fault.SLOW,
-            Fault.PASS,
-            Fault.HANG,
-        ]
-    )
+    kinds = [
+        Fault.PASS,
+        Fault.ERROR_503,
+        Fault.PASS,
+        Fault.ERROR_AFTER,
+        Fault.RESET,
+        Fault.PASS,
+        Fault.RESET_AFTER,
+        Fault.SLOW,
+        Fault.PASS,
+        Fault.HANG,
+    ]
+    schedule = itertools.cycle(kinds)
     lock = threading.Lock()
 
     def choose(method: str, path: str) -> Fault:
@@ -151,7 +150,7 @@ def test_everything_is_delivered_through_5xx_timeouts_resets_and_slow_answers(
         agent.report = "0.5s"
         agent.start()
         wait_for(
-            lambda: min(proxy.counts[f] for f in Fault) >= 2 and len(held(verifier, agent)) >= 8,
+            lambda: min(proxy.counts[f] for f in kinds) >= 2 and len(held(verifier, agent)) >= 8,
             timeout=120,
             what="every kind of fault twice and 8 deliveries",
             step=0.2,
@@ -165,6 +164,36 @@ def test_everything_is_delivered_through_5xx_timeouts_resets_and_slow_answers(
         d for d, n in _post_counts(proxy).items() if n > 1
     ]  # lost acknowledgements were resent and answered as duplicates, not stored twice
     assert submitted_twice, "the schedule drops acknowledgements, so some envelopes went twice"
+
+
+def test_an_envelope_answered_2xx_without_a_signed_result_stays_until_one_comes_back(
+    verifier: VerifierProcess, agent: AgentProcess
+) -> None:
+    with FaultProxy(
+        verifier.port,
+        choose=lambda method, path: (
+            Fault.NO_RESULT_AFTER if path == "/v1/snapshots" else Fault.PASS
+        ),
+    ) as proxy:
+        agent.server_url = proxy.url
+        agent.report = "1h"
+        agent.start()
+        wait_for(
+            lambda: proxy.counts[Fault.NO_RESULT_AFTER] >= 3,
+            timeout=60,
+            what="three submissions answered without a result",
+        )
+        # The verifier holds seq 1, but the agent has seen no result for it: it stays spooled.
+        assert held(verifier, agent) == [1]
+        assert agent.spooled() == [1]
+        status, code = agent.status()
+        assert status["last_error"]["code"] == "no_result" and code == 1
+        assert agent.events("no_result")
+        proxy.choose = lambda method, path: Fault.PASS
+        drain_and_stop(verifier, agent)  # the resend is answered as a duplicate, with its result
+    assert_nothing_lost(verifier, agent, fully_delivered=True)
+    assert agent.quarantined("rejected") == []
+    assert max(_post_counts(proxy).values()) >= 4
 
 
 def _post_counts(proxy: FaultProxy) -> dict[str, int]:

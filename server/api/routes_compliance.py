@@ -53,7 +53,7 @@ def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
     auth.reader(svc, request)
     svc.settle()
     with svc.db.read() as session:
-        status = ledger.site_status(session, site_id, svc.now(), svc.compliance)
+        status = ledger.site_status(session, svc.policy, site_id, svc.now(), svc.compliance)
     if status is None:
         raise APIError(404, "not_found", f"no site {site_id[:64]!r}")
     rows = status.pop("finding_rows")

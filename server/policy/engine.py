@@ -37,8 +37,6 @@ from server.policy.models import (
 )
 from server.policy.pack import Condition, Pack, load_pack, render
 
-H100E_TPP = 15832
-
 
 def identity_of(acc: Accelerator) -> str | None:
     """The fleet-wide identity of a device: its UUID, else its serial; None when it has neither."""
@@ -63,6 +61,18 @@ class PolicySet:
 
     def _reference_packs(self, on: date) -> list[Pack]:
         return self.active_packs(on) or self.packs
+
+    def reference_pack(self, on: date) -> Pack:
+        """The pack whose figures a display or warning uses: the first in force on ``on``,
+        else the first loaded."""
+        packs = self._reference_packs(on)
+        if not packs:
+            raise PackError("", 0, "no_packs", "no policy pack is loaded")
+        return packs[0]
+
+    def h100e(self, tpp: int, on: date) -> float:
+        """``tpp`` in H100 equivalents, by the reference pack's ``h100e_tpp``."""
+        return tpp / self.reference_pack(on).number("h100e_tpp")
 
     def identify(self, acc: Accelerator, on: date) -> ChipMatch | None:
         for pack in self._reference_packs(on):
@@ -396,13 +406,14 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "has_authorization": facts.authorized_tpp is not None,
             "authorized_tpp": facts.authorized_tpp or 0,
             "installed_tpp": agg.tpp_3a090,
-            "installed_h100e": agg.tpp_3a090 / H100E_TPP,
+            "installed_h100e": agg.tpp_3a090 / pack.number("h100e_tpp"),
             "accelerator_count": agg.accelerators,
             "unidentified_count": agg.unidentified,
             "host_count": facts.host_count,
             "stale_hosts": list(facts.stale_hosts),
             "any_model_allowed": facts.allowed_models is None,
             "allowed_models": list(facts.allowed_models or ()),
+            "has_ledger": facts.has_ledger,
         }
     )
     models: list[dict[str, Any]] = [
@@ -419,6 +430,19 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
         "site": site,
         "models": models,
         "duplicates": [{"identity": i, "hosts": list(h)} for i, h in facts.duplicate_accelerators],
+        "ledger_unseen": [
+            {
+                "identity": u.identity,
+                "shipment_id": u.shipment_id,
+                "shipped_on": u.shipped_on,
+                "age_days": u.age_days,
+            }
+            for u in facts.ledger_unseen
+        ],
+        "ledger_reported": [
+            {"identity": c.identity, "host": c.host, "shipped": c.shipped}
+            for c in facts.ledger_reported
+        ],
         "params": pack.param_values(),
     }
 

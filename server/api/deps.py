@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
@@ -25,6 +25,9 @@ from server.store.compliance import (
     settle_pending,
 )
 from server.verify import VerifyConfig
+
+if TYPE_CHECKING:
+    from server.policy_sync import PolicyWatch
 
 
 class Metrics:
@@ -81,6 +84,8 @@ class Services:
     models: RegistryCache = field(default_factory=RegistryCache)
     #: Each host's last judgement, answered again while its inputs are unchanged (ingest).
     judgements: JudgementMemo = field(default_factory=JudgementMemo)
+    #: Follows the recorded pack set (server/policy_sync.py); set by create_app.
+    policy_watch: PolicyWatch | None = field(default=None, init=False, repr=False)
     _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
         default=None, init=False, repr=False
     )

@@ -511,10 +511,32 @@ def _pack_dirs(policies_dir: Path) -> list[Path]:
     return sorted(p for p in policies_dir.iterdir() if p.is_dir() and (p / "pack.yaml").is_file())
 
 
+def _pack_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def read_pack_files(policies_dir: Path) -> dict[str, bytes]:
+    """Every file the digest of :func:`load_policy_set` covers, by path under ``policies_dir``."""
+    policies_dir = Path(policies_dir)
+    if not policies_dir.is_dir():
+        raise PackError(policies_dir, 0, "missing_dir", "policies directory does not exist")
+    return {
+        f.relative_to(policies_dir).as_posix(): f.read_bytes()
+        for d in _pack_dirs(policies_dir)
+        for f in _pack_files(d)
+    }
+
+
+def pack_set_digest(policies_dir: Path) -> str:
+    """The digest :func:`load_policy_set` gives the packs under ``policies_dir`` (not loaded)."""
+    policies_dir = Path(policies_dir)
+    return _files_digest(_pack_dirs(policies_dir), policies_dir)
+
+
 def _files_digest(dirs: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for d in dirs:
-        for f in sorted(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for f in _pack_files(d):
             rel = f.relative_to(root).as_posix()
             h.update(
                 rel.encode("utf-8")

@@ -56,7 +56,9 @@ class Recorded:
 def recorded(session: Session) -> Recorded | None:
     """The generation and digest of the recorded pack set (None: nothing recorded yet)."""
     row = session.get(PolicyState, 1)
-    return None if row is None else Recorded(int(row.generation), row.digest)
+    if row is None or not row.generation:
+        return None
+    return Recorded(int(row.generation), row.digest)
 
 
 def materialize(files: dict[str, bytes], data_dir: Path) -> Path:
@@ -110,7 +112,7 @@ def record(
     if row is None:
         row = PolicyState(id=1, generation=0)
         session.add(row)
-    old = row.digest
+    old = row.digest or None
     row.generation = int(row.generation) + 1
     row.digest, row.files, row.recorded_at, row.actor = policy.digest, encoded, now, actor[:200]
     audit.append(

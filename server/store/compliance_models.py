@@ -184,7 +184,8 @@ Index("ix_inventory_accelerators_serial", InventoryAccelerator.serial)
 
 
 class PolicyState(Base):
-    """One row (absent until the first record): the pack set every verifier process judges by.
+    """One row (generation 0 until the first record): the pack set every verifier process
+    judges by.
 
     ``veu-server serve`` records the packs it starts with, and a reload (``POST
     /v1/policy/reload``, ``SIGHUP``) records the packs it loaded: their digest, a generation that
@@ -197,5 +198,5 @@ class PolicyState(Base):
     generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
     digest: Mapped[str] = mapped_column(String(64), nullable=False)
     files: Mapped[str] = mapped_column(Text, nullable=False)
-    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)

@@ -17,15 +17,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    table = op.create_table(
         "policy_state",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("generation", sa.BigInteger(), nullable=False),
         sa.Column("digest", sa.String(64), nullable=False),
         sa.Column("files", sa.Text(), nullable=False),
-        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("actor", sa.String(200), nullable=False),
     )
+    # Generation 0: nothing recorded yet. The row exists from the start so that the first two
+    # records at once (two machines starting) queue on its lock instead of racing to insert it.
+    op.bulk_insert(table, [{"id": 1, "generation": 0, "digest": "", "files": "{}", "actor": ""}])
 
 
 def downgrade() -> None:

@@ -2,7 +2,7 @@
 
 A report for an organization and a half year (``2026H1``) states: installed chips per site and
 country (model, count, TPP) from each host's latest accepted snapshot up to the end of the period;
-the changes since the previous period; the geographic distribution against the 75% / 50% / 7%
+the changes since the previous period; the geographic distribution against the pack's universal VEU
 thresholds with its denominator; every finding open at some point of the period; the policy packs
 and versions used and their status (a rescinded pack says so); and which findings rest on
 unconfirmed figures (confidence S or U).

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server import audit
@@ -55,7 +56,9 @@ class Recorded:
 
 def recorded(session: Session) -> Recorded | None:
     """The generation and digest of the recorded pack set (None: nothing recorded yet)."""
-    row = session.get(PolicyState, 1)
+    row = session.execute(
+        select(PolicyState.generation, PolicyState.digest).where(PolicyState.id == 1)
+    ).first()  # not the files: every process reads this every few seconds
     if row is None or not row.generation:
         return None
     return Recorded(int(row.generation), row.digest)
@@ -201,10 +204,9 @@ class PolicyWatch:
                     return False
                 if self._failed == current.generation:
                     return False
-                row = session.get(PolicyState, 1)
-                text = row.files if row is not None else "{}"
+                text = session.scalar(select(PolicyState.files).where(PolicyState.id == 1))
             try:
-                fresh = load_files(_decode(text), self.svc.settings.data_dir)
+                fresh = load_files(_decode(text or "{}"), self.svc.settings.data_dir)
                 if fresh.digest != current.digest:
                     raise PackError(
                         "policy_state",

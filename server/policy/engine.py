@@ -82,17 +82,16 @@ class PolicySet:
         return None
 
     def model_thresholds(self, on: date) -> ModelThresholds:
-        for pack in self._reference_packs(on):
-            names = ("model_training_ops", "model_derivative_floor_ops", "model_derivative_share")
-            if all(n in pack.params for n in names):
-                figs = [pack.params[n] for n in names]
-                return ModelThresholds(
-                    float(figs[0].value),
-                    float(figs[1].value),
-                    float(figs[2].value),
-                    tuple(sorted({f.confidence for f in figs})),
-                )
-        return ModelThresholds(confidence=("U",))
+        """The ECCN 4E091 thresholds of the reference pack (every pack defines them)."""
+        pack = self.reference_pack(on)
+        names = ("model_training_ops", "model_derivative_floor_ops", "model_derivative_share")
+        figs = [pack.params[n] for n in names]
+        return ModelThresholds(
+            float(figs[0].value),
+            float(figs[1].value),
+            float(figs[2].value),
+            tuple(sorted({f.confidence for f in figs})),
+        )
 
     def classify_model(self, record: ModelRecord, on: date) -> ModelClassification:
         return classify_model(record, self, on)

@@ -37,10 +37,14 @@ _COND_KEYS = {
     "subject", "message", "expected", "seen", "compliance", "note",
 }  # fmt: skip
 _CAP_KEYS = {"from", "until", "tpp", "h100e", "confidence", "source", "note"}
-#: Parameters the verifier's own code reads from every pack, beside its expressions: H100
-#: equivalents (display), the universal VEU shares (distribution tables of the dashboard and the
-#: reports), the License Exception LPP limit and the Tier 2 allocation (shipment warnings).
+#: Parameters the verifier's own code reads from every pack, beside its expressions: the ECCN
+#: 4E091 thresholds (model classification), H100 equivalents (display), the universal VEU shares
+#: (distribution tables of the dashboard and the reports), the License Exception LPP limit and
+#: the Tier 2 allocation (shipment warnings).
 ENGINE_PARAMETERS = (
+    "model_training_ops",
+    "model_derivative_floor_ops",
+    "model_derivative_share",
     "h100e_tpp",
     "universal_tier1_min_share",
     "universal_non_tier1_max_share",

@@ -200,7 +200,12 @@ def test_the_reports_distribution_follows_the_packs_universal_shares(tmp_path: P
 def test_a_pack_missing_a_parameter_the_verifier_needs_does_not_load(tmp_path: Path) -> None:
     from server.policy import PackError
 
-    for name in ("universal_tier1_min_share", "h100e_tpp", "tier2_allocation_tpp"):
+    for name in (
+        "universal_tier1_min_share",
+        "h100e_tpp",
+        "tier2_allocation_tpp",
+        "model_training_ops",
+    ):
         policies = tmp_path / name
         shutil.copytree(DEFAULT_POLICIES_DIR, policies)
         path = policies / PACK / "conditions.yaml"

@@ -23,6 +23,7 @@ ENV_SETTLE = "VEU_SETTLE_INTERVAL"
 ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
 ENV_INGEST_BATCH_WAIT = "VEU_INGEST_BATCH_WAIT_MS"
+ENV_POLICY_CHECK = "VEU_POLICY_CHECK_INTERVAL"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -82,6 +83,10 @@ class Settings:
     #: How long the writer waits for snapshots still under appraisal in this process before it
     #: commits what is queued (never when none is under appraisal); 0 commits at once.
     ingest_batch_wait_ms: float = 5.0
+    #: How often each process checks the recorded pack set and loads it when a reload on
+    #: another process changed it (server/compliance/policy_sync.py); 0: only when the
+    #: process starts.
+    policy_check_interval_s: float = 2.0
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -116,6 +121,7 @@ class Settings:
         wait_ms = _env_number(ENV_INGEST_BATCH_WAIT, 5.0, "milliseconds (0: commit at once)")
         if wait_ms > 1000:
             raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
+        policy_check = _env_number(ENV_POLICY_CHECK, 2.0, "seconds (0: only at start)")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -126,6 +132,7 @@ class Settings:
             ingest_concurrency=int(concurrency) if concurrency >= 1 else None,
             ingest_batch_max=int(batch),
             ingest_batch_wait_ms=wait_ms,
+            policy_check_interval_s=policy_check,
         )
 
 

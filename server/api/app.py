@@ -7,8 +7,11 @@ unless ``migrate=False`` (``veu-server serve`` migrates once before starting its
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -25,9 +28,10 @@ from server.api.routes_read import router as read_router
 from server.api.routes_snapshots import IngestFastPath
 from server.api.routes_snapshots import router as snapshots_router
 from server.appraise import VerifyConfig
+from server.compliance.policy_sync import PolicyWatch, reload_policy, watch_thread
 from server.compliance.settle import ComplianceConfig, refresh_site
 from server.config import Settings
-from server.policy import PolicySet, load_policy_set
+from server.policy import PackError, PolicySet, load_policy_set
 from server.results import load_or_create_key
 from server.store.db import Database, engine_for
 from server.store.migrate import upgrade
@@ -69,6 +73,26 @@ def _background(svc: Services, stop: threading.Event) -> None:
             log.exception("background site judgement failed")
 
 
+def _handle_sighup(svc: Services) -> bool:
+    """In a process serving alone (``serve`` without ``--workers``), SIGHUP reloads the packs.
+    Only the main thread's event loop may take signals (not a test client's thread)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return False
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            fresh = reload_policy(svc, "signal:SIGHUP")
+            log.info("SIGHUP: policy packs reloaded, digest %s", fresh.digest)
+        except (PackError, OSError) as exc:
+            log.error("SIGHUP: policy packs not reloaded; keeping %s: %s", svc.policy.digest, exc)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, reload))
+        return True
+    return False
+
+
 def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if migrate:
@@ -84,6 +108,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
         policy=policy,
         compliance=ComplianceConfig(max_host_age=settings.max_host_age),
     )
+    svc.policy_watch = watch = PolicyWatch(svc)
+    watch.check()  # a process started after a reload judges by the recorded packs at once
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -94,12 +120,18 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
                 target=_background, args=(svc, stop), name="veu-judge", daemon=True
             )
             thread.start()
+        watcher = watch_thread(watch, stop)
+        hup = _handle_sighup(svc)
         try:
             yield
         finally:
             stop.set()
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if thread is not None:
                 thread.join(timeout=5)
+            if watcher is not None:
+                watcher.join(timeout=5)
             svc.close()
 
     app = FastAPI(

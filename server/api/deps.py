@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from anyio import CapacityLimiter
 from fastapi import Depends, Request
@@ -22,6 +22,9 @@ from server.store.db import Database
 
 __all__ = ["Metrics", "Services", "SvcDep", "services"]
 
+if TYPE_CHECKING:
+    from server.compliance.policy_sync import PolicyWatch
+
 
 @dataclass
 class Services:
@@ -34,6 +37,8 @@ class Services:
     compliance: ComplianceConfig
     #: The ingest pipeline of this process (built from the fields above).
     ingest: Ingest = field(init=False, repr=False)
+    #: Follows the recorded pack set (server/compliance/policy_sync.py); set by create_app.
+    policy_watch: PolicyWatch | None = field(default=None, init=False, repr=False)
     _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
         default=None, init=False, repr=False
     )

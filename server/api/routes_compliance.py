@@ -13,12 +13,12 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.api import auth
-from server.api.deps import SvcDep
+from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
 from server.compliance import ledger
 from server.compliance import settle as comp
-from server.policy import PackError, load_policy_set
-from server.store import audit
+from server.compliance.policy_sync import reload_policy
+from server.policy import PackError, PolicySet
 
 router = APIRouter(prefix="/v1", tags=["compliance"])
 
@@ -53,7 +53,7 @@ def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
     auth.reader(svc, request)
     svc.settle()
     with svc.db.read() as session:
-        status = ledger.site_status(session, site_id, svc.now(), svc.compliance)
+        status = ledger.site_status(session, svc.policy, site_id, svc.now(), svc.compliance)
     if status is None:
         raise APIError(404, "not_found", f"no site {site_id[:64]!r}")
     rows = status.pop("finding_rows")
@@ -221,26 +221,26 @@ def refresh(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
 def policy_info(svc: SvcDep, request: Request) -> dict[str, Any]:
     """The policy packs in force and the digest every result records."""
     auth.reader(svc, request)
-    return ledger.policy_summary(svc.policy)
+    return _policy_summary(svc, svc.policy)
+
+
+def _policy_summary(svc: Services, policy: PolicySet) -> dict[str, Any]:
+    """The packs, and what this process knows of the recorded pack set (``reload``)."""
+    out = ledger.policy_summary(policy)
+    if svc.policy_watch is not None:
+        out["reload"] = svc.policy_watch.state()
+    return out
 
 
 @router.post("/policy/reload")
 def policy_reload(svc: SvcDep, request: Request) -> dict[str, Any]:
-    """Load the packs again; a pack that fails to load never replaces the one in force."""
+    """Load the packs again and record them for every worker
+    (server/compliance/policy_sync.py); a pack that fails to load never replaces the one in
+    force."""
     user = auth.admin(svc, request)
+    old = svc.policy.digest
     try:
-        fresh = load_policy_set(svc.settings.policies_dir)
+        fresh = reload_policy(svc, user.actor)
     except PackError as exc:
         raise APIError(422, "bad_policy_pack", str(exc)) from None
-    old = svc.policy.digest
-    svc.policy = fresh
-    with svc.db.write() as session:
-        audit.append(
-            session,
-            at=svc.now(),
-            actor=user.actor,
-            action="policy.reloaded",
-            subject="policy",
-            details={"from": old, "to": fresh.digest},
-        )
-    return {"previous": old, **ledger.policy_summary(fresh)}
+    return {"previous": old, **_policy_summary(svc, fresh)}

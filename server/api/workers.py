@@ -14,20 +14,39 @@ as the worker holds it, so a dead worker's socket leaves the group at once and g
 connections, and its replacement binds a fresh one. Where ``SO_REUSEPORT`` does not exist, the
 shared socket is used as before.
 
-Why not a supervisor of our own: uvicorn's handles worker health checks, restarts, SIGHUP
-(replace every worker) and SIGTTIN/SIGTTOU (one worker more or fewer). It takes a fresh
-``self.sockets`` each time it starts a worker, so a property is all this changes.
+Why not a supervisor of our own: uvicorn's handles worker health checks, restarts and
+SIGTTIN/SIGTTOU (one worker more or fewer). It takes a fresh ``self.sockets`` each time it starts
+a worker, so a property is all this changes. SIGHUP is the one signal taken over: instead of
+replacing every worker it reloads the policy packs (``on_hup``: recorded in the database, which
+every worker checks; server/compliance/policy_sync.py), so no connection is dropped for a pack edit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+from collections.abc import Callable
 
 from uvicorn import Config
 from uvicorn.supervisors import Multiprocess
 
 REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+
+log = logging.getLogger("veu.server")
+
+
+class _HupReloads(Multiprocess):
+    """uvicorn's supervisor whose SIGHUP calls ``on_hup`` (in its loop, not in the handler)."""
+
+    on_hup: Callable[[], None] | None = None
+
+    def handle_hup(self) -> None:
+        if self.on_hup is None:
+            super().handle_hup()
+            return
+        log.info("Received SIGHUP, reloading the policy packs.")
+        self.on_hup()
 
 
 def listening_socket(config: Config, *, reuse_port: bool) -> socket.socket:
@@ -51,7 +70,7 @@ def listening_socket(config: Config, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-class PerWorkerSockets(Multiprocess):
+class PerWorkerSockets(_HupReloads):
     """uvicorn's :class:`Multiprocess`, each worker on its own ``SO_REUSEPORT`` socket."""
 
     def __init__(self, config: Config) -> None:
@@ -100,9 +119,14 @@ class PerWorkerSockets(Multiprocess):
                 self._first.close()
 
 
-def supervisor(config: Config) -> Multiprocess:
+def supervisor(config: Config, *, on_hup: Callable[[], None] | None = None) -> Multiprocess:
     """The supervisor of ``config.workers`` worker processes (``.run()`` until SIGINT/SIGTERM);
-    raises OSError if the address cannot be bound."""
+    SIGHUP calls ``on_hup`` (None: uvicorn's, which replaces every worker). Raises OSError if the
+    address cannot be bound."""
+    sup: _HupReloads
     if REUSE_PORT:
-        return PerWorkerSockets(config)
-    return Multiprocess(config, sockets=[listening_socket(config, reuse_port=False)])
+        sup = PerWorkerSockets(config)
+    else:
+        sup = _HupReloads(config, sockets=[listening_socket(config, reuse_port=False)])
+    sup.on_hup = on_hup
+    return sup

@@ -9,6 +9,7 @@ create a secret print it once, as their last line.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ from server.cli._common import (
     say,
     settings_of,
 )
-from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError
+from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError, Settings
 from server.errors import Invalid, VeuError
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -52,6 +53,45 @@ def _now() -> datetime:
 # --------------------------------------------------------------------------- commands
 
 
+def _pack_recorder(settings: Settings) -> Callable[..., None]:
+    """Record the packs of ``VEU_POLICIES_DIR`` for every worker (server/compliance/policy_sync.py):
+    at start only when they differ from the recorded ones; a bad pack is a usage error."""
+    from server.compliance.policy_sync import reload_from_disk
+    from server.policy import PackError
+    from server.store.db import Database, engine_for
+
+    def record(actor: str, *, at_start: bool = False) -> None:
+        db = Database(engine_for(settings))
+        try:
+            reload_from_disk(
+                db,
+                settings.policies_dir,
+                settings.data_dir,
+                actor=actor,
+                now=_now(),
+                unless_recorded=at_start,
+            )
+        except PackError as exc:
+            raise Invalid("bad_policy_pack", str(exc)) from None
+        finally:
+            db.dispose()
+
+    return record
+
+
+def _reload_on_hup(record: Callable[..., None]) -> None:
+    """SIGHUP to ``serve --workers N``: record the packs on disk; each worker loads them at its
+    next check. A pack that does not load changes nothing (logged)."""
+    log = logging.getLogger("veu.policy")
+    try:
+        record("signal:SIGHUP")
+        log.info("SIGHUP: policy packs recorded; every worker loads them at its next check")
+    except Invalid as exc:
+        log.error("SIGHUP: policy packs not reloaded: %s", exc.detail)
+    except Exception:  # the supervisor must survive (a database outage)
+        log.exception("SIGHUP: policy packs not reloaded")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from contract.jsonlog import dict_config
     from server.results import load_or_create_key
@@ -67,6 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise Invalid(
             "usage", "--workers > 1 needs PostgreSQL (--database-url); SQLite has one writer"
         )
+    reload_packs = _pack_recorder(settings)
+    reload_packs("veu-server serve", at_start=True)
     os.environ[ENV_DATA_DIR] = str(settings.data_dir)
     if settings.database_url:
         os.environ[ENV_DATABASE_URL] = settings.database_url
@@ -92,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from server.api.workers import supervisor
 
         try:
-            workers = supervisor(config)
+            workers = supervisor(config, on_hup=lambda: _reload_on_hup(reload_packs))
         except OSError as exc:
             raise Invalid(
                 "cannot_listen",

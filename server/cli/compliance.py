@@ -176,7 +176,7 @@ def cmd_site_status(args: argparse.Namespace) -> int:
     settle_pending(db, policy, config, _now)
     with db.read() as session:
         site = repo.find_site(session, args.site)
-        status = ledger.site_status(session, site.id, _now(), config)
+        status = ledger.site_status(session, policy, site.id, _now(), config)
         assert status is not None
         rows = status.pop("finding_rows")
         status["findings"] = [finding_of(r).to_json() for r in rows]

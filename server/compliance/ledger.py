@@ -1,9 +1,10 @@
 """The compliance team's records and the status reads built on them.
 
-Shipments (with the License Exception LPP annual limit per consignee and the Tier 2 country
-allocation for licensed non-VEU exports), the model registry (with its ECCN 4E091
-classification), site authorization terms, and the site/organization status documents that the
-API and the dashboard show. Writes are audited in the caller's transaction.
+Shipments (summed per consignee and year for License Exception LPP and per country for the
+Tier 2 allocation of licensed non-VEU exports, judged by server.policy.shipments), the model
+registry (with its ECCN 4E091 classification), site authorization terms, and the
+site/organization status documents that the API and the dashboard show. Writes are audited in
+the caller's transaction.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from sqlalchemy.orm import Session
 
 from contract import Accelerator
 from server.compliance.settle import (
-    LPP_ANNUAL_TPP,
-    LPP_CITATION,
     ComplianceConfig,
     bump_registry,
     lpp_used,
@@ -35,7 +34,8 @@ from server.policy import (
     classify_model,
 )
 from server.policy.catalog import ChipMatch
-from server.policy.engine import H100E_TPP, org_variables
+from server.policy.engine import org_variables
+from server.policy.shipments import allocation_warnings, lpp_warnings
 from server.store import audit
 from server.store.compliance_models import (
     FindingRow,
@@ -51,16 +51,11 @@ from server.store.compliance_models import (
 from server.store.models import Host, Organization, Site
 from server.store.repo import new_id
 
-#: Tier 2 country allocation for licensed exports to non-VEU end users, 2025-2027 (RULES.md: S/C).
-TIER2_ALLOCATION_TPP = 790_000_000
-TIER2_ALLOCATION_CITATION = "15 CFR 742.6(a)(13) country allocations (90 FR 4544); figure S/C"
-
-
 # --------------------------------------------------------------------------- status documents
 
 
 def site_status(
-    session: Session, site_id: str, now: datetime, config: ComplianceConfig
+    session: Session, policy: PolicySet, site_id: str, now: datetime, config: ComplianceConfig
 ) -> dict[str, Any] | None:
     site = session.get(Site, site_id)
     if site is None:
@@ -89,7 +84,7 @@ def site_status(
         "updated_at": state.updated_at.isoformat() if state else None,
         "authorized_tpp": int(site.authorized_tpp),
         "installed_tpp": agg.tpp_3a090,
-        "installed_h100e": round(agg.tpp_3a090 / H100E_TPP, 1),
+        "installed_h100e": round(policy.h100e(agg.tpp_3a090, now.date()), 1),
         "accelerators": agg.accelerators,
         "unidentified_accelerators": agg.unidentified,
         "models": {
@@ -247,17 +242,7 @@ def add_shipment(
     warnings: list[dict[str, Any]] = []
     if row.license_exception == "LPP":
         used = lpp_used(session, row.consignee, shipped_on.year)
-        if used > LPP_ANNUAL_TPP:
-            warnings.append(
-                {
-                    "code": "lpp_limit_exceeded",
-                    "detail": (
-                        f"consignee {row.consignee!r} received {used:,} TPP under LPP in "
-                        f"{shipped_on.year}; the limit is {LPP_ANNUAL_TPP:,}"
-                    ),
-                    "citation": LPP_CITATION,
-                }
-            )
+        warnings += lpp_warnings(policy, row.consignee, used, shipped_on)
     if row.end_user == "non-veu" and row.license_exception == "license":
         used = int(
             session.scalar(
@@ -269,17 +254,7 @@ def add_shipment(
             )
             or 0
         )
-        if used > TIER2_ALLOCATION_TPP:
-            warnings.append(
-                {
-                    "code": "country_allocation_exceeded",
-                    "detail": (
-                        f"licensed non-VEU exports to {country} total {used:,} TPP; the "
-                        f"2025-2027 allocation is {TIER2_ALLOCATION_TPP:,}"
-                    ),
-                    "citation": TIER2_ALLOCATION_CITATION,
-                }
-            )
+        warnings += allocation_warnings(policy, country, used, shipped_on)
     audit.append(
         session,
         at=now,

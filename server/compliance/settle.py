@@ -51,6 +51,7 @@ from server.policy import (
     SiteAggregate,
     SiteFacts,
 )
+from server.policy.facts import ReportedChip, UnseenShipment
 from server.store.compliance_models import (
     FindingRow,
     HostState,
@@ -73,18 +74,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("veu.compliance")
 
-#: Citation for ledger reconciliation findings (chip installation reporting and diversion risk).
-LEDGER_CITATION = "15 CFR part 748, Supp. No. 10, para. 10 (reporting of chip installations)"
-LPP_CITATION = "15 CFR 740.29 (License Exception LPP)"
-LPP_ANNUAL_TPP = 26_900_000
-
 
 @dataclass(frozen=True)
 class ComplianceConfig:
     #: A host whose last accepted snapshot is older than this is stale (default 3 x 15 min).
     max_host_age: timedelta = timedelta(minutes=45)
-    #: Shipped chips not seen at their site within this many days are "missing".
-    missing_after: timedelta = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -782,6 +776,7 @@ def _judge_site(
     for ident, hosts in _open_duplicates_elsewhere(session, site.id):
         if ident not in known:
             duplicates.append((ident, hosts))
+    ledger = ledger_facts(session, site, key_ids, now)
     facts = SiteFacts(
         site_id=site.id,
         country=site.country,
@@ -791,9 +786,11 @@ def _judge_site(
         stale_hosts=stale_hosts(session, site.id, now, config.max_host_age),
         host_count=agg.hosts,
         duplicate_accelerators=duplicates,
+        has_ledger=ledger.has_ledger,
+        ledger_unseen=list(ledger.unseen),
+        ledger_reported=list(ledger.reported),
     )
     findings = policy.evaluate_site(facts, now.date())
-    findings.extend(ledger_findings(session, site, key_ids, now, config))
     state.status = status_of(findings)
     state.policy_digest = policy.digest
     state.updated_at = now
@@ -924,18 +921,27 @@ def finding_of(row: FindingRow) -> Finding:
 # --------------------------------------------------------------------------- ledger
 
 
-def ledger_findings(
-    session: Session, site: Site, key_ids: Sequence[str], now: datetime, config: ComplianceConfig
-) -> list[Finding]:
-    """Shipments vs observed chips at a site that keeps a ledger (has at least one shipment)."""
+@dataclass(frozen=True)
+class LedgerFacts:
+    """What the shipment ledger shows at a site (judged by the packs' ``site.*`` ledger
+    conditions): empty unless the site keeps a ledger."""
+
+    has_ledger: bool = False
+    unseen: tuple[UnseenShipment, ...] = ()
+    reported: tuple[ReportedChip, ...] = ()
+
+
+def ledger_facts(
+    session: Session, site: Site, key_ids: Sequence[str], now: datetime
+) -> LedgerFacts:
+    """Shipments vs observed chips at a site that keeps a ledger (has at least one shipment):
+    shipped chips no host here reported (oldest first, at most 500), and the chips the hosts
+    ``key_ids`` report with whether a shipment lists them."""
     has_ledger = session.scalar(
         select(func.count()).select_from(ShipmentItem).where(ShipmentItem.site_id == site.id)
     )
     if not has_ledger:
-        return []
-    findings: list[Finding] = []
-    # Missing: shipped long enough ago and not reported by any host at this site.
-    cutoff = (now - config.missing_after).date()
+        return LedgerFacts()
     seen_uuid = (
         select(InventoryAccelerator.uuid)
         .join(Host, Host.key_id == InventoryAccelerator.key_id)
@@ -951,7 +957,6 @@ def ledger_findings(
         .join(Shipment, Shipment.id == ShipmentItem.shipment_id)
         .where(
             ShipmentItem.site_id == site.id,
-            Shipment.shipped_on <= cutoff,
             ~and_(
                 ShipmentItem.identity.like("uuid:%"),
                 func.substr(ShipmentItem.identity, 6).in_(seen_uuid),
@@ -961,30 +966,21 @@ def ledger_findings(
                 func.substr(ShipmentItem.identity, 8).in_(seen_serial),
             ),
         )
+        .order_by(Shipment.shipped_on, ShipmentItem.identity)
         .limit(500)
     ).all()
-    for identity, shipment_id, shipped_on in missing:
-        findings.append(
-            Finding(
-                condition_id="ledger.shipped-chip-missing",
-                severity="violation",
-                subject=f"accelerator:{identity}",
-                message=(
-                    f"chip {identity} shipped to this site on {shipped_on} (shipment "
-                    f"{shipment_id}) has not been reported by any host here: diversion risk"
-                ),
-                expected=f"reported at site {site.id} within {config.missing_after.days} days",
-                seen="not reported",
-                citation=LEDGER_CITATION,
-                confidence=("U",),
-            )
-        )
+    today = now.date()
+    unseen = tuple(
+        UnseenShipment(identity, shipment_id, shipped_on.isoformat(), (today - shipped_on).days)
+        for identity, shipment_id, shipped_on in missing
+    )
+    reported: list[ReportedChip] = []
     for key_id in key_ids:
-        findings.extend(_unexpected(session, site, key_id))
-    return findings
+        reported.extend(_reported_chips(session, key_id))
+    return LedgerFacts(True, unseen, tuple(reported))
 
 
-def _unexpected(session: Session, site: Site, key_id: str) -> list[Finding]:
+def _reported_chips(session: Session, key_id: str) -> list[ReportedChip]:
     rows = session.execute(
         select(InventoryAccelerator.uuid, InventoryAccelerator.serial).where(
             InventoryAccelerator.key_id == key_id
@@ -996,27 +992,13 @@ def _unexpected(session: Session, site: Site, key_id: str) -> list[Finding]:
     shipped = set(
         session.scalars(select(ShipmentItem.identity).where(ShipmentItem.identity.in_(idents)))
     )
-    out: list[Finding] = []
+    out: list[ReportedChip] = []
     for uuid_, serial in rows:
         names = [
             n for n in (f"uuid:{uuid_}" if uuid_ else "", f"serial:{serial}" if serial else "") if n
         ]
-        if names and not any(n in shipped for n in names):
-            out.append(
-                Finding(
-                    condition_id="ledger.unexpected-chip",
-                    severity="warning",
-                    subject=f"accelerator:{names[0]}",
-                    message=(
-                        f"chip {names[0]} reported by host {key_id[:16]}… at site {site.id} "
-                        "appears in no recorded shipment"
-                    ),
-                    expected="every chip at a site with a ledger was shipped to it",
-                    seen="no shipment lists it",
-                    citation=LEDGER_CITATION,
-                    confidence=("U",),
-                )
-            )
+        if names:
+            out.append(ReportedChip(names[0], key_id, any(n in shipped for n in names)))
     return out
 
 

@@ -37,8 +37,6 @@ from server.policy.models import (
 )
 from server.policy.pack import Condition, Pack, load_pack, render
 
-H100E_TPP = 15832
-
 
 def identity_of(acc: Accelerator) -> str | None:
     """The fleet-wide identity of a device: its UUID, else its serial; None when it has neither."""
@@ -64,6 +62,18 @@ class PolicySet:
     def _reference_packs(self, on: date) -> list[Pack]:
         return self.active_packs(on) or self.packs
 
+    def reference_pack(self, on: date) -> Pack:
+        """The pack whose figures a display or warning uses: the first in force on ``on``,
+        else the first loaded."""
+        packs = self._reference_packs(on)
+        if not packs:
+            raise PackError("", 0, "no_packs", "no policy pack is loaded")
+        return packs[0]
+
+    def h100e(self, tpp: int, on: date) -> float:
+        """``tpp`` in H100 equivalents, by the reference pack's ``h100e_tpp``."""
+        return tpp / self.reference_pack(on).number("h100e_tpp")
+
     def identify(self, acc: Accelerator, on: date) -> ChipMatch | None:
         for pack in self._reference_packs(on):
             match = pack.catalog.identify(acc)
@@ -72,17 +82,16 @@ class PolicySet:
         return None
 
     def model_thresholds(self, on: date) -> ModelThresholds:
-        for pack in self._reference_packs(on):
-            names = ("model_training_ops", "model_derivative_floor_ops", "model_derivative_share")
-            if all(n in pack.params for n in names):
-                figs = [pack.params[n] for n in names]
-                return ModelThresholds(
-                    float(figs[0].value),
-                    float(figs[1].value),
-                    float(figs[2].value),
-                    tuple(sorted({f.confidence for f in figs})),
-                )
-        return ModelThresholds(confidence=("U",))
+        """The ECCN 4E091 thresholds of the reference pack (every pack defines them)."""
+        pack = self.reference_pack(on)
+        names = ("model_training_ops", "model_derivative_floor_ops", "model_derivative_share")
+        figs = [pack.params[n] for n in names]
+        return ModelThresholds(
+            float(figs[0].value),
+            float(figs[1].value),
+            float(figs[2].value),
+            tuple(sorted({f.confidence for f in figs})),
+        )
 
     def classify_model(self, record: ModelRecord, on: date) -> ModelClassification:
         return classify_model(record, self, on)
@@ -396,13 +405,14 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "has_authorization": facts.authorized_tpp is not None,
             "authorized_tpp": facts.authorized_tpp or 0,
             "installed_tpp": agg.tpp_3a090,
-            "installed_h100e": agg.tpp_3a090 / H100E_TPP,
+            "installed_h100e": agg.tpp_3a090 / pack.number("h100e_tpp"),
             "accelerator_count": agg.accelerators,
             "unidentified_count": agg.unidentified,
             "host_count": facts.host_count,
             "stale_hosts": list(facts.stale_hosts),
             "any_model_allowed": facts.allowed_models is None,
             "allowed_models": list(facts.allowed_models or ()),
+            "has_ledger": facts.has_ledger,
         }
     )
     models: list[dict[str, Any]] = [
@@ -419,6 +429,19 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
         "site": site,
         "models": models,
         "duplicates": [{"identity": i, "hosts": list(h)} for i, h in facts.duplicate_accelerators],
+        "ledger_unseen": [
+            {
+                "identity": u.identity,
+                "shipment_id": u.shipment_id,
+                "shipped_on": u.shipped_on,
+                "age_days": u.age_days,
+            }
+            for u in facts.ledger_unseen
+        ],
+        "ledger_reported": [
+            {"identity": c.identity, "host": c.host, "shipped": c.shipped}
+            for c in facts.ledger_reported
+        ],
         "params": pack.param_values(),
     }
 
@@ -487,10 +510,32 @@ def _pack_dirs(policies_dir: Path) -> list[Path]:
     return sorted(p for p in policies_dir.iterdir() if p.is_dir() and (p / "pack.yaml").is_file())
 
 
+def _pack_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def read_pack_files(policies_dir: Path) -> dict[str, bytes]:
+    """Every file the digest of :func:`load_policy_set` covers, by path under ``policies_dir``."""
+    policies_dir = Path(policies_dir)
+    if not policies_dir.is_dir():
+        raise PackError(policies_dir, 0, "missing_dir", "policies directory does not exist")
+    return {
+        f.relative_to(policies_dir).as_posix(): f.read_bytes()
+        for d in _pack_dirs(policies_dir)
+        for f in _pack_files(d)
+    }
+
+
+def pack_set_digest(policies_dir: Path) -> str:
+    """The digest :func:`load_policy_set` gives the packs under ``policies_dir`` (not loaded)."""
+    policies_dir = Path(policies_dir)
+    return files_digest(_pack_dirs(policies_dir), policies_dir)
+
+
 def files_digest(dirs: Iterable[Path], root: Path) -> str:
     h = hashlib.sha256()
     for d in dirs:
-        for f in sorted(p for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for f in _pack_files(d):
             rel = f.relative_to(root).as_posix()
             h.update(
                 rel.encode("utf-8")

@@ -7,8 +7,8 @@ loading checks every expression against them, and policies/README.md lists them.
 
 Per-item conditions (``for_each``) bind one item of a list to a fixed name:
 ``accelerators`` -> ``acc``, ``files`` -> ``file``, ``errors`` -> ``err`` (host scope);
-``models`` -> ``model``, ``duplicates`` -> ``dup`` (site scope); ``countries`` -> ``country``
-(organization scope).
+``models`` -> ``model``, ``duplicates`` -> ``dup``, ``ledger_unseen`` -> ``ship``,
+``ledger_reported`` -> ``chip`` (site scope); ``countries`` -> ``country`` (organization scope).
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ SCOPES = ("host", "site", "organization")
 
 ITEMS: dict[str, dict[str, str]] = {
     "host": {"accelerators": "acc", "files": "file", "errors": "err"},
-    "site": {"models": "model", "duplicates": "dup"},
+    "site": {
+        "models": "model",
+        "duplicates": "dup",
+        "ledger_unseen": "ship",
+        "ledger_reported": "chip",
+    },
     "organization": {"countries": "country"},
 }
 
@@ -60,6 +65,31 @@ class SiteFacts:
     stale_hosts: list[str] = field(default_factory=list)
     host_count: int = 0
     duplicate_accelerators: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: The site keeps a shipment ledger (at least one shipped chip is recorded for it).
+    has_ledger: bool = False
+    #: Shipped chips no host of the site has reported, oldest shipment first.
+    ledger_unseen: list[UnseenShipment] = field(default_factory=list)
+    #: Chips the judged hosts report, each with whether any shipment lists it.
+    ledger_reported: list[ReportedChip] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UnseenShipment:
+    """A chip a shipment to the site lists that no host of the site has reported."""
+
+    identity: str  # uuid:... or serial:...
+    shipment_id: str
+    shipped_on: str  # ISO date
+    age_days: int  # days from the shipment to the day judged
+
+
+@dataclass(frozen=True)
+class ReportedChip:
+    """A chip a host of the site reports, and whether a recorded shipment lists it."""
+
+    identity: str
+    host: str
+    shipped: bool
 
 
 @dataclass
@@ -155,6 +185,13 @@ def host_sample(params: dict[str, Any]) -> dict[str, Any]:
 
 _MODEL = {"name": "nvidia-h100-sxm", "count": 1, "tpp": 15832, "classification": "3A090.a"}
 _DUP = {"identity": "uuid:GPU-0", "hosts": ["a", "b"]}
+_SHIP = {
+    "identity": "uuid:GPU-0",
+    "shipment_id": "shp_1",
+    "shipped_on": "2026-01-01",
+    "age_days": 1,
+}
+_CHIP = {"identity": "uuid:GPU-0", "host": "h", "shipped": True}
 
 
 def site_sample(params: dict[str, Any]) -> dict[str, Any]:
@@ -175,12 +212,17 @@ def site_sample(params: dict[str, Any]) -> dict[str, Any]:
             "stale_hosts": ["h"],
             "any_model_allowed": True,
             "allowed_models": ["nvidia-h100-sxm"],
+            "has_ledger": True,
         },
         "models": [dict(_MODEL)],
         "duplicates": [dict(_DUP)],
+        "ledger_unseen": [dict(_SHIP)],
+        "ledger_reported": [dict(_CHIP)],
         "params": params,
         "model": dict(_MODEL),
         "dup": dict(_DUP),
+        "ship": dict(_SHIP),
+        "chip": dict(_CHIP),
     }
 
 

@@ -39,10 +39,12 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class ModelThresholds:
-    training_ops: float = 1e26
-    derivative_floor_ops: float = 2.5e25
-    derivative_share: float = 0.25
-    confidence: tuple[str, ...] = ("E",)
+    """The pack's ECCN 4E091 figures (``model_*`` parameters; no defaults here)."""
+
+    training_ops: float
+    derivative_floor_ops: float
+    derivative_share: float
+    confidence: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,21 @@ _COND_KEYS = {
     "subject", "message", "expected", "seen", "compliance", "note",
 }  # fmt: skip
 _CAP_KEYS = {"from", "until", "tpp", "h100e", "confidence", "source", "note"}
+#: Parameters the verifier's own code reads from every pack, beside its expressions: the ECCN
+#: 4E091 thresholds (model classification), H100 equivalents (display), the universal VEU shares
+#: (distribution tables of the dashboard and the reports), the License Exception LPP limit and
+#: the Tier 2 allocation (shipment warnings).
+ENGINE_PARAMETERS = (
+    "model_training_ops",
+    "model_derivative_floor_ops",
+    "model_derivative_share",
+    "h100e_tpp",
+    "universal_tier1_min_share",
+    "universal_non_tier1_max_share",
+    "universal_us_min_share",
+    "lpp_annual_tpp_per_consignee",
+    "tier2_allocation_tpp",
+)
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^{}]*))?\}")
 _ID = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
@@ -130,6 +145,10 @@ class Pack:
 
     def param_values(self) -> dict[str, Any]:
         return {k: f.value for k, f in self.params.items()}
+
+    def number(self, name: str) -> float:
+        """A numeric parameter the verifier reads itself (one of :data:`ENGINE_PARAMETERS`)."""
+        return float(self.params[name].value)
 
     def param_tags(self, names: frozenset[str]) -> set[str]:
         return {self.params[n].confidence for n in names if n in self.params}
@@ -227,6 +246,29 @@ def load_pack(pack_dir: Path) -> Pack:
     return pack
 
 
+def _check_engine_parameters(pack: Pack, path: Path, top: Reader) -> None:
+    """Every parameter of :data:`ENGINE_PARAMETERS` is defined, and is a number above zero."""
+    line = top.line("parameters") if top.has("parameters") else 0
+    for name in ENGINE_PARAMETERS:
+        figure = pack.params.get(name)
+        if figure is None:
+            raise PackError(
+                path,
+                line,
+                "missing_parameter",
+                f"pack {pack.id!r}: parameter {name!r} is missing from {path.name}; the verifier "
+                f"needs it (every pack defines {', '.join(ENGINE_PARAMETERS)})",
+            )
+        value = figure.value
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise PackError(
+                path,
+                line,
+                "bad_parameter",
+                f"pack {pack.id!r}: parameter {name!r} in {path.name} must be a number above 0",
+            )
+
+
 def _load_conditions(pack: Pack, path: Path) -> None:
     top = Reader(
         path, load_yaml(path), "conditions file", {"parameters", "national_caps", "conditions"}
@@ -238,6 +280,7 @@ def _load_conditions(pack: Pack, path: Path) -> None:
             if not re.match(r"^[a-z][a-z0-9_]*$", name):
                 raise pr.error(name, "bad_name", f"parameter names are snake_case, got {name!r}")
             pack.params[name] = read_figure(path, pr.node[name], f"parameter {name}", numeric=False)
+    _check_engine_parameters(pack, path, top)
     for item in top.seq("national_caps", required=False):
         cr = Reader(path, item, "national cap", _CAP_KEYS)
         start, until = _date(cr, "from"), _date(cr, "until")

@@ -20,7 +20,7 @@ from server.policy._yaml import Reader, load_yaml
 from server.policy.aggregate import HostContribution, ModelTotal, OrgAggregate, SiteAggregate
 from server.policy.engine import PolicySet, files_digest
 from server.policy.errors import PackError
-from server.policy.facts import HostContext, OrgFacts, SiteFacts
+from server.policy.facts import HostContext, OrgFacts, ReportedChip, SiteFacts, UnseenShipment
 from server.policy.models import ModelRecord, ModelRegistry
 from server.policy.pack import Pack, load_pack
 
@@ -148,6 +148,20 @@ def _site_facts(pack: Pack, raw: dict[str, Any]) -> SiteFacts:
         host_count=int(raw.get("host_count", 1)),
         duplicate_accelerators=[
             (d["identity"], list(d["hosts"])) for d in raw.get("duplicates") or []
+        ],
+        has_ledger=bool(raw.get("has_ledger", False)),
+        ledger_unseen=[
+            UnseenShipment(
+                str(u["identity"]),
+                str(u.get("shipment_id", "shp_fixture")),
+                str(u.get("shipped_on", "")),
+                int(u["age_days"]),
+            )
+            for u in raw.get("ledger_unseen") or []
+        ],
+        ledger_reported=[
+            ReportedChip(str(c["identity"]), str(c.get("host", "host-a")), bool(c["shipped"]))
+            for c in raw.get("ledger_reported") or []
         ],
     )
 

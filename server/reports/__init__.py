@@ -2,14 +2,14 @@
 
 A report for an organization and a half year (``2026H1``) states: installed chips per site and
 country (model, count, TPP) from each host's latest accepted snapshot up to the end of the period;
-the changes since the previous period; the geographic distribution against the 75% / 50% / 7%
+the changes since the previous period; the geographic distribution against the pack's universal VEU
 thresholds with its denominator; every finding open at some point of the period; the policy packs
 and versions used and their status (a rescinded pack says so); and which findings rest on
 unconfirmed figures (confidence S or U).
 
-The distribution is one computation for the dashboard and the reports, delegating every share and
-group membership to the policy pack (:func:`server.policy.engine.org_variables`), so a page or a
-report shows exactly what the conditions judged.
+The distribution is one computation for the dashboard and the reports
+(:func:`server.policy.distribution.distribution`), delegating every share, threshold and group
+membership to the policy pack, so a page or a report shows exactly what the conditions judged.
 
 Signature: a detached Ed25519 signature by the verifier's key over the file's SHA-256 digest,
 written next to the file as ``<file>.sig`` (a small JSON document); :func:`verify_report` checks it
@@ -38,15 +38,12 @@ from sqlalchemy.orm import Session
 from contract import SnapshotV1, parse_statement
 from contract.fsutil import atomic_write
 from server.errors import Invalid, NotFound
-from server.policy import OrgAggregate, OrgFacts, Pack, PolicySet, load_policy_set
-from server.policy.engine import org_variables
+from server.policy import PolicySet, load_policy_set
+from server.policy.distribution import distribution
 from server.results import VerifierKey
 from server.store.compliance_models import FindingRow
 from server.store.db import Database
 from server.store.models import Host, Organization, Site, Snapshot
-
-#: Used only when no loaded pack defines the thresholds (then the page says so).
-FALLBACK = {"tier1_min": 0.75, "us_min": 0.50, "non_tier1_max": 0.07}
 
 
 def load_default_policy() -> PolicySet:
@@ -54,125 +51,6 @@ def load_default_policy() -> PolicySet:
     from server.config import Settings
 
     return load_policy_set(Settings.from_env().policies_dir)
-
-
-@dataclass(frozen=True)
-class CountryShare:
-    code: str
-    tpp: int
-    share: float
-    tier1: bool
-    limit: str  # what applies to this country, in words
-    ok: bool
-
-
-@dataclass(frozen=True)
-class Distribution:
-    total_tpp: int
-    denominator: str
-    countries: tuple[CountryShare, ...]
-    tier1_tpp: int
-    tier1_share: float
-    tier1_min: float
-    us_tpp: int
-    us_share: float
-    us_min: float | None  # None unless the organization is headquartered in the U.S.
-    non_tier1_max: float
-    pack: str  # "id version" of the pack whose thresholds apply, or "" for the fallback
-    applies: bool  # universal VEU: the shares are conditions; national: shown for information
-
-    @property
-    def tier1_ok(self) -> bool:
-        return self.total_tpp == 0 or self.tier1_share >= self.tier1_min
-
-    @property
-    def us_ok(self) -> bool:
-        return self.us_min is None or self.total_tpp == 0 or self.us_share >= self.us_min
-
-
-def _thresholds_pack(policy: PolicySet, on: date) -> Pack | None:
-    for pack in policy.active_packs(on) or policy.packs:
-        if "universal_tier1_min_share" in pack.params:
-            return pack
-    return None
-
-
-def distribution(
-    policy: PolicySet,
-    tpp_by_country: dict[str, int],
-    *,
-    veu: str,
-    hq_country: str,
-    on: date,
-    org_id: str = "",
-) -> Distribution:
-    pack = _thresholds_pack(policy, on)
-    agg = OrgAggregate({k: int(v) for k, v in tpp_by_country.items() if v})
-    if pack is None:
-        total = agg.total_tpp
-        tier1_min, us_min, nt_max = (
-            FALLBACK["tier1_min"],
-            FALLBACK["us_min"],
-            FALLBACK["non_tier1_max"],
-        )
-        rows = [
-            CountryShare(c, t, t / total if total else 0.0, False, "unknown (no pack)", False)
-            for c, t in sorted(agg.tpp_by_country.items())
-        ]
-        return Distribution(
-            total,
-            _denominator(total),
-            tuple(rows),
-            0,
-            0.0,
-            tier1_min,
-            0,
-            0.0,
-            us_min if hq_country == "US" else None,
-            nt_max,
-            "",
-            veu == "universal",
-        )
-    facts = OrgFacts(org_id, veu, hq_country, hq_country, agg)
-    v = org_variables(pack, facts, on)
-    params = v["params"]
-    tier1_min = float(params.get("universal_tier1_min_share", FALLBACK["tier1_min"]))
-    us_min = float(params.get("universal_us_min_share", FALLBACK["us_min"]))
-    nt_max = float(params.get("universal_non_tier1_max_share", FALLBACK["non_tier1_max"]))
-    org = v["org"]
-    rows = []
-    for c in v["countries"]:
-        if c["tier1"]:
-            limit, ok = f"Tier 1 (counts toward ≥ {tier1_min:.0%})", True
-        else:
-            limit, ok = f"non-Tier-1: ≤ {nt_max:.0%}", c["share"] <= nt_max
-        if c["code"] == "US" and hq_country == "US":
-            limit += f"; U.S. HQ: ≥ {us_min:.0%}"
-        rows.append(
-            CountryShare(c["code"], int(c["tpp"]), float(c["share"]), bool(c["tier1"]), limit, ok)
-        )
-    total = int(org["total_tpp"])
-    return Distribution(
-        total_tpp=total,
-        denominator=_denominator(total),
-        countries=tuple(rows),
-        tier1_tpp=int(org["tier1_tpp"]),
-        tier1_share=float(org["tier1_share"]),
-        tier1_min=tier1_min,
-        us_tpp=int(org["us_tpp"]),
-        us_share=float(org["us_share"]),
-        us_min=us_min if hq_country.upper() == "US" else None,
-        non_tier1_max=nt_max,
-        pack=f"{pack.id} {pack.version}",
-        applies=veu == "universal",
-    )
-
-
-def _denominator(total: int) -> str:
-    return (
-        f"{total:,} TPP: the installed TPP of 3A090 accelerators at every site of the "
-        "organization, from the latest accepted snapshot of each active host"
-    )
 
 
 # =========================================================================== the report

@@ -181,3 +181,22 @@ class RegistryState(Base):
 # The duplicate-identity check looks accelerators up by UUID and serial across the fleet.
 Index("ix_inventory_accelerators_uuid", InventoryAccelerator.uuid)
 Index("ix_inventory_accelerators_serial", InventoryAccelerator.serial)
+
+
+class PolicyState(Base):
+    """One row (generation 0 until the first record): the pack set every verifier process
+    judges by.
+
+    ``veu-server serve`` records the packs it starts with, and a reload (``POST
+    /v1/policy/reload``, ``SIGHUP``) records the packs it loaded: their digest, a generation that
+    grows with each change, and the files themselves (JSON: path -> base64), so every process on
+    every machine loads the very same bytes (server.compliance.policy_sync)."""
+
+    __tablename__ = "policy_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    files: Mapped[str] = mapped_column(Text, nullable=False)
+    recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent import keys
 from agent.enrollment import Enrollment, save
 from contract import envelope_digest, parse_envelope, parse_statement
+from contract.keys import key_id
 from server.results import VerifierKey, sign_result
 
 MAX_HEAD = 64 * 1024
@@ -86,7 +87,7 @@ class HostileVerifier:
 
     def __init__(self) -> None:
         private = Ed25519PrivateKey.generate()
-        self.key = VerifierKey(private=private, key_id=keys.key_id(private.public_key()))
+        self.key = VerifierKey(private=private, key_id=key_id(private.public_key()))
         self.routes: dict[str, Behaviour] = {
             "GET /v1/checkin": lambda r: Reply.json(
                 200, {"server_time": _now(), "pending_challenge": None}
@@ -274,7 +275,7 @@ def enroll_agent(state_dir: Path, verifier: HostileVerifier) -> str:
     """A host key in ``state_dir`` and an enrollment at ``verifier``; returns the key id."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = keys.create(state_dir)
-    kid = keys.key_id(key.public_key())
+    kid = key_id(key.public_key())
     save(
         state_dir,
         Enrollment(

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import keys
 from agent.client import RESPONSE_CAPS, ClientError, VerifierClient
 from agent.spool import REJECTED, Spool
+from contract.keys import key_id
 from server.results import VerifierKey, sign_result
 from tests.agent.hostile_verifier import (
     Behaviour,
@@ -158,7 +158,7 @@ def test_every_answer_is_capped_before_it_is_read_whole(
         prefix=b'{"x": "', total=96 * 1024 * 1024, declare_length=declared
     )
     key = Ed25519PrivateKey.generate()
-    kid = keys.key_id(key.public_key())
+    kid = key_id(key.public_key())
     calls = {
         "enroll": lambda c: c.enroll("veu_et_x", key),
         "challenge": lambda c: c.challenge(key, kid),
@@ -285,7 +285,7 @@ def test_rejection_details_are_truncated_counted_and_keep_the_status_small(
 
 def _bad_answers(verifier: HostileVerifier) -> dict[str, Behaviour]:
     forger = Ed25519PrivateKey.generate()
-    forged = VerifierKey(private=forger, key_id=keys.key_id(forger.public_key()))
+    forged = VerifierKey(private=forger, key_id=key_id(forger.public_key()))
 
     def about_another_envelope(request: Request) -> Reply:
         # Signed with the right key, but for an envelope the agent did not send (a replay).

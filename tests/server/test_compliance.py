@@ -250,8 +250,10 @@ def test_shipments_reconcile_with_observed_chips(api: Any) -> None:
     assert made.json()["tpp"] == 8 * H100_TPP
     submit(api, kit)
     found = site_status(api, site)["findings"]
-    missing = [f for f in found if f["condition_id"] == "ledger.shipped-chip-missing"]
-    unexpected = [f for f in found if f["condition_id"] == "ledger.unexpected-chip"]
+    missing = [
+        f for f in found if f["condition_id"] == "ai-diffusion-2025/site.shipped-chip-missing"
+    ]
+    unexpected = [f for f in found if f["condition_id"] == "ai-diffusion-2025/site.unexpected-chip"]
     assert [f["subject"] for f in missing] == ["accelerator:uuid:GPU-never-arrived"]
     assert len(unexpected) == 1 and seen[7].uuid in unexpected[0]["subject"]
 

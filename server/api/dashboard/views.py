@@ -25,6 +25,7 @@ from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
 from server.api.deps import Services, services
 from server.policy import PolicySet
+from server.policy.distribution import Distribution, distribution
 from server.store import repo
 from server.store.compliance_models import HostState, SiteState
 from server.store.models import ChainHead, Host, Organization, Site
@@ -251,7 +252,7 @@ def org_page(
         org = found[0]
         sites = queries.site_rows(s, now, age, org_id=org.id, after=after)
         org_findings = queries.open_findings_for(s, org_id=org.id)
-    dist = reports.distribution(
+    dist = distribution(
         policy_of(request),
         {k: int(v) for k, v in org.aggregate.get("tpp_by_country", {}).items()},
         veu=org.veu,
@@ -285,7 +286,7 @@ def _periods(today: date) -> list[str]:
     return out
 
 
-def _chart(dist: reports.Distribution) -> dict[str, Any]:
+def _chart(dist: Distribution) -> dict[str, Any]:
     """Geometry of the inline SVG bar chart: one bar per country, thresholds as lines."""
     width, label_w, bar_h, gap = 560, 110, 22, 8
     span = width - label_w - 70

@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from server.api import auth
 from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
-from server.compliance import ledger
-from server.compliance import settle as comp
+from server.compliance import ledger, settle
 from server.compliance.policy_sync import reload_policy
 from server.policy import PackError, PolicySet
 
@@ -211,7 +210,7 @@ def refresh(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
     auth.admin(svc, request)
     with svc.db.write() as session:
         try:
-            found = comp.refresh_site(session, svc.policy, site_id, svc.now(), svc.compliance)
+            found = settle.refresh_site(session, svc.policy, site_id, svc.now(), svc.compliance)
         except LookupError:
             raise APIError(404, "not_found", f"no site {site_id[:64]!r}") from None
     return {"site_id": site_id, "findings": [f.to_json() for f in found]}

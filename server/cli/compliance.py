@@ -166,7 +166,8 @@ def cmd_site_authorize(args: argparse.Namespace) -> int:
 
 def cmd_site_status(args: argparse.Namespace) -> int:
     from server.compliance import ledger
-    from server.compliance.settle import ComplianceConfig, finding_of, settle_pending
+    from server.compliance.findings import finding_of
+    from server.compliance.settle import ComplianceConfig, settle_pending
     from server.store import repo
 
     opened = open_services(args)
@@ -201,7 +202,8 @@ def _site_text(s: dict[str, Any]) -> str:
 
 def cmd_org_status(args: argparse.Namespace) -> int:
     from server.compliance import ledger
-    from server.compliance.settle import ComplianceConfig, finding_of, settle_pending
+    from server.compliance.findings import finding_of
+    from server.compliance.settle import ComplianceConfig, settle_pending
     from server.store import repo
 
     opened = open_services(args)

@@ -105,7 +105,7 @@ def _enrolled_site_context(
     args: argparse.Namespace, snapshot: SnapshotV1
 ) -> tuple[HostContext, int]:
     """The context the verifier would use for this site, read from its database."""
-    from server.compliance.settle import model_registry
+    from server.compliance.registry import model_registry
     from server.config import Settings
     from server.store import repo
     from server.store.compliance_models import SiteAuthorization

@@ -17,13 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import Accelerator
-from server.compliance.settle import (
-    ComplianceConfig,
-    bump_registry,
-    lpp_used,
-    model_record,
-    stale_hosts,
-)
+from server.compliance.ledger_facts import lpp_used
+from server.compliance.registry import bump_registry, model_record
+from server.compliance.settle import ComplianceConfig, stale_hosts
 from server.errors import Conflict, NotFound, Unprocessable
 from server.policy import (
     ModelRecord,

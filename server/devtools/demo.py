@@ -219,7 +219,7 @@ class Demo:
 
     def seed(self) -> dict[str, str]:
         """Organization, sites, authorizations, API key, model registry, ledger; tokens."""
-        from server.compliance.settle import bump_registry
+        from server.compliance.registry import bump_registry
         from server.store import repo
         from server.store.compliance_models import (
             ModelFile,

@@ -45,7 +45,8 @@ from server.appraise import (
     appraise,
     preparse,
 )
-from server.compliance import settle as compliance
+from server.compliance import hosts
+from server.compliance.registry import RegistryCache
 from server.findings import Finding, condensed, status_of
 from server.ingest._groupcommit import GroupCommitter
 from server.ingest.metrics import Metrics
@@ -100,7 +101,7 @@ class Pending:
     status: str
     result: str
     write: Write
-    host: compliance.HostUpdate
+    host: hosts.HostUpdate
     event: audit.Event
 
     def outcome(self) -> Outcome:
@@ -139,9 +140,9 @@ class Ingest:
         self.batch_wait_s = batch_wait_s
         self.now = now or (lambda: datetime.now(UTC))
         #: Registered models by weight digest, kept per registry generation.
-        self.models = compliance.RegistryCache()
+        self.models = RegistryCache()
         #: Each host's last judgement, answered again while its inputs are unchanged.
-        self.judgements = compliance.JudgementMemo()
+        self.judgements = hosts.JudgementMemo()
         self._committer: GroupCommitter[Pending, Outcome] | None = None
         self._committer_lock = threading.Lock()
 
@@ -188,7 +189,7 @@ class Ingest:
                     return stored
                 assert state.host is not None
                 # Judged before the write transaction: CPU work (CEL) never holds a write lock.
-                judged = compliance.judge_host(
+                judged = hosts.judge_host(
                     session,
                     policy,
                     verdict.snapshot,
@@ -233,7 +234,7 @@ class Ingest:
                 now=now,
                 inventory_digest=state.inventory_digest,
             ),
-            host=compliance.host_update(
+            host=hosts.host_update(
                 key_id=verdict.key_id,
                 snapshot=verdict.snapshot,
                 digest=verdict.digest,
@@ -366,19 +367,19 @@ def _write(session: Session, items: Sequence[Pending]) -> None:
     the commit.
     """
     ordered = sorted(items, key=lambda item: item.accepted.key_id)
-    hosts = [item.host for item in ordered]
+    updates = [item.host for item in ordered]
     events = [item.event for item in ordered]
     pipe = Pipeline(session)
     with snapshot_races(pipe), pipe.batch():
         sent = send_accepted(pipe, [item.write for item in ordered])
-        prior = compliance.host_states(pipe, hosts)
+        prior = hosts.host_states(pipe, updates)
     sent.check()
-    plan = compliance.plan_hosts(hosts, prior.fetchall())
+    plan = hosts.plan_hosts(updates, prior.fetchall())
     with pipe.batch():
-        compliance.write_hosts(pipe, plan)
+        hosts.write_hosts(pipe, plan)
         claimed = None if plan.resync else audit.claim(pipe, len(events))
     if claimed is None:
-        compliance.resync_findings(session, plan)
+        hosts.resync_findings(session, plan)
         session.flush()
         claimed = audit.claim(pipe, len(events))
     audit.append_claimed(pipe, events, claimed.fetchone())

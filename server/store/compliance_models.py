@@ -169,7 +169,7 @@ class ModelFile(Base):
 class RegistryState(Base):
     """One row: a number that grows whenever the model registry changes, read with every
     snapshot's lookup so each process may keep the registry's answers in memory until then
-    (server.compliance.settle.RegistryCache). Whatever changes ``models`` or ``model_files``
+    (server.compliance.registry.RegistryCache). Whatever changes ``models`` or ``model_files``
     bumps it in the same transaction (:func:`bump_registry`)."""
 
     __tablename__ = "registry_state"

@@ -148,7 +148,7 @@ _LOOKUP = (
         _AUTHS.c.may_store_controlled_weights,
         _HEAD_SNAPSHOT.c.digest,
         _HEAD_SNAPSHOT.c.prev,
-        # The model registry's generation (server.compliance.settle.RegistryCache).
+        # The model registry's generation (server.compliance.registry.RegistryCache).
         select(_REGISTRY_STATE.c.generation)
         .where(_REGISTRY_STATE.c.id == 1)
         .scalar_subquery()

@@ -1,4 +1,4 @@
-"""Each process's last host judgement per host (server.compliance.settle.JudgementMemo): answered
+"""Each process's last host judgement per host (server.compliance.hosts.JudgementMemo): answered
 again while nothing it was judged from changed, judged afresh when anything did — end to end on
 SQLite and PostgreSQL, and against the policy engine's own inputs."""
 
@@ -12,7 +12,7 @@ import pytest
 
 from contract import CollectorError, Posture, SnapshotV1
 from contract.results import verify_result
-from server.compliance.settle import HostJudgement, JudgementMemo
+from server.compliance.hosts import HostJudgement, JudgementMemo
 from server.policy import HostContext, ModelRegistry, PolicySet
 from server.policy.engine import host_variables
 from server.store.ingest import SiteTerms
@@ -268,7 +268,7 @@ def test_one_entry_per_host_and_a_bound() -> None:
 
 
 def test_without_a_registry_generation_nothing_is_kept(api: Any) -> None:
-    from server.compliance import settle as compliance
+    from server.compliance import hosts as compliance
 
     memo = JudgementMemo()
     kit = HostKit(api.site_id, index=0)
@@ -282,7 +282,7 @@ def test_without_a_registry_generation_nothing_is_kept(api: Any) -> None:
 def test_remembered_judgements_equal_fresh_ones(api: Any) -> None:
     """Across a mix of repeated and changed facts, every memo answer is what judging afresh
     gives."""
-    from server.compliance import settle as compliance
+    from server.compliance import hosts as compliance
 
     memo = JudgementMemo()
     kit = HostKit(api.site_id, index=0)

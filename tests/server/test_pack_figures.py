@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from server import reports
-from server.config import DEFAULT_POLICIES_DIR
+from server.config import shipped_policies_dir
 from server.policy import PolicySet, load_policy_set
 from tests.dashboard.conftest import make_env
 from tests.server.builders import HostKit, h100_accelerators
@@ -36,7 +36,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def _copy(tmp_path: Path, edits: list[tuple[str, str]]) -> Path:
     dest = tmp_path / "policies"
-    shutil.copytree(DEFAULT_POLICIES_DIR, dest)
+    shutil.copytree(shipped_policies_dir(), dest)
     for old, new in edits:
         _edit(dest / PACK / "conditions.yaml", old, new)
     return dest
@@ -207,7 +207,7 @@ def test_a_pack_missing_a_parameter_the_verifier_needs_does_not_load(tmp_path: P
         "model_training_ops",
     ):
         policies = tmp_path / name
-        shutil.copytree(DEFAULT_POLICIES_DIR, policies)
+        shutil.copytree(shipped_policies_dir(), policies)
         path = policies / PACK / "conditions.yaml"
         lines = path.read_text().splitlines(keepends=True)
         start = next(i for i, line in enumerate(lines) if line.startswith(f"  {name}:"))

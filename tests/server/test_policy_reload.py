@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.config import DEFAULT_POLICIES_DIR
+from server.config import shipped_policies_dir
 from server.results import load_or_create_key, verify_result
 from tests.server.builders import HostKit
 from tests.server.conftest import Fleet, LiveServer, make_fleet, start_server, stop_server
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 def _policies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     dest = tmp_path / "policies"
-    shutil.copytree(DEFAULT_POLICIES_DIR, dest)
+    shutil.copytree(shipped_policies_dir(), dest)
     monkeypatch.setenv("VEU_POLICIES_DIR", str(dest))
     monkeypatch.setenv("VEU_POLICY_CHECK_INTERVAL", "0.5")
     return dest

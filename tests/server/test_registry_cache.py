@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from server.compliance.settle import RegistryCache, bump_registry, model_registry
+from server.compliance.registry import RegistryCache, bump_registry, model_registry
 from server.store.compliance_models import ModelFile, RegisteredModel, RegistryState
 from server.store.db import Database, make_engine
 from server.store.migrate import upgrade

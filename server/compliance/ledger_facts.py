@@ -1,0 +1,131 @@
+"""What the shipment ledger says about a site, for the pack's ledger conditions: shipped chips not
+yet seen at their site (after the pack's grace period), chips reported by hosts that no shipment
+names, and the LPP quantities used per consignee and year.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING, cast
+
+from sqlalchemy import Table, and_, func, select
+from sqlalchemy.orm import Session
+
+from server.policy.facts import ReportedChip, UnseenShipment
+from server.store.compliance_models import (
+    FindingRow,
+    HostState,
+    Shipment,
+    ShipmentItem,
+    SiteState,
+)
+from server.store.models import Host, InventoryAccelerator, Site
+
+if TYPE_CHECKING:
+    pass
+
+
+log = logging.getLogger("veu.compliance")
+
+_SITES = cast(Table, Site.__table__)
+_HOST_STATE = cast(Table, HostState.__table__)
+_FINDINGS = cast(Table, FindingRow.__table__)
+_SITE_STATE = cast(Table, SiteState.__table__)
+_INVENTORY = cast(Table, InventoryAccelerator.__table__)
+
+
+@dataclass(frozen=True)
+class LedgerFacts:
+    """What the shipment ledger shows at a site (judged by the packs' ``site.*`` ledger
+    conditions): empty unless the site keeps a ledger."""
+
+    has_ledger: bool = False
+    unseen: tuple[UnseenShipment, ...] = ()
+    reported: tuple[ReportedChip, ...] = ()
+
+
+def ledger_facts(
+    session: Session, site: Site, key_ids: Sequence[str], now: datetime
+) -> LedgerFacts:
+    """Shipments vs observed chips at a site that keeps a ledger (has at least one shipment):
+    shipped chips no host here reported (oldest first, at most 500), and the chips the hosts
+    ``key_ids`` report with whether a shipment lists them."""
+    has_ledger = session.scalar(
+        select(func.count()).select_from(ShipmentItem).where(ShipmentItem.site_id == site.id)
+    )
+    if not has_ledger:
+        return LedgerFacts()
+    seen_uuid = (
+        select(InventoryAccelerator.uuid)
+        .join(Host, Host.key_id == InventoryAccelerator.key_id)
+        .where(Host.site_id == site.id)
+    )
+    seen_serial = (
+        select(InventoryAccelerator.serial)
+        .join(Host, Host.key_id == InventoryAccelerator.key_id)
+        .where(Host.site_id == site.id)
+    )
+    missing = session.execute(
+        select(ShipmentItem.identity, Shipment.id, Shipment.shipped_on)
+        .join(Shipment, Shipment.id == ShipmentItem.shipment_id)
+        .where(
+            ShipmentItem.site_id == site.id,
+            ~and_(
+                ShipmentItem.identity.like("uuid:%"),
+                func.substr(ShipmentItem.identity, 6).in_(seen_uuid),
+            ),
+            ~and_(
+                ShipmentItem.identity.like("serial:%"),
+                func.substr(ShipmentItem.identity, 8).in_(seen_serial),
+            ),
+        )
+        .order_by(Shipment.shipped_on, ShipmentItem.identity)
+        .limit(500)
+    ).all()
+    today = now.date()
+    unseen = tuple(
+        UnseenShipment(identity, shipment_id, shipped_on.isoformat(), (today - shipped_on).days)
+        for identity, shipment_id, shipped_on in missing
+    )
+    reported: list[ReportedChip] = []
+    for key_id in key_ids:
+        reported.extend(_reported_chips(session, key_id))
+    return LedgerFacts(True, unseen, tuple(reported))
+
+
+def _reported_chips(session: Session, key_id: str) -> list[ReportedChip]:
+    rows = session.execute(
+        select(InventoryAccelerator.uuid, InventoryAccelerator.serial).where(
+            InventoryAccelerator.key_id == key_id
+        )
+    ).all()
+    idents = [f"uuid:{u}" for u, _ in rows if u] + [f"serial:{s}" for _, s in rows if s]
+    if not idents:
+        return []
+    shipped = set(
+        session.scalars(select(ShipmentItem.identity).where(ShipmentItem.identity.in_(idents)))
+    )
+    out: list[ReportedChip] = []
+    for uuid_, serial in rows:
+        names = [
+            n for n in (f"uuid:{uuid_}" if uuid_ else "", f"serial:{serial}" if serial else "") if n
+        ]
+        if names:
+            out.append(ReportedChip(names[0], key_id, any(n in shipped for n in names)))
+    return out
+
+
+def lpp_used(session: Session, consignee: str, year: int) -> int:
+    start, end = date(year, 1, 1), date(year, 12, 31)
+    total = session.scalar(
+        select(func.coalesce(func.sum(Shipment.tpp), 0)).where(
+            Shipment.consignee == consignee,
+            Shipment.license_exception == "LPP",
+            Shipment.shipped_on >= start,
+            Shipment.shipped_on <= end,
+        )
+    )
+    return int(total or 0)

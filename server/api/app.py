@@ -13,12 +13,10 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import select
 
 from server.api import errors
 from server.api.deps import Metrics, Services
@@ -28,49 +26,18 @@ from server.api.routes_read import router as read_router
 from server.api.routes_snapshots import IngestFastPath
 from server.api.routes_snapshots import router as snapshots_router
 from server.appraise import VerifyConfig
+from server.compliance.jobs import judge_in_background
 from server.compliance.policy_sync import PolicyWatch, reload_policy, watch_thread
-from server.compliance.settle import ComplianceConfig, refresh_site
+from server.compliance.settle import ComplianceConfig
 from server.config import Settings
 from server.policy import PackError, PolicySet, load_policy_set
 from server.results import load_or_create_key
 from server.store.db import Database, engine_for
 from server.store.migrate import upgrade
-from server.store.models import Site
 
 ENV_NO_MIGRATE = "VEU_NO_MIGRATE"
 
 log = logging.getLogger("veu.server")
-
-
-def refresh_all_sites(svc: Services) -> int:
-    """Re-judge every site without new evidence (hosts going stale, shipped chips not seen).
-
-    Each site is its own short transaction, so the periodic task never holds locks for long;
-    several workers running it at once only repeat idempotent work.
-    """
-    with svc.db.read() as session:
-        site_ids = list(session.scalars(select(Site.id).order_by(Site.id)))
-    for site_id in site_ids:
-        with svc.db.write() as session:
-            refresh_site(session, svc.policy, site_id, svc.now(), svc.compliance)
-    return len(site_ids)
-
-
-def _background(svc: Services, stop: threading.Event) -> None:
-    """Settle sites with new evidence every ``settle_interval_s`` and re-judge every site every
-    ``refresh_interval_s`` (either 0 = off)."""
-    settle, refresh = svc.settings.settle_interval_s, svc.settings.refresh_interval_s
-    tick = min(t for t in (settle, refresh) if t > 0)
-    next_refresh = time.monotonic() + refresh
-    while not stop.wait(tick):
-        try:
-            if refresh > 0 and time.monotonic() >= next_refresh:
-                next_refresh = time.monotonic() + refresh
-                refresh_all_sites(svc)
-            elif settle > 0:
-                svc.settle(skip_locked=True)
-        except Exception:  # keep the task alive; the next round tries again
-            log.exception("background site judgement failed")
 
 
 def _handle_sighup(svc: Services) -> bool:
@@ -117,7 +84,15 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
         thread = None
         if settings.refresh_interval_s > 0 or settings.settle_interval_s > 0:
             thread = threading.Thread(
-                target=_background, args=(svc, stop), name="veu-judge", daemon=True
+                target=judge_in_background,
+                args=(svc.db, lambda: svc.policy, svc.compliance, svc.now),
+                kwargs={
+                    "settle_interval_s": settings.settle_interval_s,
+                    "refresh_interval_s": settings.refresh_interval_s,
+                    "stop": stop,
+                },
+                name="veu-judge",
+                daemon=True,
             )
             thread.start()
         watcher = watch_thread(watch, stop)

@@ -24,8 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
+from contract.results import verify_result
 from server.config import shipped_policies_dir
-from server.results import load_or_create_key, verify_result
+from server.results import load_or_create_key
 from tests.server.builders import HostKit
 from tests.server.conftest import Fleet, LiveServer, make_fleet, start_server, stop_server
 

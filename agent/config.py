@@ -85,6 +85,8 @@ class AgentConfig:
     allow_insecure_http: bool = False
     spool_max_bytes: int = 256 * 1024 * 1024
     hash_workers: int | None = None
+    #: Unidentified files under a weight root are listed with their digests from this size.
+    list_unidentified_from: int = 1024 * 1024
     collector_timeout: float = 30.0
     scan_timeout: float = 3600.0
     sys_root: Path = Path("/sys")
@@ -121,7 +123,7 @@ def _coerce(name: str, value: Any) -> Any:
         return [Path(str(v)) for v in value]
     if name in _DURATIONS:
         return parse_duration(value)
-    if name == "spool_max_bytes":
+    if name in {"spool_max_bytes", "list_unidentified_from"}:
         return parse_size(value)
     if name == "hash_workers":
         if not isinstance(value, int) or value < 1:

@@ -133,6 +133,7 @@ def collect_storage(
             low_priority=low_priority,
             proc_root=config.proc_root,
             sys_root=config.sys_root,
+            list_unidentified_from=config.list_unidentified_from,
         ),
         timeout_s=config.scan_timeout,
         default=nothing,

@@ -74,6 +74,19 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hash-workers", type=int, help="parallel hashing threads (default: CPUs)")
 
 
+def _duration_flag(flag: str) -> Any:
+    """An argparse ``type`` for a duration flag (:mod:`agent.durations`)."""
+    from agent.durations import DurationError, parse_duration
+
+    def parse(text: str) -> float:
+        try:
+            return parse_duration(text, setting=flag, source="command line")
+        except DurationError as exc:
+            raise argparse.ArgumentTypeError(exc.detail) from exc
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="veu-agent",
@@ -128,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_collect(p)
     p.add_argument("--json", action="store_true", help="signed result and decoded claims")
-    p.add_argument("--timeout", type=float, default=60.0, help="overall seconds (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=_duration_flag("--timeout"),
+        default=60.0,
+        help="overall time, e.g. 60, 90s, 2m (default 60s)",
+    )
 
     p = sub.add_parser("run", help="the daemon: check in, snapshot, deliver")
     _add_common(p)

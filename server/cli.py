@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,9 +21,6 @@ from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError, Settings
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_DB = 0, 1, 2, 3, 4, 5
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 class CliError(Exception):
     def __init__(self, code: str, detail: str, exit_code: int = EXIT_USAGE) -> None:
@@ -35,10 +31,13 @@ class CliError(Exception):
 
 
 def parse_duration(text: str) -> timedelta:
-    m = _DURATION.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h, 7d")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    """A flag's duration, in the syntax both command lines share (:mod:`agent.durations`)."""
+    from agent.durations import DurationError, parse_timedelta
+
+    try:
+        return parse_timedelta(text)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from exc
 
 
 def _settings(args: argparse.Namespace) -> Settings:

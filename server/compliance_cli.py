@@ -29,6 +29,16 @@ class UsageError(Exception):
         self.exit_code = exit_code
 
 
+def _duration_seconds(text: str) -> float:
+    """``--timeout``: a duration in the syntax both command lines share (agent.durations)."""
+    from agent.durations import DurationError, parse_duration
+
+    try:
+        return parse_duration(text, setting="--timeout", source="command line")
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from exc
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -372,4 +382,9 @@ def register(
     p = add(sub, "attest-request", cmd_attest_request, "ask a site's hosts for fresh evidence")
     p.add_argument("target", help="site id or name, or a host key id")
     p.add_argument("--wait", action="store_true", help="wait until every host has answered")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default 180)")
+    p.add_argument(
+        "--timeout",
+        type=_duration_seconds,
+        default=180.0,
+        help="how long to wait, e.g. 180, 3m (default 180s)",
+    )

@@ -718,26 +718,7 @@ def _look_up(
     owners: dict[int, str | None] = {}
     for raw, key, uid in files:
         cached = lookup(key, _MISS)
-        if cached is None or type(cached) is str:  # not a weight file
-            size = key[2]
-            if size < list_from:
-                scan.unidentified_count += 1
-                scan.unidentified_bytes += size
-                continue
-            if cached is not None:
-                scan.unidentified_file(raw, size, key[3], list_from, cached)
-                continue
-            cached = _MISS  # large enough to be listed, but cached without its digest
-        if cached is _MISS:
-            try:
-                st = os.lstat(raw)  # the walk kept only the key
-            except OSError as exc:  # vanished since
-                scan.error("stat_failed", f"{show_path(raw)[0]}: {exc.strerror}")
-                continue
-            cand = _Candidate(raw, st, index)
-            slots.append(cand)
-            misses.append(cand)
-        else:
+        if type(cached) is WeightFile:  # the common case first
             owner = owners.get(uid, _MISS)
             if owner is _MISS:
                 owner = owners[uid] = _owner(uid)
@@ -747,6 +728,25 @@ def _look_up(
                 slots.append(cached)
             else:
                 slots.append(_labelled(raw, cached, owner))
+            continue
+        if cached is not _MISS:  # not a weight file: None, or the digest of a listed one
+            size = key[2]
+            if size < list_from:
+                scan.unidentified_count += 1
+                scan.unidentified_bytes += size
+                continue
+            if cached is not None:
+                scan.unidentified_file(raw, size, key[3], list_from, cached)
+                continue
+            # large enough to be listed, but cached without its digest: examined again
+        try:
+            st = os.lstat(raw)  # the walk kept only the key
+        except OSError as exc:  # vanished since
+            scan.error("stat_failed", f"{show_path(raw)[0]}: {exc.strerror}")
+            continue
+        cand = _Candidate(raw, st, index)
+        slots.append(cand)
+        misses.append(cand)
     return slots, misses
 
 

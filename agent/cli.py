@@ -517,9 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        code = COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
         sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
-        return code
+        return status
     except BrokenPipeError:
         return _reader_went_away()
     except AgentCommandError as exc:

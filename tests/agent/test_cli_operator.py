@@ -42,10 +42,8 @@ def veu_agent() -> str:
     return str(found) if found.exists() else (shutil.which("veu-agent") or "veu-agent")
 
 
-def agent(*args: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        [veu_agent(), *args], capture_output=True, timeout=120, **kwargs
-    )
+def agent(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([veu_agent(), *args], capture_output=True, timeout=120, cwd=cwd)
 
 
 @pytest.fixture

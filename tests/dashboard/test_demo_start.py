@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -20,7 +21,7 @@ from tests.browser.conftest import REPO
 class _Healthy(http.server.BaseHTTPRequestHandler):
     """Another program on the port that answers /healthz (as another verifier would)."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.seen.append(f"GET {self.path}")
@@ -40,7 +41,7 @@ class _Healthy(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def other_server() -> Iterator[tuple[int, list[str]]]:
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
     handler = type("Handler", (_Healthy,), {"seen": seen})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -59,8 +60,10 @@ def test_a_port_in_use_is_said_and_no_agent_starts(
     data_dir = tmp_path / "fleet"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VEU_")}
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", "demo", "--data-dir", str(data_dir)]
-        + ["--port", str(port), "--hosts-per-site", "1"],
+        [
+            *(sys.executable, "-m", "server.cli", "demo", "--data-dir", str(data_dir)),
+            *("--port", str(port), "--hosts-per-site", "1"),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -251,12 +251,15 @@ def _bytes(n: int) -> str:
 
 
 def _print_summary(summary: dict[str, Any], digest: str, stream: Any) -> None:
-    print(f"snapshot seq {summary['seq']}  digest {digest}", file=stream)
+    dry = "  (dry run: never chained, refused by the verifier)" if summary["dry_run"] else ""
+    print(f"snapshot seq {summary['seq']}  digest {digest}{dry}", file=stream)
     accs = summary["accelerators"]
     total = sum(accs.values())
     print(f"accelerators: {total}", file=stream)
     for model, count in accs.items():
         print(f"  {count} x {model}", file=stream)
+    if summary["weight_roots"]:
+        print(f"weight roots: {len(summary['weight_roots'])}", file=stream)
     for root in summary["weight_roots"]:
         how = root["encryption"] + (
             f" ({root['encryption_method']})" if root["encryption_method"] else ""

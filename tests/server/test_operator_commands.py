@@ -9,7 +9,6 @@ verifier recorded (findings, security events) is read back afterwards.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -122,7 +121,13 @@ def test_snapshot_on_an_enrolled_host_is_delivered_and_leaves_no_gap(
 ) -> None:
     state, models = enrolled_host(fleet, tmp_path)
     taken = agent(
-        "snapshot", "--state-dir", str(state), "--weights", str(models), "--out", os.devnull
+        "snapshot",
+        "--state-dir",
+        str(state),
+        "--weights",
+        str(models),
+        "--out",
+        str(tmp_path / "s"),
     )
     assert taken.returncode == 0, taken.stderr
     assert "queued seq 1" in taken.stderr

@@ -160,6 +160,15 @@ class Chain:
             self._recover()
             return self._advance_locked(build)
 
+    def sign_unchained(self, build: Callable[[int, str | None], SnapshotV1]) -> Taken:
+        """Build and sign what the next snapshot would be, writing nothing: the head, journal
+        and outbox stay as they are (``veu-agent snapshot --dry-run``)."""
+        head = self.head()
+        seq = 1 if head is None else head.seq + 1
+        snapshot = build(seq, None if head is None else head.digest)
+        envelope = sign_envelope(statement_bytes(snapshot), self.key, self.key_id)
+        return Taken(envelope, envelope.to_bytes(), envelope_digest(envelope), snapshot)
+
     def _advance_locked(self, build: Callable[[int, str | None], SnapshotV1]) -> Taken:
         head = self.head()
         seq = 1 if head is None else head.seq + 1

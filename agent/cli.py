@@ -5,6 +5,7 @@ Exit codes are part of the interface:
 - ``attest``: 0 affirming, 1 warning, 2 contraindicated, 3 could not attest, 4 usage.
 - ``verify``: 0 valid, 1 signature or digest invalid, 2 malformed input.
 - everything else: 0 success, 1 failure (with an error code and a message), 4 usage.
+- any command whose stdout reader goes away (``| head``): 141, quietly (as if ended by SIGPIPE).
 
 Errors are printed as ``error[code]: message`` on stderr; no traceback for anything a user did.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import stat
 import sys
 from collections import Counter
 from pathlib import Path
@@ -74,6 +77,13 @@ def _add_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hash-workers", type=int, help="parallel hashing threads (default: CPUs)")
 
 
+def _duration_flag(flag: str) -> Any:
+    """An argparse ``type`` for a duration flag (:mod:`contract.durations`)."""
+    from contract.durations import flag_type
+
+    return flag_type(flag)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="veu-agent",
@@ -91,8 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("snapshot", help="collect, sign and chain one snapshot")
     _add_common(p)
     _add_collect(p)
-    p.add_argument("--out", type=Path, help="write the envelope here (default: stdout)")
-    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="write the envelope here ('-' or absent: stdout); a regular file is replaced "
+        "atomically, a device or FIFO written through",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable summary; without --out, one JSON object on stdout holding the "
+        "summary and the envelope",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="collect and sign, but do not advance the chain or queue it (the verifier refuses "
+        "such an envelope)",
+    )
 
     p = sub.add_parser("verify", help="check an envelope's signature and show its contents")
     p.add_argument("file", type=Path, help="envelope file ('-' for stdin)")
@@ -112,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_collect(p)
     p.add_argument("--json", action="store_true", help="signed result and decoded claims")
-    p.add_argument("--timeout", type=float, default=60.0, help="overall seconds (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=_duration_flag("--timeout"),
+        default=60.0,
+        help="overall time, e.g. 60, 90s, 2m (default 60s)",
+    )
 
     p = sub.add_parser("run", help="the daemon: check in, snapshot, deliver")
     _add_common(p)
@@ -164,60 +195,193 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+#: File error codes that mean the bytes could not be read (the rest describe bad content).
+UNREADABLE_CODES = {"read_error", "unreadable", "changed_while_hashing", "internal_error"}
+
+
 def summarize(snapshot: Any) -> dict[str, Any]:
     by_model = Counter(
         (a.model or f"unknown {a.pci_vendor_id}:{a.pci_device_id}") for a in snapshot.accelerators
     )
     files = [f for root in snapshot.storage for f in root.files]
+    listed = [u for root in snapshot.storage for u in root.unidentified]
+    file_errors = [
+        f"{f.path}: {f.error.code}: {f.error.detail}" for f in [*files, *listed] if f.error
+    ]
+    unreadable = sum(1 for f in [*files, *listed] if f.error and f.error.code in UNREADABLE_CODES)
+    unreadable += sum(1 for e in snapshot.errors if e.code == "file_unreadable")
     return {
         "seq": snapshot.seq,
         "site_id": snapshot.site_id,
         "key_id": snapshot.agent.key_id,
         "collected_at": snapshot.collected_at,
+        "dry_run": snapshot.extensions.get("dry_run") is True,
         "accelerators": dict(sorted(by_model.items())),
+        "weight_roots": [
+            {
+                "root": r.root,
+                "encryption": r.encryption.status,
+                "encryption_method": r.encryption.method,
+                "weight_files": len(r.files),
+                "weight_bytes": sum(f.size for f in r.files),
+                "unidentified_files": r.unidentified_count,
+                "unidentified_bytes": r.unidentified_bytes,
+                "unidentified_listed": len(r.unidentified),
+            }
+            for r in snapshot.storage
+        ],
         "weight_files": len(files),
         "weight_bytes": sum(f.size for f in files),
+        "unidentified_files": sum(r.unidentified_count or 0 for r in snapshot.storage),
+        "unidentified_bytes": sum(r.unidentified_bytes or 0 for r in snapshot.storage),
+        "unreadable_files": unreadable,
+        "file_errors": file_errors,
         "errors": [f"{e.collector}: {e.code}: {e.detail}" for e in snapshot.errors],
     }
 
 
+def _bytes(n: int) -> str:
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _print_summary(summary: dict[str, Any], digest: str, stream: Any) -> None:
-    print(f"snapshot seq {summary['seq']}  digest {digest}", file=stream)
+    dry = "  (dry run: never chained, refused by the verifier)" if summary["dry_run"] else ""
+    print(f"snapshot seq {summary['seq']}  digest {digest}{dry}", file=stream)
     accs = summary["accelerators"]
     total = sum(accs.values())
     print(f"accelerators: {total}", file=stream)
     for model, count in accs.items():
         print(f"  {count} x {model}", file=stream)
+    if summary["weight_roots"]:
+        print(f"weight roots: {len(summary['weight_roots'])}", file=stream)
+    for root in summary["weight_roots"]:
+        how = root["encryption"] + (
+            f" ({root['encryption_method']})" if root["encryption_method"] else ""
+        )
+        line = f"  {root['root']}: {how}; {root['weight_files']} weight files"
+        if root["unidentified_files"] is not None:
+            line += (
+                f"; {root['unidentified_files']} unidentified files, "
+                f"{_bytes(root['unidentified_bytes'] or 0)}"
+                f" ({root['unidentified_listed']} listed with digests)"
+            )
+        print(line, file=stream)
     print(
         f"weight files: {summary['weight_files']} ({summary['weight_bytes']:,} bytes)", file=stream
     )
+    print(
+        f"unidentified files: {summary['unidentified_files']} "
+        f"({_bytes(summary['unidentified_bytes'])})",
+        file=stream,
+    )
+    print(f"unreadable files: {summary['unreadable_files']}", file=stream)
+    if summary["file_errors"]:
+        print(f"file errors: {len(summary['file_errors'])}", file=stream)
+        for line in summary["file_errors"][:20]:
+            print(f"  {line}", file=stream)
+        if len(summary["file_errors"]) > 20:
+            print(f"  ... and {len(summary['file_errors']) - 20} more", file=stream)
     if summary["errors"]:
         print(f"collector errors: {len(summary['errors'])}", file=stream)
         for line in summary["errors"]:
             print(f"  {line}", file=stream)
+    elif summary["unreadable_files"] or summary["file_errors"]:
+        print("collector errors: 0 (but see the file errors above)", file=stream)
     else:
         print("collector errors: none", file=stream)
 
 
+def check_weight_roots(roots: list[Path]) -> None:
+    """Refuse ``--weights`` paths that do not exist or cannot be read (an operator's typo must
+    not become an empty inventory). The daemon reports such roots as collector errors instead."""
+    for root in roots:
+        try:
+            st = root.stat()
+        except FileNotFoundError as exc:
+            raise AgentCommandError(
+                "weights_not_found", f"--weights {root}: no such file or directory", EXIT_USAGE
+            ) from exc
+        except OSError as exc:
+            raise AgentCommandError(
+                "weights_unreadable", f"--weights {root}: {exc.strerror}", EXIT_USAGE
+            ) from exc
+        need = os.R_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+        if not os.access(root, need):
+            raise AgentCommandError(
+                "weights_unreadable", f"--weights {root}: permission denied", EXIT_USAGE
+            )
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    from agent import enrollment as enrollment_mod
     from agent.snapshot import take_snapshot
+    from contract.fsutil import OutputError, write_output
 
     config = _config(args)
+    check_weight_roots(args.weight_roots)
     key = keys.load(config.state_dir)
-    taken = take_snapshot(config, key, progress=sys.stderr.isatty())
-    summary = summarize(taken.snapshot)
-    if args.out is not None:
-        from contract.fsutil import atomic_write
+    enrolled = enrollment_mod.load(config.state_dir)
+    site_id = config.site_id
+    outbox = None
+    if enrolled is not None:
+        if site_id is not None and site_id != enrolled.site_id:
+            raise AgentCommandError(
+                "site_mismatch",
+                f"this host is enrolled at site {enrolled.site_id}; --site {site_id} would be "
+                "refused by the verifier",
+            )
+        site_id = enrolled.site_id
+        if not args.dry_run:
+            from agent.attest import SPOOL_DIR
+            from agent.spool import Spool
 
-        atomic_write(args.out, taken.raw, mode=0o644)
+            outbox = Spool(
+                config.state_dir / SPOOL_DIR,
+                config.spool_max_bytes,
+                public_key=key.public_key(),
+                key_id=compute_key_id(key.public_key()),
+            )
+    taken = take_snapshot(
+        config,
+        key,
+        progress=sys.stderr.isatty(),
+        outbox=outbox,
+        site_id=site_id,
+        dry_run=args.dry_run,
+    )
+    summary = summarize(taken.snapshot)
+    to_stdout = args.out is None or str(args.out) == "-"
+    if args.json and to_stdout:
+        envelope = json.loads(taken.raw)
+        print(json.dumps({"digest": taken.digest, **summary, "envelope": envelope}, indent=2))
     else:
-        sys.stdout.buffer.write(taken.raw + b"\n")
-        sys.stdout.flush()
-    if args.json:
-        out = sys.stdout if args.out is not None else sys.stderr
-        print(json.dumps({"digest": taken.digest, **summary}, indent=2), file=out)
-    else:
-        _print_summary(summary, taken.digest, sys.stderr)
+        if to_stdout:
+            sys.stdout.buffer.write(taken.raw + b"\n")
+            sys.stdout.flush()
+        else:
+            try:
+                write_output(args.out, taken.raw, state_dir=config.state_dir)
+            except OutputError as exc:
+                raise AgentCommandError(exc.code, exc.detail) from exc
+            except OSError as exc:
+                raise AgentCommandError(
+                    "out_unwritable", f"cannot write {args.out}: {exc.strerror}"
+                ) from exc
+        if args.json:
+            print(json.dumps({"digest": taken.digest, **summary}, indent=2))
+        else:
+            _print_summary(summary, taken.digest, sys.stderr)
+    if args.dry_run:
+        print("dry run: the chain did not advance and nothing was queued.", file=sys.stderr)
+    elif outbox is not None:
+        print(
+            f"queued seq {taken.snapshot.seq} for delivery (the daemon or the next "
+            "`veu-agent attest` sends it)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -283,6 +447,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
     from agent.attest import attest
 
     config = _config(args)
+    check_weight_roots(args.weight_roots)
     return attest(config, as_json=args.json, timeout=args.timeout)
 
 
@@ -323,6 +488,19 @@ def _error_code(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+#: Exit status when the reader of stdout went away (``veu-agent verify ... | head``): what a
+#: shell reports for a command ended by SIGPIPE (128 + 13), never a verification verdict.
+EXIT_BROKEN_PIPE = 141
+
+
+def _reader_went_away() -> int:
+    """End quietly: point stdout at /dev/null so the interpreter's final flush cannot raise."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -334,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        return status
+    except BrokenPipeError:
+        return _reader_went_away()
     except AgentCommandError as exc:
         print(f"error[{exc.code}]: {exc.detail}", file=sys.stderr)
         return exc.exit_code

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from contract import durations
+
 DEFAULT_CONFIG_PATH = Path("/etc/veu-agent/agent.toml")
 
 
@@ -31,24 +33,15 @@ def default_state_dir() -> Path:
     return Path(base) / "veu-agent"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """Seconds from ``90``, ``"2s"``, ``"15m"``, ``"1h"``, ``"250ms"``."""
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        match = _DURATION.match(str(text))
-        if not match:
-            raise ConfigError(
-                "bad_duration", f"{text!r} is not a duration; use seconds or e.g. 2s, 15m, 1h"
-            )
-        value = float(match.group(1)) * _UNIT[match.group(2)]
-    if value <= 0:
-        raise ConfigError("bad_duration", f"duration must be positive, got {text!r}")
-    return value
+def parse_duration(
+    text: str | float | int, *, setting: str = "duration", source: str | None = None
+) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"1.5h"``, ``"1w"`` (:mod:`contract.durations`,
+    the syntax shared with the verifier), as a :class:`ConfigError` when it is not one."""
+    try:
+        return durations.parse_duration(text, setting=setting, source=source)
+    except durations.DurationError as exc:
+        raise ConfigError(exc.code, exc.detail) from exc
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*$", re.IGNORECASE)
@@ -85,6 +78,8 @@ class AgentConfig:
     allow_insecure_http: bool = False
     spool_max_bytes: int = 256 * 1024 * 1024
     hash_workers: int | None = None
+    #: Unidentified files under a weight root are listed with their digests from this size.
+    list_unidentified_from: int = 1024 * 1024
     collector_timeout: float = 30.0
     scan_timeout: float = 3600.0
     sys_root: Path = Path("/sys")
@@ -108,7 +103,9 @@ _PATHS = {
 _DURATIONS = {"check_in_interval", "report_interval", "collector_timeout", "scan_timeout"}
 
 
-def _coerce(name: str, value: Any) -> Any:
+def _coerce(name: str, value: Any, source: str = "command line") -> Any:
+    """``value`` of setting ``name`` as the config holds it; ``source`` says where it came from
+    (the file, or the command line), for errors."""
     if value is None:
         return None
     if name in _PATHS:
@@ -120,8 +117,10 @@ def _coerce(name: str, value: Any) -> Any:
             raise ConfigError("bad_config", "weight_roots must be a list of paths")
         return [Path(str(v)) for v in value]
     if name in _DURATIONS:
-        return parse_duration(value)
-    if name == "spool_max_bytes":
+        flag = "--" + name.replace("_", "-")
+        setting = flag if source == "command line" else name
+        return parse_duration(value, setting=setting, source=source)
+    if name in {"spool_max_bytes", "list_unidentified_from"}:
         return parse_size(value)
     if name == "hash_workers":
         if not isinstance(value, int) or value < 1:
@@ -163,7 +162,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> A
                 f"known: {', '.join(sorted(known))}",
             )
         for key, value in data.items():
-            values[key] = _coerce(key, value)
+            values[key] = _coerce(key, value, str(source))
     for key, value in (overrides or {}).items():
         if value is None or (key == "weight_roots" and not value):
             continue

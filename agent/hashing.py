@@ -103,7 +103,7 @@ def hash_fd(
 
 # --------------------------------------------------------------------------- the scan cache
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 #: First word of the cache file's header line.
 CACHE_MAGIC = b"veu-scan-cache"
 
@@ -163,8 +163,9 @@ def _trusted(cls: type[_Model], values: dict[str, Any]) -> _Model:
     return obj
 
 
-def _entry(row: _Row) -> WeightFile | None:
-    """The evidence entry a row stores (None: not a weight file).
+def _entry(row: _Row) -> WeightFile | str | None:
+    """The evidence entry a row stores (None: not a weight file; a string: the SHA-256 of a file
+    that is not one, kept because it is listed among the root's unidentified files).
 
     :func:`_trusted` written out, field by field, because this runs once per cached file and is
     most of a rescan's cost; the tests check it against the models' fields and against
@@ -172,6 +173,11 @@ def _entry(row: _Row) -> WeightFile | None:
     """
     if not row:
         return None
+    if len(row) == 1:  # an unidentified file's digest
+        digest = row[0]
+        if type(digest) is not str or len(digest) != 64:
+            raise ValueError("an unidentified file's row holds its SHA-256")
+        return digest
     path, path_b64, size, mtime, mode, uid, gid, owner, sha256, fmt, header, error = row
     if header is not None:
         tensor_count, parameter_count, dtypes, metadata = header
@@ -217,10 +223,12 @@ def _entry(row: _Row) -> WeightFile | None:
     return entry
 
 
-def _row(value: WeightFile | None) -> _Row:
+def _row(value: WeightFile | str | None) -> _Row:
     """The row that :func:`_entry` reads back as ``value``."""
     if value is None:
         return []
+    if isinstance(value, str):
+        return [value]
     header, error = value.header, value.error
     return [
         value.path,
@@ -263,12 +271,13 @@ class CacheProblem:
 class ScanCache:
     """What earlier scans concluded about each file version, keyed by :func:`cache_key`.
 
-    The value is the file's evidence entry (:class:`~contract.WeightFile`), or None for
-    "not a weight file", so neither kind is opened again while unchanged. ``load`` never raises
-    for a bad file; ``save`` writes only the entries looked up or stored since load (so deleted
-    files drop out) and only when something changed.
+    The value is the file's evidence entry (:class:`~contract.WeightFile`), None for
+    "not a weight file", or the SHA-256 of a file that is not one but large enough to be listed
+    (:class:`~contract.UnidentifiedFile`), so no kind is opened again while unchanged.
+    ``load`` never raises for a bad file; ``save`` writes only the entries looked up or stored
+    since load (so deleted files drop out) and only when something changed.
 
-    File format (version 3): one text line ``veu-scan-cache 3 <shape> <sha256>``, then a dict
+    File format (version 4): one text line ``veu-scan-cache 4 <shape> <sha256>``, then a dict
     from key (a tuple of five ints) to row (:func:`_row`) encoded with :mod:`marshal`.
     ``<shape>`` fingerprints the evidence models and the marshal format (:data:`SHAPE`);
     ``<sha256>`` is the digest of the bytes after the line.
@@ -359,12 +368,12 @@ class ScanCache:
             return entry
         return None if value is _NOT_WEIGHT else value
 
-    def get(self, key: CacheKey) -> tuple[bool, WeightFile | None]:
+    def get(self, key: CacheKey) -> tuple[bool, WeightFile | str | None]:
         """(hit, value): on a hit, value is the cached entry or None for a non-weight file."""
         value = self.lookup(key)
         return (False, None) if value is _MISS else (True, value)
 
-    def put(self, key: CacheKey, value: WeightFile | None) -> None:
+    def put(self, key: CacheKey, value: WeightFile | str | None) -> None:
         stored = _NOT_WEIGHT if value is None else value
         old = self._index.get(key)
         if type(old) is list:

@@ -134,6 +134,7 @@ def collect_storage(
             low_priority=low_priority,
             proc_root=config.proc_root,
             sys_root=config.sys_root,
+            list_unidentified_from=config.list_unidentified_from,
         ),
         timeout_s=config.scan_timeout,
         default=nothing,
@@ -150,8 +151,13 @@ def take_snapshot(
     progress: bool = False,
     low_priority: bool = False,
     site_id: str | None = None,
+    dry_run: bool = False,
 ) -> Taken:
-    """Collect everything, then sign and chain one snapshot (durable before the head moves)."""
+    """Collect everything, then sign and chain one snapshot (durable before the head moves).
+
+    ``dry_run``: sign what the next snapshot would be, marked ``extensions.dry_run`` (which the
+    verifier refuses), and leave the chain, journal and outbox untouched.
+    """
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     accelerators, acc_errors = collect_accelerators(config)
     host, posture, host_errors = collect_host(config)
@@ -172,10 +178,11 @@ def take_snapshot(
             storage=storage,
             posture=posture,
             errors=acc_errors + host_errors + storage_errors,
-            extensions=_recorded_fixtures(config),
+            extensions={**_recorded_fixtures(config), **({"dry_run": True} if dry_run else {})},
         )
 
-    return Chain(config.state_dir, key, outbox=outbox).advance(build)
+    chain = Chain(config.state_dir, key, outbox=outbox)
+    return chain.sign_unchained(build) if dry_run else chain.advance(build)
 
 
 def _recorded_fixtures(config: AgentConfig) -> dict[str, Any]:

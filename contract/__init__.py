@@ -88,6 +88,7 @@ from contract.snapshot import (
     SnapshotV1,
     Socket,
     StorageRoot,
+    UnidentifiedFile,
     WeightFile,
     WeightFormat,
 )
@@ -145,6 +146,7 @@ __all__ = [
     "Statement",
     "StorageRoot",
     "StrictJSON",
+    "UnidentifiedFile",
     "WeightFile",
     "WeightFormat",
     "__version__",

@@ -109,6 +109,18 @@ class WeightFile(_Strict):
     error: FileError | None = None
 
 
+class UnidentifiedFile(_Strict):
+    """A regular file under a weight root whose bytes match no weight format and whose name
+    suggests none: listed (with its digest, so it can be registered) when it is large."""
+
+    path: str
+    path_b64: str | None = None
+    size: int
+    mtime: str
+    sha256: str | None = None  # null when the file could not be read (see error)
+    error: FileError | None = None
+
+
 class StorageRoot(_Strict):
     root: str
     mount_point: str | None = None
@@ -118,6 +130,13 @@ class StorageRoot(_Strict):
     file_count: int
     total_bytes: int
     files: list[WeightFile]
+    #: Every other regular file under the root, counted. None (not 0): an agent from before
+    #: this count existed, which said nothing about such files.
+    unidentified_count: int | None = None
+    unidentified_bytes: int | None = None
+    #: The unidentified files of at least ``unidentified_listed_from`` bytes, with digests.
+    unidentified_listed_from: int | None = None
+    unidentified: list[UnidentifiedFile] = Field(default_factory=list)
 
 
 class Socket(_Strict):

@@ -112,13 +112,13 @@ class Settings:
         url = database_url or os.environ.get(ENV_DATABASE_URL) or None
         max_body = int(_env_number(ENV_MAX_BODY, 16 * 1024 * 1024, "a number of bytes"))
         policies = resolve_policies_dir()
-        refresh = _env_number(ENV_REFRESH, 60.0, "seconds (0 turns it off)")
-        settle = _env_number(ENV_SETTLE, 1.0, "seconds (0 turns it off)")
+        refresh = _env_duration(ENV_REFRESH, 60.0)
+        settle = _env_duration(ENV_SETTLE, 1.0)
         concurrency = _env_number(ENV_INGEST_CONCURRENCY, 0, "a number of snapshots (0: default)")
         batch = _env_number(ENV_INGEST_BATCH, 32, "a number of snapshots (1: no batching)")
         if batch < 1:
             raise ConfigError(f"{ENV_INGEST_BATCH} must be at least 1 (1 turns batching off)")
-        wait_ms = _env_number(ENV_INGEST_BATCH_WAIT, 5.0, "milliseconds (0: commit at once)")
+        wait_ms = 1000 * _env_duration(ENV_INGEST_BATCH_WAIT, 0.005, default_unit="ms")
         if wait_ms > 1000:
             raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
         policy_check = _env_number(ENV_POLICY_CHECK, 2.0, "seconds (0: only at start)")
@@ -158,6 +158,23 @@ def _env_number(name: str, default: float, what: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{name} is {raw[:40]!r}; give {what}, a number >= 0")
     return value
+
+
+def _env_duration(name: str, default: float, *, default_unit: str = "s") -> float:
+    """Seconds from a duration in the environment (``90``, ``90s``, ``15m``, ``1.5h``, ``1w``:
+    the syntax of :mod:`contract.durations`; a bare number is in ``default_unit``; 0 turns the
+    setting off), or a clear error naming the variable."""
+    from contract.durations import DurationError, parse_duration
+
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return parse_duration(
+            raw, setting=name, source="environment", default_unit=default_unit, allow_zero=True
+        )
+    except DurationError as exc:
+        raise ConfigError(exc.detail) from exc
 
 
 def normalize_database_url(url: str) -> str:

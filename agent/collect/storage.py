@@ -17,9 +17,15 @@ This collector owns, per weight root:
      does not show): ``unknown`` with the reason.
 
 3. **Weight files**: every regular file under the root whose bytes say it is a weight file
-   (:mod:`agent.collect.weights`), with its stat facts, SHA-256 and header facts. Files are
+   (:mod:`agent.collect.weights`), with its stat facts, SHA-256 and header facts; a file named
+   like a weight file (``.safetensors``, ``.gguf``, ``.pt``, ``.bin``, ...) whose bytes are not
+   that format is one too, hashed, with the error ``unrecognized_content``. Files are
    hashed in parallel by a thread pool; :class:`agent.hashing.ScanCache` lets an unchanged file go
    unopened on the next scan.
+4. **Unidentified files**: every other regular file is counted with its size, and listed with
+   path, size, mtime and SHA-256 from ``list_unidentified_from`` bytes (default 1 MiB), so that
+   nothing under a root is invisible: an encrypted blob or a weight file with bytes prepended
+   shows as "N unidentified files, X bytes", with digests that can be registered.
 
 Walking rules (each is a decision, tested):
 
@@ -72,12 +78,16 @@ from contract import (
     CollectorError,
     Encryption,
     StorageRoot,
+    UnidentifiedFile,
     WeightFile,
     WeightFormat,
     format_timestamp,
 )
 
 COLLECTOR = "storage"
+#: Unidentified files of at least this many bytes are listed with their digests (the rest are
+#: only counted); ``list_unidentified_from`` in the agent's config.
+LIST_UNIDENTIFIED_FROM = 1024 * 1024
 #: Collector errors kept per root for individual files and directories; the rest are counted.
 MAX_ERRORS_PER_ROOT = 50
 #: ``_IOR('f', 1, long)`` in the asm-generic ioctl encoding (x86-64, arm64, riscv64).
@@ -350,6 +360,37 @@ class _RootScan:
     real: bytes | None
     errors: list[CollectorError] = field(default_factory=list)
     dropped_errors: int = 0
+    unidentified_count: int = 0
+    unidentified_bytes: int = 0
+    #: (raw path, fields of an UnidentifiedFile) of the listed ones, in any order.
+    unidentified: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def unidentified_file(
+        self,
+        raw: bytes,
+        size: int,
+        mtime_ns: int,
+        list_from: int,
+        sha256: str | None,
+        error: tuple[str, str] | None = None,
+    ) -> None:
+        self.unidentified_count += 1
+        self.unidentified_bytes += size
+        if size >= list_from:
+            path, path_b64 = show_path(raw)
+            self.unidentified.append(
+                (
+                    raw,
+                    {
+                        "path": path,
+                        "path_b64": path_b64,
+                        "size": size,
+                        "mtime": _mtime(mtime_ns),
+                        "sha256": sha256,
+                        "error": {"code": error[0], "detail": error[1]} if error else None,
+                    },
+                )
+            )
 
     def error(self, code: str, detail: str) -> None:
         if len(self.errors) < MAX_ERRORS_PER_ROOT:
@@ -400,9 +441,16 @@ class Examined(NamedTuple):
     st: os.stat_result | None = None
 
 
-def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> Examined | None:
-    """Open, identify, parse and hash one file. None: it is not a weight file.
+def examine(
+    raw: bytes,
+    on_bytes: Callable[[int], None] | None = None,
+    list_from: int = LIST_UNIDENTIFIED_FROM,
+) -> Examined | None:
+    """Open, identify, parse and hash one file. None: it is not a regular file.
 
+    A file named like a weight file whose bytes are no weight format is hashed and described
+    with format (from its name) and an ``unrecognized_content`` error. Any other unidentified
+    file is ``Examined(None)``, with its digest when it has at least ``list_from`` bytes.
     OSError from opening propagates (the caller decides how to report it); every other failure
     is an entry with ``error``.
     """
@@ -420,7 +468,19 @@ def examine(raw: bytes, on_bytes: Callable[[int], None] | None = None) -> Examin
             detail = f"reading the header: {exc.strerror}"
             return Examined(fmt, error=("read_error", detail), st=before)
         if found is None:
-            return Examined(None, st=before)
+            named = _format_by_name(raw)
+            if named is None and before.st_size < list_from:
+                return Examined(None, st=before)
+            try:
+                digest, _ = hash_fd(fd, buffer=_buffer(), on_bytes=on_bytes, before=before)
+            except ChangedWhileHashingError as exc:
+                return Examined(named, None, None, ("changed_while_hashing", str(exc)), before)
+            except OSError as exc:
+                return Examined(named, None, None, ("read_error", str(exc.strerror)), before)
+            if named is None:
+                return Examined(None, digest, st=before)
+            detail = f"named like a {named} file, but its first bytes are not that format"
+            return Examined(named, digest, None, ("unrecognized_content", detail), before)
         header = found.header.model_dump() if found.header is not None else None
         error = (found.error.code, found.error.detail) if found.error is not None else None
         try:
@@ -485,6 +545,7 @@ def _weight_file(raw: bytes, st: os.stat_result, entry: Examined) -> dict[str, A
 
 
 _WEIGHT_FILES = TypeAdapter(list[WeightFile])
+_UNIDENTIFIED = TypeAdapter(list[UnidentifiedFile])
 
 
 def _inside(target: bytes, roots: list[bytes]) -> bool:
@@ -580,13 +641,18 @@ def _progress_bar(total: int) -> tuple[Callable[[int], None] | None, Callable[[]
     return (lambda n: bar.advance(task, n)), bar.stop
 
 
-def _fill(misses: list[_Candidate], workers: int, on_bytes: Callable[[int], None] | None) -> None:
+def _fill(
+    misses: list[_Candidate],
+    workers: int,
+    on_bytes: Callable[[int], None] | None,
+    list_from: int,
+) -> None:
     """Examine every file the cache did not know, in parallel."""
     if not misses:
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="veu-hash") as pool:
         for cand in misses:
-            cand.future = pool.submit(examine, cand.raw, on_bytes)
+            cand.future = pool.submit(examine, cand.raw, on_bytes, list_from)
         for cand in misses:
             assert cand.future is not None
             try:
@@ -637,7 +703,11 @@ class _GcPause:
 
 
 def _look_up(
-    index: int, scan: _RootScan, files: list[tuple[bytes, CacheKey, int]], cache: ScanCache
+    index: int,
+    scan: _RootScan,
+    files: list[tuple[bytes, CacheKey, int]],
+    cache: ScanCache,
+    list_from: int,
 ) -> tuple[list[WeightFile | _Candidate], list[_Candidate]]:
     """One root's files in order: cached entries as they are, a candidate for every miss.
 
@@ -648,16 +718,7 @@ def _look_up(
     owners: dict[int, str | None] = {}
     for raw, key, uid in files:
         cached = lookup(key, _MISS)
-        if cached is _MISS:
-            try:
-                st = os.lstat(raw)  # the walk kept only the key
-            except OSError as exc:  # vanished since
-                scan.error("stat_failed", f"{show_path(raw)[0]}: {exc.strerror}")
-                continue
-            cand = _Candidate(raw, st, index)
-            slots.append(cand)
-            misses.append(cand)
-        elif cached is not None:
+        if type(cached) is WeightFile:  # the common case first
             owner = owners.get(uid, _MISS)
             if owner is _MISS:
                 owner = owners[uid] = _owner(uid)
@@ -667,10 +728,31 @@ def _look_up(
                 slots.append(cached)
             else:
                 slots.append(_labelled(raw, cached, owner))
+            continue
+        if cached is not _MISS:  # not a weight file: None, or the digest of a listed one
+            size = key[2]
+            if size < list_from:
+                scan.unidentified_count += 1
+                scan.unidentified_bytes += size
+                continue
+            if cached is not None:
+                scan.unidentified_file(raw, size, key[3], list_from, cached)
+                continue
+            # large enough to be listed, but cached without its digest: examined again
+        try:
+            st = os.lstat(raw)  # the walk kept only the key
+        except OSError as exc:  # vanished since
+            scan.error("stat_failed", f"{show_path(raw)[0]}: {exc.strerror}")
+            continue
+        cand = _Candidate(raw, st, index)
+        slots.append(cand)
+        misses.append(cand)
     return slots, misses
 
 
-def _assemble(misses: list[_Candidate], scans: list[_RootScan], cache: ScanCache) -> None:
+def _assemble(
+    misses: list[_Candidate], scans: list[_RootScan], cache: ScanCache, list_from: int
+) -> None:
     """Evidence entries of the files just examined (``entry``), validated in one bulk call and
     remembered in the cache (unless their error is transient)."""
     fresh: list[dict[str, Any]] = []
@@ -682,13 +764,21 @@ def _assemble(misses: list[_Candidate], scans: list[_RootScan], cache: ScanCache
         if found.st is not None:  # describe (and cache) the version that was actually read
             cand.st = found.st
         if found.format is None:
+            scan = scans[cand.root_index]
+            st = cand.st
             if found.error is None:
-                cache.put(cache_key(cand.st), None)
+                cache.put(cache_key(st), found.sha256)
+                scan.unidentified_file(
+                    cand.raw, st.st_size, st.st_mtime_ns, list_from, found.sha256
+                )
                 continue
             fmt = _format_by_name(cand.raw)
             if fmt is None:
-                scan = scans[cand.root_index]
-                scan.error("file_unreadable", f"{show_path(cand.raw)[0]}: {found.error[1]}")
+                if found.error[0] != "changed_while_hashing":  # a growing log is no failure
+                    scan.error("file_unreadable", f"{show_path(cand.raw)[0]}: {found.error[1]}")
+                scan.unidentified_file(
+                    cand.raw, st.st_size, st.st_mtime_ns, list_from, None, found.error
+                )
                 continue
             found = found._replace(format=fmt)
         fresh.append(_weight_file(cand.raw, cand.st, found))
@@ -719,8 +809,10 @@ def scan_weight_roots(
     low_priority: bool = False,
     proc_root: Path = Path("/proc"),
     sys_root: Path = Path("/sys"),
+    list_unidentified_from: int = LIST_UNIDENTIFIED_FROM,
 ) -> tuple[list[StorageRoot], list[CollectorError]]:
-    """Describe each weight root and every weight file under it.
+    """Describe each weight root, every weight file under it, and count (and, from
+    ``list_unidentified_from`` bytes, list) every other regular file under it.
 
     A root that does not exist or cannot be read gives a collector error and no entry; the other
     roots are still scanned. Individual bad files never stop the scan.
@@ -728,7 +820,9 @@ def scan_weight_roots(
     if low_priority:
         lower_priority()
     with _GcPause() as pause:  # lifted only while hashing; see _GcPause
-        return _scan(roots, cache_path, workers, progress, proc_root, sys_root, pause)
+        return _scan(
+            roots, cache_path, workers, progress, proc_root, sys_root, pause, list_unidentified_from
+        )
 
 
 def _scan(
@@ -739,6 +833,7 @@ def _scan(
     proc_root: Path,
     sys_root: Path,
     pause: _GcPause,
+    list_from: int,
 ) -> tuple[list[StorageRoot], list[CollectorError]]:
     errors: list[CollectorError] = []
     cache = ScanCache(cache_path)
@@ -780,7 +875,7 @@ def _scan(
             scan.error("root_unreadable", f"{scan.root}: {exc.strerror}")
             continue
         walked.sort()  # evidence lists files in byte order of their paths (unique per root)
-        root_slots, root_misses = _look_up(index, scan, walked, cache)
+        root_slots, root_misses = _look_up(index, scan, walked, cache, list_from)
         del walked
         if root_misses:
             slots[index] = root_slots
@@ -796,11 +891,11 @@ def _scan(
     try:
         if misses:
             with pause.resumed():
-                _fill(misses, max(1, workers or min(8, os.cpu_count() or 1)), advance)
+                _fill(misses, max(1, workers or min(8, os.cpu_count() or 1)), advance, list_from)
     finally:
         stop()
 
-    _assemble(misses, scans, cache)
+    _assemble(misses, scans, cache, list_from)
     by_root.update((index, _entries(root_slots)) for index, root_slots in slots.items())
     del slots, misses
     cache.save()
@@ -813,6 +908,7 @@ def _scan(
         mount = find_mount(real_text, mounts) if mounts else None
         fscrypt = fscrypt_flag(real_text) if os.path.isdir(scan.real) else None
         files = by_root.get(index, [])
+        scan.unidentified.sort(key=lambda item: item[0])
         results.append(
             StorageRoot(
                 root=scan.root,
@@ -827,6 +923,10 @@ def _scan(
                 file_count=len(files),
                 total_bytes=sum(f.size for f in files),
                 files=files,
+                unidentified_count=scan.unidentified_count,
+                unidentified_bytes=scan.unidentified_bytes,
+                unidentified_listed_from=list_from,
+                unidentified=_UNIDENTIFIED.validate_python([f for _, f in scan.unidentified]),
             )
         )
         errors.extend(scan.errors)

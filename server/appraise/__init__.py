@@ -26,7 +26,8 @@ Rules, in the order they are checked; the first that fails decides:
    codes); an in-toto Statement v1 (``schema_invalid``) of a known predicate type
    (``unsupported_predicate``) whose subject lists exactly its hashed weight files
    (``subject_mismatch``) and whose ``agent.key_id`` is the signing key (``key_mismatch``).
-7. Binding: ``site_id`` is the site the host enrolled at (``site_mismatch``); when enrollment
+7. Binding: not a ``--dry-run`` snapshot (``extensions.dry_run``, ``dry_run``); ``site_id`` is
+   the site the host enrolled at (``site_mismatch``); when enrollment
    recorded a machine id, ``host.machine_id`` is that one (``host_mismatch``).
 8. Freshness: a nonce in the snapshot was issued by this verifier (``nonce_unknown``) to this host
    (``nonce_wrong_host``), is unused (``nonce_reused``) and unexpired at ``now``
@@ -96,6 +97,7 @@ __all__ = [
     "ChainHead",
     "ChainRejected",
     "ClockSkew",
+    "DryRunEvidence",
     "Duplicate",
     "DuplicateKey",
     "EvidenceTooOld",
@@ -294,6 +296,14 @@ class InvalidStatement(Rejected):
 
     code = "invalid_statement"
     hint = "upgrade the agent to a version that speaks this verifier's snapshot contract"
+
+
+class DryRunEvidence(InvalidStatement):
+    code = "dry_run"
+    hint = (
+        "a snapshot taken with `veu-agent snapshot --dry-run` is for looking at only and never "
+        "joins the chain; take a snapshot without --dry-run"
+    )
 
 
 class SchemaInvalid(InvalidStatement):
@@ -708,6 +718,8 @@ def _check_signature(
 
 def _check_binding(snapshot: SnapshotV1, host: HostRecord, reject: _Reject) -> None:
     """Rule 7."""
+    if snapshot.extensions.get("dry_run") is True:
+        raise reject(DryRunEvidence, "the snapshot is marked dry_run: it was never chained")
     if snapshot.site_id != host.site_id:
         raise reject(
             SiteMismatch,

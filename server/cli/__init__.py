@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from contract import __version__
+from contract.durations import timedelta_flag_type
 from server.cli._common import (
     EXIT_BROKEN,
     EXIT_DB,
@@ -34,16 +34,6 @@ from server.cli._common import (
 )
 from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError, Settings
 from server.errors import Invalid, VeuError
-
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    m = _DURATION.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h, 7d")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _now() -> datetime:
@@ -360,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = add(token, "create", cmd_enroll_token, "create a single-use enrollment token")
     p.add_argument("site", help="site id or name")
-    p.add_argument("--ttl", type=parse_duration, default=timedelta(hours=24))
+    p.add_argument("--ttl", type=timedelta_flag_type("--ttl"), default=timedelta(hours=24))
 
     apikey = sub.add_parser("apikey", help="API keys").add_subparsers(dest="apikey", required=True)
     p = add(apikey, "create", cmd_apikey_create, "create an API key (printed once)")

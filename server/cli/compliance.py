@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from contract.durations import flag_type
 from server.cli._common import Parser, Subcommands, add_command, open_services
 from server.errors import Invalid
 
@@ -361,4 +362,9 @@ def register(
     p = add(sub, "attest-request", cmd_attest_request, "ask a site's hosts for fresh evidence")
     p.add_argument("target", help="site id or name, or a host key id")
     p.add_argument("--wait", action="store_true", help="wait until every host has answered")
-    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (default 180)")
+    p.add_argument(
+        "--timeout",
+        type=flag_type("--timeout"),
+        default=180.0,
+        help="how long to wait, e.g. 180, 3m (default 180s)",
+    )

@@ -20,7 +20,7 @@ from server.findings import status_of
 from server.policy.aggregate import SiteAggregate
 from server.policy.engine import load_policy_set
 from server.policy.errors import PackError
-from server.policy.facts import HostContext, SiteFacts
+from server.policy.facts import HostContext, SiteFacts, snapshot_digests
 from server.policy.testing import run_pack_tests
 
 
@@ -117,7 +117,7 @@ def _enrolled_site_context(
         with db.read() as session:
             site = repo.find_site(session, args.site)
             auth = session.get(SiteAuthorization, site.id)
-            digests = [f.sha256 for r in snapshot.storage for f in r.files if f.sha256]
+            digests = snapshot_digests(snapshot)
             ctx = HostContext(
                 site_id=site.id,
                 site_country=site.country,

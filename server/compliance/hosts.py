@@ -32,6 +32,7 @@ from server.policy import (
     HostContribution,
     PolicySet,
 )
+from server.policy.facts import snapshot_digests
 from server.store.compliance_models import (
     FindingRow,
     HostState,
@@ -158,7 +159,7 @@ def judge_host(
         known = memo.get(key_id, key)
         if known is not None:
             return known
-    digests = [f.sha256 for root in snapshot.storage for f in root.files if f.sha256]
+    digests = snapshot_digests(snapshot)
     ctx = HostContext(
         site_id=site_id,
         site_country=terms.country,

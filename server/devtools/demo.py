@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -194,6 +196,8 @@ class Demo:
         self.server: Any = None
         self.server_thread: threading.Thread | None = None
         self.app: Any = None
+        self.socket: socket.socket | None = None
+        self.agent_command: str | None = None  # the installed veu-agent (agent_exe)
 
     # ------------------------------------------------------------------ setup
 
@@ -330,14 +334,39 @@ class Demo:
 
     # ------------------------------------------------------------------ processes
 
+    def bind(self) -> None:
+        """Take the port before anything else starts, so that a port already in use is said
+        plainly and no agent ever talks to whatever else listens there."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(("127.0.0.1", self.port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise DemoError(
+                    "port_in_use",
+                    f"127.0.0.1:{self.port} is already in use by another program; "
+                    "stop it or choose another port with --port",
+                ) from exc
+            raise DemoError(
+                "port_unavailable", f"cannot listen on 127.0.0.1:{self.port}: {exc.strerror}"
+            ) from exc
+        sock.listen(2048)
+        self.socket = sock
+
     def start_server(self) -> None:
         import uvicorn
 
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False
-        )
+        assert self.socket is not None, "bind() first"
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
-        self.server_thread = threading.Thread(target=self.server.run, name="verifier", daemon=True)
+        sockets = [self.socket]
+        self.server_thread = threading.Thread(
+            target=lambda: self.server.run(sockets=sockets) if self.server else None,
+            name="verifier",
+            daemon=True,
+        )
         self.server_thread.start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -349,9 +378,14 @@ class Demo:
             time.sleep(0.1)
         raise RuntimeError(f"the verifier did not start on {self.url}")
 
+    def agent_exe(self) -> str:
+        if self.agent_command is None:
+            self.agent_command = agent_command()
+        return self.agent_command
+
     def _agent(self, *args: str, host: DemoHost) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [sys.executable, "-m", "agent.cli", *args, "--state-dir", str(host.state_dir)],
+            [self.agent_exe(), *args, "--state-dir", str(host.state_dir)],
             capture_output=True,
             timeout=120,
             env=_agent_env(),
@@ -399,7 +433,7 @@ class Demo:
         config.write_text("\n".join(lines) + "\n")
         log = open(host.state_dir.parent / "agent.log", "ab")  # noqa: SIM115
         host.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            [self.agent_exe(), "run", "--config", str(config)],
             stdout=log,
             stderr=log,
             env=_agent_env(),
@@ -434,6 +468,8 @@ class Demo:
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
+        self.bind()
+        self.agent_exe()  # a missing console script is said before anything starts
         self.build_app()
         tokens = self.seed()
         self.start_server()
@@ -471,6 +507,34 @@ class Demo:
             self.server_thread.join(timeout=15)
         if self.app is not None:
             self.app.state.veu.db.dispose()
+        if self.socket is not None:
+            self.socket.close()
+
+
+class DemoError(Exception):
+    """Why the demo cannot start; ``code`` is stable."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def agent_command() -> str:
+    """The installed ``veu-agent`` console script: the one beside this interpreter, else the
+    one on PATH. Never ``python -m agent.cli``, which runs whatever ``agent/`` folder is in the
+    current directory."""
+    beside = Path(sys.executable).with_name("veu-agent")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("veu-agent")
+    if found is None:
+        raise DemoError(
+            "agent_not_installed",
+            f"no veu-agent command next to {sys.executable} or on PATH; install the package "
+            "(pip install -e . or ./scripts/setup)",
+        )
+    return found
 
 
 def _agent_env() -> dict[str, str]:
@@ -514,6 +578,9 @@ def run_demo(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return demo.run()
+    except DemoError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
     except (RuntimeError, OSError) as exc:
         print(f"error: demo: {exc}", file=sys.stderr)
         return 1

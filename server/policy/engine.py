@@ -365,6 +365,21 @@ def host_variables(
                     "confidence": list(cls.confidence) if record else [],
                 }
             )
+    unidentified: list[dict[str, Any]] = []
+    for root in snapshot.storage:
+        for u in root.unidentified:
+            record = ctx.models.lookup(u.sha256)
+            unidentified.append(
+                {
+                    "path": u.path,
+                    "root": root.root,
+                    "size": u.size,
+                    "sha256": u.sha256 or "",
+                    "registered": record is not None,
+                    "model": record.name if record else "",
+                    "error": u.error.code if u.error else "",
+                }
+            )
     site = _site_country_facts(pack, ctx.site_country, on)
     site.update(
         {
@@ -384,10 +399,13 @@ def host_variables(
             "accelerator_count": len(accs),
             "file_count": len(files),
             "unidentified_count": sum(1 for a in accs if not a["identified"]),
+            "unidentified_file_count": sum(r.unidentified_count or 0 for r in snapshot.storage),
+            "unidentified_file_bytes": sum(r.unidentified_bytes or 0 for r in snapshot.storage),
         },
         "site": site,
         "accelerators": accs,
         "files": files,
+        "unidentified_files": unidentified,
         "errors": [
             {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
         ],

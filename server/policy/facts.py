@@ -6,7 +6,9 @@ so an expression does not have to guard every comparison. The sample facts below
 loading checks every expression against them, and policies/README.md lists them.
 
 Per-item conditions (``for_each``) bind one item of a list to a fixed name:
-``accelerators`` -> ``acc``, ``files`` -> ``file``, ``errors`` -> ``err`` (host scope);
+``accelerators`` -> ``acc``, ``files`` -> ``file``, ``errors`` -> ``err``,
+``unidentified_files`` (the large files under weight roots that are no known weight format,
+as the agent lists them) -> ``ufile`` (host scope);
 ``models`` -> ``model``, ``duplicates`` -> ``dup``, ``ledger_unseen`` -> ``ship``,
 ``ledger_reported`` -> ``chip`` (site scope); ``countries`` -> ``country`` (organization scope).
 """
@@ -16,13 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract import SnapshotV1
 from server.policy.aggregate import OrgAggregate, SiteAggregate
 from server.policy.models import ModelRegistry
 
 SCOPES = ("host", "site", "organization")
 
 ITEMS: dict[str, dict[str, str]] = {
-    "host": {"accelerators": "acc", "files": "file", "errors": "err"},
+    "host": {
+        "accelerators": "acc",
+        "files": "file",
+        "errors": "err",
+        "unidentified_files": "ufile",
+    },
     "site": {
         "models": "model",
         "duplicates": "dup",
@@ -39,6 +47,17 @@ DEFAULT_DENOMINATOR = (
     "installed TPP of 3A090 chips at all sites of the VEU, from the latest accepted snapshot of "
     "each active host"
 )
+
+
+def snapshot_digests(snapshot: SnapshotV1) -> list[str]:
+    """Every SHA-256 in a snapshot's storage the model registry is asked about: weight files
+    and listed unidentified files."""
+    return [
+        d
+        for root in snapshot.storage
+        for d in [*(f.sha256 for f in root.files), *(u.sha256 for u in root.unidentified)]
+        if d
+    ]
 
 
 @dataclass
@@ -156,6 +175,15 @@ _FILE = {
     "error": "",
 }
 _ERR = {"collector": "nvml", "code": "x", "detail": "x"}
+_UFILE = {
+    "path": "/w/blob",
+    "root": "/w",
+    "size": 1,
+    "sha256": "0" * 64,
+    "registered": False,
+    "model": "",
+    "error": "",
+}
 _PARAMS_PLACEHOLDER: dict[str, Any] = {}
 
 
@@ -171,15 +199,19 @@ def host_sample(params: dict[str, Any]) -> dict[str, Any]:
             "accelerator_count": 1,
             "file_count": 1,
             "unidentified_count": 0,
+            "unidentified_file_count": 0,
+            "unidentified_file_bytes": 0,
         },
         "site": dict(_SITE_HOST),
         "accelerators": [dict(_ACC)],
         "files": [dict(_FILE)],
         "errors": [dict(_ERR)],
+        "unidentified_files": [dict(_UFILE)],
         "params": params,
         "acc": dict(_ACC),
         "file": dict(_FILE),
         "err": dict(_ERR),
+        "ufile": dict(_UFILE),
     }
 
 

@@ -113,7 +113,7 @@ def test_cache_round_trips_and_drops_unseen_entries(tmp_path: Path) -> None:
         (b"not json", "cache_damaged"),
         (b"[]", "cache_damaged"),
         (b"[" * 100000, "cache_damaged"),
-        (b"veu-scan-cache 3\n", "cache_damaged"),
+        (b"veu-scan-cache 4\n", "cache_damaged"),
         (b'{"v": 1, "e": []}', "cache_outdated"),
         (b'{"v":2,"e":"x"}', "cache_outdated"),
     ],
@@ -127,7 +127,7 @@ def test_unusable_cache_is_ignored_with_a_reason(tmp_path: Path, content: bytes,
     assert cache.problem is not None and cache.problem.code == code
     assert cache.problem.reported == (code != "cache_outdated")
     cache.save()  # an unusable file is replaced, even by an empty cache
-    assert path.read_bytes().startswith(b"veu-scan-cache 3 ")
+    assert path.read_bytes().startswith(b"veu-scan-cache 4 ")
 
 
 def saved_cache(path: Path, entries: dict[CacheKey, WeightFile | None]) -> bytes:
@@ -157,7 +157,7 @@ def test_cache_from_another_version_or_shape_is_outdated_not_damaged(tmp_path: P
     head, body = data.split(b"\n", 1)
     magic, version, shape, digest = head.split(b" ")
     for other in (
-        b" ".join((magic, b"4", shape, digest)),
+        b" ".join((magic, b"3", shape, digest)),
         b" ".join((magic, version, b"0" * 16, digest)),
     ):
         path.write_bytes(other + b"\n" + body)
@@ -173,10 +173,11 @@ def test_rows_that_pass_the_checksum_but_are_malformed_are_misses(tmp_path: Path
         (1, 2, 3, 4, 5): good,
         (1, 2, 3, 4, 6): ["short"],
         (1, 2, 3, 4, 7): [*good[:10], "not a header", None],
+        (1, 2, 3, 4, 8): ["a" * 64],
         "not a key": [],
     }
     body = marshal.dumps(rows)
-    head = b"veu-scan-cache 3 %s %s\n" % (SHAPE.encode(), hashlib.sha256(body).hexdigest().encode())
+    head = b"veu-scan-cache 4 %s %s\n" % (SHAPE.encode(), hashlib.sha256(body).hexdigest().encode())
     path = tmp_path / "cache"
     path.write_bytes(head + body)
     cache = ScanCache(path)
@@ -185,6 +186,7 @@ def test_rows_that_pass_the_checksum_but_are_malformed_are_misses(tmp_path: Path
     assert cache.get((1, 2, 3, 4, 5)) == (True, weight_file("ok.safetensors"))
     assert cache.get((1, 2, 3, 4, 6)) == (False, None)
     assert cache.get((1, 2, 3, 4, 7)) == (False, None)
+    assert cache.get((1, 2, 3, 4, 8)) == (True, "a" * 64)  # an unidentified file's digest
 
 
 def test_unreadable_cache_is_reported(tmp_path: Path) -> None:

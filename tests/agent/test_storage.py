@@ -357,7 +357,7 @@ def test_damaged_cache_is_logged_and_every_file_rehashed(
     assert second == first and len(opened) == 5  # every file under the root, read again
     assert errors == []  # nothing is missing from this snapshot: not an evidence error
     assert "cache checksum does not match; rehashing all" in caplog.text
-    assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
+    assert cache_file.read_bytes().startswith(b"veu-scan-cache 4 ")
     opened.clear()
     third, errors = scan([tree], tmp_path)  # rebuilt: nothing opened
     assert third == first and errors == [] and opened == []
@@ -373,7 +373,7 @@ def test_cache_of_an_older_agent_is_rebuilt_without_an_error(
     opened = spy_opens(monkeypatch)
     second, errors = scan([tree], tmp_path)
     assert second == first and errors == [] and len(opened) == 5
-    assert cache_file.read_bytes().startswith(b"veu-scan-cache 3 ")
+    assert cache_file.read_bytes().startswith(b"veu-scan-cache 4 ")
 
 
 def snapshot_payload(roots: list[StorageRoot]) -> bytes:
@@ -570,3 +570,62 @@ def test_file_deleted_between_walk_and_hashing_is_reported_not_listed(
     roots, errors = scan([tree], tmp_path)
     assert "q4.gguf" not in files_by_name(roots[0])
     assert [e.code for e in errors] == ["stat_failed"] and "q4.gguf" in errors[0].detail
+
+
+# --------------------------------------------------------------------------- nothing is invisible
+
+
+def _hidden_weights_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "hidden"
+    root.mkdir()
+    # Weight names whose bytes are no weight format: a few bytes prepended, a damaged zip.
+    good = tmp_path / "good.safetensors"
+    write_safetensors(good, {"format": "pt"})
+    (root / "prepended.safetensors").write_bytes(b"xyz" + good.read_bytes())
+    (root / "weights.bin").write_bytes(b"\x00" * 4096)
+    # No weight name, no weight bytes: an encrypted blob (large) and a small note.
+    (root / "blob.enc").write_bytes(os.urandom(1024) * 1100)  # 1.1 MiB
+    (root / "notes.txt").write_bytes(b"hello\n")
+    return root
+
+
+def test_weight_names_with_unrecognized_bytes_are_entries_with_an_error(tmp_path: Path) -> None:
+    root_dir = _hidden_weights_tree(tmp_path)
+    [root], errors = scan([root_dir], tmp_path)
+    files = files_by_name(root)
+    assert set(files) == {"prepended.safetensors", "weights.bin"}
+    for name, fmt in (("prepended.safetensors", "safetensors"), ("weights.bin", "pytorch-zip")):
+        entry = files[name]
+        raw = (root_dir / name).read_bytes()
+        assert entry.format == fmt and entry.size == len(raw)
+        assert entry.sha256 == hashlib.sha256(raw).hexdigest()
+        assert entry.error is not None and entry.error.code == "unrecognized_content"
+    assert errors == []
+
+
+def test_every_other_file_is_counted_and_large_ones_listed_with_digests(tmp_path: Path) -> None:
+    root_dir = _hidden_weights_tree(tmp_path)
+    blob = (root_dir / "blob.enc").read_bytes()
+    for _ in range(2):  # the cached rescan says the same
+        [root], _ = scan([root_dir], tmp_path)
+        assert root.unidentified_count == 2
+        assert root.unidentified_bytes == len(blob) + 6
+        assert root.unidentified_listed_from == 1024 * 1024
+        [listed] = root.unidentified
+        assert listed.path == str(root_dir / "blob.enc") and listed.size == len(blob)
+        assert listed.sha256 == hashlib.sha256(blob).hexdigest()
+    # A lower threshold lists the small file too, with its digest (the cache does not hide it).
+    [root], _ = scan([root_dir], tmp_path, list_unidentified_from=1)
+    assert [os.path.basename(u.path) for u in root.unidentified] == ["blob.enc", "notes.txt"]
+    assert root.unidentified[1].sha256 == hashlib.sha256(b"hello\n").hexdigest()
+
+
+def test_hostile_safetensors_length_is_an_entry_not_a_disappearance(tmp_path: Path) -> None:
+    root_dir = tmp_path / "w"
+    root_dir.mkdir()
+    (root_dir / "evil.safetensors").write_bytes((2**63).to_bytes(8, "little") + b"{}" * 40)
+    (root_dir / "evil.data").write_bytes((2**63).to_bytes(8, "little") + b"\x00" * 40)
+    [root], _ = scan([root_dir], tmp_path)
+    [entry] = root.files
+    assert entry.error is not None and entry.sha256 is not None
+    assert root.unidentified_count == 1

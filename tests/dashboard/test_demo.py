@@ -123,7 +123,7 @@ def test_demo_agents_push_signed_snapshots_and_the_stale_host_stops(demo: Runnin
     time.sleep(6)
     again = {h["hostname"]: h for h in demo.api("/v1/hosts?limit=100")["items"]}
     assert again["de-fra-store-01"]["chain_head"]["seq"] == stale
-    agents = [p for p in _processes_under(demo.data_dir) if "agent.cli" in " ".join(p.cmdline())]
+    agents = [p for p in _processes_under(demo.data_dir) if "veu-agent" in " ".join(p.cmdline())]
     assert len(agents) == 6  # the stale host's agent was stopped
 
 

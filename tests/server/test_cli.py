@@ -191,7 +191,7 @@ def test_a_bad_setting_in_the_environment_is_a_clear_error(tmp_path: Path) -> No
     ):
         out = run_cli("site", "list", "--data-dir", str(tmp_path), check=False, env={name: value})
         assert out.returncode == 4, out.stderr
-        assert out.stderr.startswith(f"error[bad_config]: {name} is ")
+        assert out.stderr.startswith(f"error[bad_config]: {name} "), out.stderr
         assert "Traceback" not in out.stderr
     ok = run_cli("site", "list", "--data-dir", str(tmp_path), env={"VEU_SETTLE_INTERVAL": "0"})
     assert ok.returncode == 0

@@ -362,3 +362,50 @@ def test_a_host_with_thousands_of_findings_gets_a_small_signed_result(api: Any) 
         headers=api.as_auditor(),
     ).json()
     assert len(listed["items"]) == 1000 and listed["next"]
+
+
+def test_large_unidentified_files_warn_with_sizes_until_their_digest_is_registered(
+    api: Any,
+) -> None:
+    """The verifier asks the registry about the digests of listed unidentified files too: a
+    registered one is classified, an unregistered one is a warning like an unclassified weight."""
+    import hashlib
+
+    from contract import UnidentifiedFile
+    from server.compliance import ledger
+
+    sealed, unknown = (hashlib.sha256(name).hexdigest() for name in (b"sealed", b"unknown"))
+    with api.services.db.write() as s:
+        ledger.add_model(
+            s,
+            api.services.policy,
+            {"name": "sealed-1", "training_ops": 1.0e24, "published": True, "digests": [sealed]},
+            now=datetime.now(UTC),
+            actor="test",
+        )
+    root = weights_root().model_copy(
+        update={
+            "unidentified_count": 3,
+            "unidentified_bytes": 12_400_000_100,
+            "unidentified_listed_from": 1024 * 1024,
+            "unidentified": [
+                UnidentifiedFile(
+                    path="/srv/models/blob.enc",
+                    size=8_000_000_000,
+                    mtime="2026-01-01T00:00:00Z",
+                    sha256=sealed,
+                ),
+                UnidentifiedFile(
+                    path="/srv/models/x.dat",
+                    size=4_400_000_000,
+                    mtime="2026-01-01T00:00:00Z",
+                    sha256=unknown,
+                ),
+            ],
+        }
+    )
+    kit = enrolled(api, api.site_id, 0)
+    found = findings_of(submit(api, kit, storage=[root]), api)
+    warned = [f for f in found if f["condition_id"].endswith("unidentified-files-registered")]
+    assert [f["subject"] for f in warned] == ["file:/srv/models/x.dat"]
+    assert warned[0]["severity"] == "warning" and "4,400,000,000 bytes" in warned[0]["message"]

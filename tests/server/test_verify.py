@@ -218,6 +218,7 @@ STATUS = {
     "unsupported_predicate": 422,
     "subject_mismatch": 422,
     "key_mismatch": 422,
+    "dry_run": 422,
     "clock_skew": 422,
     "evidence_too_old": 422,
     "nonce_unknown": 409,
@@ -232,7 +233,7 @@ STATUS = {
 
 def test_every_rejection_has_a_unique_code_documented_in_the_rules() -> None:
     codes = [cls.code for cls in LEAVES]
-    assert len(codes) == len(set(codes)) == 30
+    assert len(codes) == len(set(codes)) == 31
     for code in codes:
         assert f"``{code}``" in (verify.__doc__ or ""), code
 

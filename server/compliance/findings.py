@@ -6,34 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.findings import Finding
 from server.store.compliance_models import (
     FindingRow,
-    HostState,
-    SiteState,
 )
 from server.store.ingest import db_text
-from server.store.models import InventoryAccelerator, Site
-
-if TYPE_CHECKING:
-    pass
-
-
-log = logging.getLogger("veu.compliance")
-
-_SITES = cast(Table, Site.__table__)
-_HOST_STATE = cast(Table, HostState.__table__)
-_FINDINGS = cast(Table, FindingRow.__table__)
-_SITE_STATE = cast(Table, SiteState.__table__)
-_INVENTORY = cast(Table, InventoryAccelerator.__table__)
 
 
 def _key(f: Finding) -> tuple[str, str]:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
@@ -36,24 +35,13 @@ from server.policy.facts import snapshot_digests
 from server.store.compliance_models import (
     FindingRow,
     HostState,
-    SiteState,
 )
 from server.store.ingest import SiteTerms, site_terms
-from server.store.models import InventoryAccelerator, Site
 from server.store.pipeline import Pipeline
 from server.store.sqllist import values_in
 
-if TYPE_CHECKING:
-    pass
-
-
-log = logging.getLogger("veu.compliance")
-
-_SITES = cast(Table, Site.__table__)
 _HOST_STATE = cast(Table, HostState.__table__)
 _FINDINGS = cast(Table, FindingRow.__table__)
-_SITE_STATE = cast(Table, SiteState.__table__)
-_INVENTORY = cast(Table, InventoryAccelerator.__table__)
 
 
 @dataclass(frozen=True)

@@ -5,36 +5,19 @@ names, and the LPP quantities used per consignee and year.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Table, and_, func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from server.policy.facts import ReportedChip, UnseenShipment
 from server.store.compliance_models import (
-    FindingRow,
-    HostState,
     Shipment,
     ShipmentItem,
-    SiteState,
 )
 from server.store.models import Host, InventoryAccelerator, Site
-
-if TYPE_CHECKING:
-    pass
-
-
-log = logging.getLogger("veu.compliance")
-
-_SITES = cast(Table, Site.__table__)
-_HOST_STATE = cast(Table, HostState.__table__)
-_FINDINGS = cast(Table, FindingRow.__table__)
-_SITE_STATE = cast(Table, SiteState.__table__)
-_INVENTORY = cast(Table, InventoryAccelerator.__table__)
 
 
 @dataclass(frozen=True)

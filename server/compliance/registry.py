@@ -5,10 +5,9 @@ answers (:class:`RegistryCache`).
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
@@ -18,28 +17,11 @@ from server.policy import (
     ModelRegistry,
 )
 from server.store.compliance_models import (
-    FindingRow,
-    HostState,
     ModelFile,
     RegisteredModel,
     RegistryState,
-    SiteState,
 )
-from server.store.models import InventoryAccelerator, Site
 from server.store.sqllist import values_in
-
-if TYPE_CHECKING:
-    pass
-
-
-log = logging.getLogger("veu.compliance")
-
-_SITES = cast(Table, Site.__table__)
-_HOST_STATE = cast(Table, HostState.__table__)
-_FINDINGS = cast(Table, FindingRow.__table__)
-_SITE_STATE = cast(Table, SiteState.__table__)
-_INVENTORY = cast(Table, InventoryAccelerator.__table__)
-
 
 _MODEL_FILES = cast(Table, ModelFile.__table__)
 _MODELS = cast(Table, RegisteredModel.__table__)

@@ -8,7 +8,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent import keys
 from contract import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE_V1,
@@ -17,6 +16,7 @@ from contract import (
     open_envelope,
     sign_envelope,
 )
+from contract.keys import key_id
 
 NEW_ROOT_FIELDS = (
     "unidentified_count",
@@ -76,7 +76,7 @@ def old_agent_statement(key_id: str) -> dict[str, Any]:
 
 def test_an_envelope_without_the_new_fields_verifies_and_says_not_reported() -> None:
     key = Ed25519PrivateKey.generate()
-    kid = keys.key_id(key.public_key())
+    kid = key_id(key.public_key())
     payload = canonical_bytes(old_agent_statement(kid))
     envelope = sign_envelope(payload, key, kid)
     assert envelope.payloadType == PAYLOAD_TYPE
@@ -95,7 +95,7 @@ def test_the_verifier_judges_an_old_envelope_as_before() -> None:
     from server.policy.facts import HostContext
 
     key = Ed25519PrivateKey.generate()
-    kid = keys.key_id(key.public_key())
+    kid = key_id(key.public_key())
     envelope = sign_envelope(canonical_bytes(old_agent_statement(kid)), key, kid)
     _, _, _, snapshot = open_envelope(envelope.to_bytes(), {kid: key.public_key()})
     policy = load_policy_set(Path(__file__).resolve().parents[2] / "policies")

@@ -25,10 +25,9 @@ from typing import Any, NoReturn
 from agent import keys
 from agent.config import AgentConfig, ConfigError, load_config
 from contract import __version__
+from contract.errors import EXIT_USAGE, error_line
 from contract.keys import key_id as compute_key_id
 from contract.keys import load_public_pem
-
-EXIT_USAGE = 4
 
 
 class UsageError(Exception):
@@ -46,7 +45,7 @@ class AgentCommandError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        print(f"error[usage]: {message}", file=sys.stderr)
+        print(error_line("usage", message), file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -518,10 +517,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_went_away()
     except AgentCommandError as exc:
-        print(f"error[{exc.code}]: {exc.detail}", file=sys.stderr)
+        print(error_line(exc.code, exc.detail), file=sys.stderr)
         return exc.exit_code
     except ConfigError as exc:
-        print(f"error[{exc.code}]: {exc.detail}", file=sys.stderr)
+        print(error_line(exc.code, exc.detail), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -531,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         if coded is None:
             raise
         code, detail = coded
-        print(f"error[{code}]: {detail}", file=sys.stderr)
+        print(error_line(code, detail), file=sys.stderr)
         return 3 if args.command == "attest" else 1
 
 

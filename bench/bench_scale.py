@@ -8,8 +8,8 @@ contributions (computed by the policy engine from each host's real snapshot) and
 organization aggregates (summed from those contributions) — instead of 12,500 HTTP enrollments.
 Then, in-process (``create_app`` + Starlette's TestClient: server time, no network):
 
-1. **site status update**: ``compliance.judge_host`` + ``compliance.record_hosts`` +
-   ``compliance.settle_site`` (the site and its organization judged) + commit, in one
+1. **site status update**: ``host_judgement.judge_host`` + ``host_judgement.record_hosts`` +
+   ``settle.settle_site`` (the site and its organization judged) + commit, in one
    write transaction, for a new snapshot of a random host of the site (its inventory alternates
    between 8 and 7 GPUs so every update moves the aggregate) — the cost the design says must not
    grow with the site. Median and p95 over ``--updates`` runs; the ratio big/small is judged
@@ -46,8 +46,9 @@ from sqlalchemy import insert, text, update  # noqa: E402
 
 from bench.fleet import pg_create, pg_drop  # noqa: E402
 from contract.keys import raw_public  # noqa: E402
+from server.compliance import hosts as host_judgement  # noqa: E402
+from server.compliance import settle  # noqa: E402
 from server.policy.aggregate import OrgAggregate, SiteAggregate  # noqa: E402
-from server.store import compliance  # noqa: E402
 from server.store.compliance_models import HostState, OrgState, SiteState  # noqa: E402
 from server.store.models import (  # noqa: E402
     ChainHead,
@@ -209,8 +210,8 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
         now = datetime.now(UTC)
         t0 = time.perf_counter()
         with svc.db.write() as s:
-            judged = compliance.judge_host(s, svc.policy, snap, kit.key_id, site_id)
-            update = compliance.host_update(
+            judged = host_judgement.judge_host(s, svc.policy, snap, kit.key_id, site_id)
+            update = host_judgement.host_update(
                 key_id=kit.key_id,
                 snapshot=snap,
                 digest=digest,
@@ -218,8 +219,8 @@ def time_updates(svc: Any, site_id: str, kits: list[HostKit], n: int) -> list[fl
                 findings=judged.findings,
                 now=now,
             )
-            compliance.record_hosts(s, [update])
-            compliance.settle_site(s, svc.policy, site_id, now, svc.compliance)
+            host_judgement.record_hosts(s, [update])
+            settle.settle_site(s, svc.policy, site_id, now, svc.compliance)
         out.append(time.perf_counter() - t0)
     return out
 

@@ -28,11 +28,12 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
+from server.cli.devtools import add_arguments  # noqa: E402
+from server.cli.devtools import run_simulate as simulate_run  # noqa: E402
 from server.devtools.simulate import (  # noqa: E402
     Report,
     SimHost,
     Traffic,
-    add_arguments,
     drive,
     enroll_all,
     make_hosts,
@@ -40,7 +41,6 @@ from server.devtools.simulate import (  # noqa: E402
     make_tokens,
     run_async,
 )
-from server.devtools.simulate import run as simulate_run  # noqa: E402
 from tests.server.conftest import LiveServer, start_server, stop_server  # noqa: E402
 
 __all__ = [

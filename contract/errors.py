@@ -7,6 +7,15 @@ not one, or a signed result that does not check.
 
 from __future__ import annotations
 
+#: The exit status of a usage error (a bad flag, an unusable setting or input) in both command
+#: lines; ``veu-agent`` keeps 0-3 for verdicts, so neither uses argparse's 2.
+EXIT_USAGE = 4
+
+
+def error_line(code: str, detail: str) -> str:
+    """How both command lines show an error: one line, the stable code first."""
+    return f"error[{code}]: {detail}"
+
 
 class EvidenceError(Exception):
     """Evidence that cannot be accepted. ``code`` is stable; ``detail`` is for a person."""

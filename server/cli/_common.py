@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, TypeAlias
 
+from contract.errors import EXIT_USAGE, error_line
 from server.config import ConfigError, Settings
 from server.errors import Conflict, NotFound, VeuError
 from server.policy import PolicySet, load_policy_set
 from server.store.db import Database, engine_for
 from server.store.migrate import upgrade
 
-EXIT_OK, EXIT_BROKEN, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_DB, EXIT_CONFLICT = 0, 1, 3, 4, 5, 6
+EXIT_OK, EXIT_BROKEN, EXIT_NOT_FOUND, EXIT_DB, EXIT_CONFLICT = 0, 1, 3, 5, 6
 
 #: Family -> exit code; an error takes the entry of the first class of its MRO listed here.
 FAMILY_EXIT: dict[type[Exception], int] = {
@@ -41,7 +42,7 @@ def exit_code(error: Exception) -> int:
 
 
 def say(code: str, detail: str) -> None:
-    print(f"error[{code}]: {detail}", file=sys.stderr)
+    print(error_line(code, detail), file=sys.stderr)
 
 
 class Parser(argparse.ArgumentParser):

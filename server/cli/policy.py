@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from contract import EvidenceError, SnapshotV1, parse_json_strict, parse_statement
-from server.cli._common import EXIT_USAGE, say
+from contract.errors import EXIT_USAGE
+from server.cli._common import say
 from server.config import resolve_policies_dir
 from server.findings import status_of
 from server.policy.aggregate import SiteAggregate

@@ -23,7 +23,6 @@ Ctrl-C or SIGTERM, then stops every agent and the server cleanly.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import hashlib
@@ -45,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from contract.errors import EXIT_USAGE, error_line
+from server.errors import Invalid
 
 #: (model name, PCI device id, memory MiB, architecture, board part number, serial prefix)
 CHIPS: dict[str, tuple[str, str, int, str, str, str]] = {
@@ -511,13 +513,8 @@ class Demo:
             self.socket.close()
 
 
-class DemoError(Exception):
+class DemoError(Invalid):
     """Why the demo cannot start; ``code`` is stable."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 def agent_command() -> str:
@@ -565,10 +562,10 @@ def run_demo(
         data_dir = Path(tempfile.mkdtemp(prefix="veu-demo-"))
     elif data_dir.exists() and any(data_dir.iterdir()):
         print(
-            f"error: not_empty: {data_dir} is not empty; the demo needs a fresh one",
+            error_line("not_empty", f"{data_dir} is not empty; the demo needs a fresh one"),
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     demo = Demo(data_dir, port, hosts_per_site, report_interval)
 
@@ -579,10 +576,10 @@ def run_demo(
     try:
         return demo.run()
     except DemoError as exc:
-        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
-        return 2
+        print(error_line(exc.code, exc.detail), file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, OSError) as exc:
-        print(f"error: demo: {exc}", file=sys.stderr)
+        print(error_line("demo", str(exc)), file=sys.stderr)
         return 1
     finally:
         demo.shutdown()
@@ -591,32 +588,3 @@ def run_demo(
         print("demo stopped", flush=True)
         if temporary:
             shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="run a demo fleet with deliberate problems and open the dashboard",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-    )
-    p.add_argument("--data-dir", type=Path, default=None, help="fresh directory (default: temp)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--hosts-per-site", type=int, default=3)
-    p.add_argument("--report-interval", default="20s")
-    p.set_defaults(func=_run_args)
-
-
-def _run_args(args: argparse.Namespace) -> int:
-    return run_demo(
-        args.data_dir,
-        args.port,
-        hosts_per_site=args.hosts_per_site,
-        report_interval=args.report_interval,
-    )
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="veu-server")
-    register(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args()
-    sys.exit(ns.func(ns))

@@ -3,7 +3,6 @@ bench/fleet.py (the simulator), bench_soak.py, bench_scale.py, bench_workers.py 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,12 +25,10 @@ def _bench(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str]:
 
 
 def test_simulate_registers_a_subcommand_that_runs_the_simulator() -> None:
-    from server.devtools import simulate
+    from server.cli import build_parser, devtools
 
-    parser = argparse.ArgumentParser()
-    simulate.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["simulate", "--url", "http://127.0.0.1:1", "--hosts", "5"])
-    assert args.func is simulate.run and args.hosts == 5 and args.concurrency == 8
+    args = build_parser().parse_args(["simulate", "--url", "http://127.0.0.1:1", "--hosts", "5"])
+    assert args.func is devtools.run_simulate and args.hosts == 5 and args.concurrency == 8
 
 
 @pytest.mark.slow

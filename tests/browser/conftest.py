@@ -124,7 +124,7 @@ def demo_server(tmp_path: Path) -> Iterator[Served]:
         [
             sys.executable,
             "-m",
-            "server.devtools.demo",
+            "server.cli",
             "demo",
             "--data-dir",
             str(data_dir),

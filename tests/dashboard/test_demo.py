@@ -54,7 +54,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         [
             sys.executable,
             "-m",
-            "server.devtools.demo",
+            "server.cli",
             "demo",
             "--data-dir",
             str(data_dir),
@@ -158,4 +158,4 @@ def test_demo_shows_each_deliberate_problem(demo: Running) -> None:
 
 def test_demo_refuses_a_data_dir_that_is_not_empty(tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")
-    assert run_demo(tmp_path, free_port()) == 2
+    assert run_demo(tmp_path, free_port()) == 4

@@ -70,8 +70,8 @@ def test_a_port_in_use_is_said_and_no_agent_starts(
         cwd=REPO,
         env=env,
     )
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert f"error: port_in_use: 127.0.0.1:{port} is already in use" in result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert f"error[port_in_use]: 127.0.0.1:{port} is already in use" in result.stderr
     assert "Traceback" not in result.stderr and "Errno 98" not in result.stderr
     assert not [s for s in seen if s.startswith("POST")]  # nobody tried to enroll there
     assert not list(data_dir.glob("**/agent.toml"))  # no agent was configured, none started

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from server.policy import PolicySet
-from tests.dashboard.conftest import Env, make_env, policy
+from tests.server.api.dashboard.conftest import Env, make_env, policy
 
 __all__ = ["policy"]
 

@@ -2,7 +2,7 @@
 
 Every list is one page (keyset pagination on a unique, indexed column) and everything shown per
 row of that page is fetched with one grouped query over the page's ids — never one query per row.
-``tests/dashboard/test_query_count.py`` holds these functions to that.
+``tests/server/api/dashboard/test_query_count.py`` holds these functions to that.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from server.api.deps import Services
 from server.config import Settings
 from server.policy import PolicySet
 from server.reports import load_default_policy
-from tests.dashboard.seed import Fleet, seed_fleet
+from tests.server.api.dashboard.seed import Fleet, seed_fleet
 
 NOW = datetime.now(UTC)
 

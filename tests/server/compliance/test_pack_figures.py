@@ -20,7 +20,7 @@ import pytest
 from server import reports
 from server.config import shipped_policies_dir
 from server.policy import PolicySet, load_policy_set
-from tests.dashboard.conftest import make_env
+from tests.server.api.dashboard.conftest import make_env
 from tests.server.builders import HostKit, h100_accelerators
 from tests.server.conftest import Fleet, make_fleet, start_server, stop_server
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from tests.agent.weights_fixtures import write_safetensors
 from tests.server.conftest import Fleet
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def veu_agent() -> str:

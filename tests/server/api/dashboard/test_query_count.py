@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import event
 
 from server.policy import PolicySet
-from tests.dashboard.conftest import Env, make_env
+from tests.server.api.dashboard.conftest import Env, make_env
 
 
 @contextmanager

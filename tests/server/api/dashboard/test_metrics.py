@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.api.dashboard.metrics import register_compliance_metrics
-from tests.dashboard.conftest import Env
+from tests.server.api.dashboard.conftest import Env
 
 
 def _samples(env: Env) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

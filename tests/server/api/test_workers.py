@@ -1,6 +1,6 @@
 """Several verifier workers on one PostgreSQL database: ``veu-server serve --workers 2``.
 
-tests/server/test_ingest.py already proves the two races across two separate ``serve``
+tests/server/ingest/test_ingest.py already proves the two races across two separate ``serve``
 processes (two children of one head: one accepted, one ``fork``; one envelope twice
 at once: one row, identical answers). This file adds what it does not cover:
 

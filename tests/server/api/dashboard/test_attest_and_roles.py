@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from fastapi.testclient import TestClient
 
 from server.store.models import Nonce
-from tests.dashboard.conftest import Env
+from tests.server.api.dashboard.conftest import Env
 
 
 def _csrf(client: TestClient, site: str) -> str:

@@ -31,7 +31,7 @@ from server.store.models import UTCDateTime
 from server.store.pipeline import Pipeline, UnsupportedStatement
 from server.store.sqllist import values_in
 from tests.server.builders import HostKit
-from tests.server.test_group_commit import _prepared
+from tests.server.ingest.test_group_commit import _prepared
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.dashboard.conftest import Env
+from tests.server.api.dashboard.conftest import Env
 
 
 def test_pages_redirect_to_sign_in_without_a_session(env: Env) -> None:

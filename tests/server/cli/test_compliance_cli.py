@@ -162,7 +162,7 @@ def test_policy_eval_judges_an_envelope_as_at_an_enrolled_site(
 ) -> None:
     from agent.cli import main as agent_main
 
-    inventory = Path(__file__).resolve().parents[1] / "fixtures" / "inventory" / "h100-sxm-8.json"
+    inventory = Path(__file__).resolve().parents[2] / "fixtures" / "inventory" / "h100-sxm-8.json"
     state = tmp_path / "agent"
     assert agent_main(["init", "--state-dir", str(state)]) == 0
     envelope = tmp_path / "snap.json"

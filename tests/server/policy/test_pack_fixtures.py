@@ -8,7 +8,7 @@ import pytest
 
 from server.policy import run_pack_tests
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
+POLICIES = Path(__file__).resolve().parents[3] / "policies"
 
 
 @pytest.mark.parametrize(

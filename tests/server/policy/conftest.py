@@ -7,7 +7,7 @@ import pytest
 
 from server.policy import PolicySet, load_policy_set
 
-PACK = Path(__file__).resolve().parents[2] / "policies" / "ai-diffusion-2025"
+PACK = Path(__file__).resolve().parents[3] / "policies" / "ai-diffusion-2025"
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 
 from contract import SnapshotV1, sign_envelope, statement_bytes
 from server.cli import policy as cli
-from tests.policy.conftest import PACK
+from tests.server.policy.conftest import PACK
 
 
 def _run(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from server import reports
 from server.cli import main
 from server.errors import VeuError
 from server.policy import PolicySet
-from tests.dashboard.conftest import Env, make_env
+from tests.server.api.dashboard.conftest import Env, make_env
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

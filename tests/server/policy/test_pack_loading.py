@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.policy import PackError, load_policy_set
-from tests.policy.conftest import PACK, edit, line_of
+from tests.server.policy.conftest import PACK, edit, line_of
 
 
 def _load_error(pack_dir: Path) -> PackError:

@@ -1,3 +1,0 @@
-from tests.dashboard.conftest import policy
-
-__all__ = ["policy"]

@@ -1,0 +1,3 @@
+from tests.server.api.dashboard.conftest import policy
+
+__all__ = ["policy"]

@@ -109,6 +109,11 @@ class WeightFile(_Strict):
     error: FileError | None = None
 
 
+def _absent(value: object) -> bool:
+    """A field added to snapshot v1 after its first release, with nothing to report."""
+    return value is None or value == []
+
+
 class UnidentifiedFile(_Strict):
     """A regular file under a weight root whose bytes match no weight format and whose name
     suggests none: listed (with its digest, so it can be registered) when it is large."""
@@ -131,12 +136,13 @@ class StorageRoot(_Strict):
     total_bytes: int
     files: list[WeightFile]
     #: Every other regular file under the root, counted. None (not 0): an agent from before
-    #: this count existed, which said nothing about such files.
-    unidentified_count: int | None = None
-    unidentified_bytes: int | None = None
+    #: this count existed, which said nothing about such files. Left out of the JSON when not
+    #: reported, so an envelope with nothing new to say is one an older verifier accepts too.
+    unidentified_count: int | None = Field(None, exclude_if=_absent)
+    unidentified_bytes: int | None = Field(None, exclude_if=_absent)
     #: The unidentified files of at least ``unidentified_listed_from`` bytes, with digests.
-    unidentified_listed_from: int | None = None
-    unidentified: list[UnidentifiedFile] = Field(default_factory=list)
+    unidentified_listed_from: int | None = Field(None, exclude_if=_absent)
+    unidentified: list[UnidentifiedFile] = Field(default_factory=list, exclude_if=_absent)
 
 
 class Socket(_Strict):

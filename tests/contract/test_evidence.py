@@ -511,3 +511,21 @@ def test_the_parser_notes_floats_and_keys_beyond_the_bmp(text: bytes, plain: boo
     from contract import parse_strict
 
     assert parse_strict(text).stdlib_jcs is plain
+
+
+def test_fields_added_to_v1_are_left_out_when_there_is_nothing_to_report() -> None:
+    """An agent with nothing new to say writes the bytes an older verifier accepts (rolling
+    upgrades: agents first); one that counted files says so."""
+    from contract import Encryption, StorageRoot
+
+    quiet = StorageRoot(
+        root="/srv/models",
+        encryption=Encryption(status="unknown"),
+        file_count=0,
+        total_bytes=0,
+        files=[],
+    )
+    assert not any(k.startswith("unidentified") for k in quiet.model_dump(mode="json"))
+    counted = quiet.model_copy(update={"unidentified_count": 0, "unidentified_bytes": 0})
+    dumped = counted.model_dump(mode="json")
+    assert dumped["unidentified_count"] == 0 and dumped["unidentified_bytes"] == 0

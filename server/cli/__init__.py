@@ -75,8 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["VEU_NO_MIGRATE"] = "1"
     scheme = "https" if args.tls_cert else "http"
     print(f"veu-server listening on {scheme}://{args.host}:{args.port}", flush=True)
-    config = uvicorn.Config(
+    from server.api.limits import ConnectionLimits, ServerConfig
+
+    config = ServerConfig(
         "server.api.app:create_app_from_env",
+        limits=ConnectionLimits.of(settings),
         factory=True,
         host=args.host,
         port=args.port,

@@ -54,6 +54,10 @@ SEVERITY = {
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPORT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _PERIOD = re.compile(r"^\d{4}H[12]$")
+#: The largest id or sequence number a cursor may name (a signed 64-bit integer column).
+MAX_CURSOR = 2**63 - 1
+#: The earliest ``since`` an attest-status poll may give.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _tpp(value: float | int | None) -> str:
@@ -389,7 +393,9 @@ def _chip_name(policy: PolicySet, chip_id: str) -> str:
 
 
 @router.get("/hosts/{key_id}", response_class=HTMLResponse)
-def host_page(request: Request, key_id: str, before: int | None = Query(None, ge=0)) -> Response:
+def host_page(
+    request: Request, key_id: str, before: int | None = Query(None, ge=0, le=MAX_CURSOR)
+) -> Response:
     user = _page_user(request)
     if user is None:
         return _login_redirect(request)
@@ -461,7 +467,7 @@ def findings_page(
     condition: str | None = Query(None, max_length=200),
     subject: str | None = Query(None, max_length=500),
     state: str = Query("open", pattern="^(open|closed|all)$"),
-    after: int | None = Query(None, ge=0),
+    after: int | None = Query(None, ge=0, le=MAX_CURSOR),
 ) -> Response:
     user = _page_user(request)
     if user is None:
@@ -543,10 +549,15 @@ def attest_status(
         return found
     try:
         moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-    except ValueError:
-        return JSONResponse({"code": "invalid_request", "detail": "since: RFC 3339"}, 422)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        moment = moment.astimezone(UTC)
+        if moment < _EPOCH:
+            raise OverflowError
+    except (ValueError, OverflowError):
+        return JSONResponse(
+            {"code": "invalid_request", "detail": "since: an RFC 3339 time after 1970"}, 422
+        )
     svc = services(request)
     with svc.db.read() as s:
         answers = queries.attest_answers(s, site_id[:40], moment - timedelta(seconds=1))

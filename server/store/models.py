@@ -126,6 +126,18 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class DashboardSession(Base):
+    """A dashboard sign-in: the cookie's secret is stored as SHA-256 only; signing out or revoking
+    the API key ends it."""
+
+    __tablename__ = "dashboard_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Nonce(Base):
     __tablename__ = "nonces"
     __table_args__ = (Index("ix_nonces_key_pending", "key_id", "used", "expires_at"),)

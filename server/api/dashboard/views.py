@@ -158,7 +158,38 @@ def root() -> RedirectResponse:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = Query("/dashboard/", max_length=500)) -> Response:
-    return _render(request, "login.html", None, next=_safe_next(next), error=None)
+    return _login_page(request, next=_safe_next(next), error=None)
+
+
+def _login_page(
+    request: Request, *, next: str, error: str | None, status_code: int = 200
+) -> HTMLResponse:
+    """The sign-in form, its CSRF token bound to a fresh pre-session cookie."""
+    svc = services(request)
+    nonce = session.new_login_nonce()
+    resp = _render(
+        request,
+        "login.html",
+        None,
+        status_code,
+        next=next,
+        error=error,
+        login_csrf=session.login_csrf_token(svc, nonce),
+    )
+    resp.set_cookie(
+        session.LOGIN_COOKIE,
+        nonce,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path="/dashboard",
+    )
+    return resp
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
 
 
 def _safe_next(target: str) -> str:
@@ -170,8 +201,16 @@ def login(
     request: Request,
     api_key: str = Form("", max_length=300),
     next: str = Form("/dashboard/", max_length=500),
+    csrf: str = Form("", max_length=200),
 ) -> Response:
     svc = services(request)
+    if not session.login_csrf_ok(svc, request.cookies.get(session.LOGIN_COOKIE), csrf):
+        return _login_page(
+            request,
+            next=_safe_next(next),
+            error="The sign-in form expired; please try again.",
+            status_code=403,
+        )
     key = api_key.strip()
     row_id = None
     if key and len(key) <= 200:
@@ -179,13 +218,11 @@ def login(
             row = repo.lookup_api_key(s, key)
             row_id = row.id if row is not None else None
     if row_id is None:
-        return _render(
+        return _login_page(
             request,
-            "login.html",
-            None,
-            401,
             next=_safe_next(next),
             error="That API key is not valid (or was revoked).",
+            status_code=401,
         )
     resp = RedirectResponse(_safe_next(next), status_code=303)
     resp.set_cookie(
@@ -194,14 +231,29 @@ def login(
         max_age=session.LIFETIME_S,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_secure(request),
         path="/dashboard",
     )
+    resp.delete_cookie(session.LOGIN_COOKIE, path="/dashboard")
     return resp
 
 
 @router.post("/logout")
 def logout(request: Request, csrf: str = Form("", max_length=200)) -> Response:
+    """End the session (server-side: a copy of the cookie stops working too)."""
+    user = _page_user(request)
+    svc = services(request)
+    if user is not None:
+        if not session.csrf_ok(svc, user, csrf):
+            return _render(
+                request,
+                "error.html",
+                user,
+                403,
+                title="Forbidden",
+                message="The form expired; reload the page and sign out again.",
+            )
+        session.end(svc, user)
     resp = RedirectResponse("/dashboard/login", status_code=303)
     resp.delete_cookie(session.COOKIE, path="/dashboard")
     return resp

@@ -19,6 +19,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
 from contract import __version__
+from contract.display import visible_streams
 from server.cli._common import (
     EXIT_BROKEN,
     EXIT_DB,
@@ -356,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with visible_streams():  # host- and agent-controlled text reaches the terminal escaped
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args))
     except (VeuError, ConfigError) as exc:

@@ -17,9 +17,11 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from sqlalchemy import select
 
 from contract import format_timestamp
+from contract.display import visible_value
 from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
@@ -32,11 +34,20 @@ from server.store.models import ChainHead, Host, Organization, Site
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _shown(value: Any) -> Any:
+    """Every value a page shows: agent-controlled text with its control and bidi characters as
+    visible escapes (contract/display.py); markup the templates built is already shown."""
+    return value if isinstance(value, Markup) else visible_value(value)
+
+
 _env = Environment(
     loader=FileSystemLoader(TEMPLATES),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_shown,
 )
 
 STATUS = {
@@ -500,7 +511,19 @@ def envelope(request: Request, digest: str) -> Response:
     svc = services(request)
     with svc.db.read() as s:
         row = repo.snapshot_by_digest(s, digest)
-        data = bytes(row.envelope) if row is not None else None
+        pruned = row.pruned_at if row is not None else None
+        data = bytes(row.envelope) if row is not None and pruned is None else None
+    if pruned is not None:
+        return _render(
+            request,
+            "error.html",
+            user,
+            410,
+            title="Envelope pruned",
+            message=f"This snapshot's signed envelope was pruned by the retention setting on "
+            f"{pruned:%Y-%m-%d}; its digest and signed result are kept "
+            f"(GET /v1/results/{digest}).",
+        )
     if data is None:
         return JSONResponse({"code": "not_found", "detail": "no such snapshot"}, status_code=404)
     return Response(
@@ -618,7 +641,7 @@ def attest_status(
             "hosts": [
                 {
                     "host_id": a.key_id,
-                    "hostname": a.hostname,
+                    "hostname": visible_value(a.hostname),
                     "answered": a.answered,
                     "answered_at": format_timestamp(a.answered_at) if a.answered_at else None,
                 }

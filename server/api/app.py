@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from server.api import errors
 from server.api.deps import Metrics, Services
-from server.api.limits import BodyLimits
+from server.api.limits import BodyLimits, StrictTransport
 from server.api.routes_agents import router as agents_router
 from server.api.routes_compliance import router as compliance_router
 from server.api.routes_read import router as read_router
@@ -116,7 +116,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.state.veu = svc
     errors.install(app)
     app.add_middleware(IngestFastPath)
-    app.add_middleware(BodyLimits)  # outermost: before any route reads a byte
+    app.add_middleware(BodyLimits)  # before any route reads a byte
+    app.add_middleware(StrictTransport)
     app.include_router(agents_router)
     app.include_router(snapshots_router)
     app.include_router(read_router)

@@ -19,13 +19,15 @@ itself, and it is the one hot route).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -33,6 +35,8 @@ from server.api import auth
 from server.api.deps import services
 from server.api.errors import APIError, error_response, known_error_response
 from server.config import Settings
+
+log = logging.getLogger("veu.server")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,23 @@ def _limits_of(config: uvicorn.Config) -> ConnectionLimits:
     return limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
 
 
+_refusals = {"count": 0, "logged_at": 0.0}
+
+
+def _refused_connection(logger: logging.Logger, open_now: int) -> None:
+    """One warning per 10 s however many connections are refused (a flood must not flood the
+    log too)."""
+    _refusals["count"] += 1
+    now = time.monotonic()
+    if now - _refusals["logged_at"] >= 10.0:
+        logger.warning(
+            "connection_limit: refused %d connection(s) with %d open (VEU_MAX_CONNECTIONS)",
+            _refusals["count"],
+            open_now,
+        )
+        _refusals["count"], _refusals["logged_at"] = 0, now
+
+
 def _plain(status: bytes, text: bytes) -> bytes:
     return (
         b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -98,7 +119,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            self.logger.warning("refused a connection: %d open", len(self.connections) - 1)
+            _refused_connection(self.logger, len(self.connections) - 1)
             transport.write(_plain(b"503 Service Unavailable", b"too many connections\n"))
             transport.close()
             return
@@ -199,6 +220,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             super().on_message_complete()
 
 
+# --------------------------------------------------------------------------- HSTS
+
+#: Sent on every answer over HTTPS (direct TLS, or a trusted proxy's X-Forwarded-Proto).
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+class StrictTransport:
+    """ASGI middleware: ``Strict-Transport-Security`` on every HTTPS answer, so a browser that
+    has reached the dashboard over TLS never falls back to plain HTTP."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), HSTS]}
+            await send(message)
+
+        await self.app(scope, receive, with_hsts)
+
+
 # --------------------------------------------------------------------------- request bodies
 
 KIB = 1024
@@ -265,12 +312,16 @@ class BodyLimits:
         # Whether the client may still be sending body the app has not read.
         unread = (declared is None and _chunked(scope)) or bool(declared)
 
+        went_away = False
+
         async def capped_receive() -> Message:
-            nonlocal seen, tripped, unread
+            nonlocal seen, tripped, unread, went_away
             if tripped:
                 return {"type": "http.disconnect"}
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.disconnect" and unread:
+                went_away = True
+            elif message["type"] == "http.request":
                 unread = bool(message.get("more_body", False))
                 seen += len(message.get("body", b""))
                 if seen > cap:
@@ -290,9 +341,14 @@ class BodyLimits:
 
         try:
             await self.app(scope, capped_receive, guarded_send)
+        except ClientDisconnect:
+            went_away = True
         except Exception:
             if not tripped:
                 raise
+        if went_away and not tripped:
+            client_went_away(scope)
+            return
         if tripped and not started:
             await _too_large(cap, None)(scope, receive, send)
 
@@ -304,6 +360,19 @@ def _chunked(scope: Scope) -> bool:
     return any(
         name == b"transfer-encoding" and b"chunked" in value.lower()
         for name, value in scope["headers"]
+    )
+
+
+def client_went_away(scope: Scope) -> None:
+    """One quiet line for a client that disconnected before its body was read (no traceback:
+    nothing failed here, and nobody is left to answer)."""
+    client = scope.get("client") or ("-", 0)
+    log.info(
+        "client_disconnected: %s:%s closed the connection during %s %s before its body was read",
+        client[0],
+        client[1],
+        scope["method"],
+        scope["path"][:200],
     )
 
 
@@ -331,5 +400,7 @@ __all__ = [
     "BoundedHttpToolsProtocol",
     "ConnectionLimits",
     "ServerConfig",
+    "StrictTransport",
     "body_rule",
+    "client_went_away",
 ]

@@ -50,3 +50,15 @@ def test_the_api_pages_that_load_scripts_from_a_cdn_are_off(env: Env) -> None:
     assert client.get("/docs").status_code == 404
     assert client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_the_host_page_serves_the_key_that_re_verifies_its_envelopes(env: Env) -> None:
+    from contract.keys import key_id, load_public_pem
+
+    host = _a_host(env)
+    client = env.client("auditor")
+    assert f"/dashboard/hosts/{host}/key.pem" in client.get(f"/dashboard/hosts/{host}").text
+    pem = client.get(f"/dashboard/hosts/{host}/key.pem")
+    assert pem.status_code == 200
+    assert key_id(load_public_pem(pem.content)) == host
+    assert env.client(role=None).get(f"/dashboard/hosts/{host}/key.pem").status_code == 401

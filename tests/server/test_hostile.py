@@ -518,7 +518,9 @@ PATIENCE_S = 30.0
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     data_dir: Path = tmp_path_factory.mktemp("bounded") / "data"
-    server = start_server(data_dir, f"sqlite:///{data_dir / 'veu.sqlite3'}", env_extra=BOUNDS)
+    server = start_server(
+        data_dir, f"sqlite:///{data_dir / 'veu.sqlite3'}", "--log-level", "info", env_extra=BOUNDS
+    )
     try:
         yield make_fleet(server)
     finally:
@@ -748,3 +750,47 @@ def test_an_out_of_range_findings_cursor_is_4xx(bounded: Fleet) -> None:
     )
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "invalid_request"
+
+
+def test_a_client_that_disconnects_mid_body_is_one_quiet_log_line(bounded: Fleet) -> None:
+    log = bounded.server.log
+    before = log.read_text().count("client_disconnected")
+    for path in ("/v1/snapshots", "/v1/enroll"):
+        with _connect(bounded.server.url) as sock:
+            sock.sendall(
+                b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n{"a": 1'
+            )
+    deadline = time.monotonic() + PATIENCE_S
+    while log.read_text().count("client_disconnected") < before + 2:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    assert _healthy(bounded.server.url)
+    text = log.read_text()
+    assert text.count("client_disconnected") == before + 2
+    assert "Traceback" not in text and "Exception in ASGI application" not in text
+
+
+def test_auditors_get_host_keys_to_reverify_envelopes_without_the_host(
+    bounded: Fleet, tmp_path: Path
+) -> None:
+    from agent.cli import main as agent_main
+
+    url = bounded.server.url
+    kit = HostKit(bounded.site_id)
+    bounded.enroll(kit)
+    accepted = _submit(url, kit.next_envelope())
+    assert accepted.status_code == 200, accepted.text
+    auditor = {"Authorization": f"Bearer {bounded.auditor_key}"}
+    assert httpx.get(f"{url}/v1/hosts/{kit.key_id}/key").status_code == 401
+    record = httpx.get(f"{url}/v1/hosts/{kit.key_id}/key", headers=auditor).json()
+    assert record["key_id"] == kit.key_id and record["alg"] == "Ed25519"
+    assert record["enrollment"]["details"]["site"] == bounded.site_id
+    assert len(record["enrollment"]["hash"]) == 64
+    envelope = httpx.get(f"{url}/v1/snapshots/{accepted.json()['digest']}", headers=auditor)
+    (tmp_path / "host.pub.pem").write_text(record["public_key_pem"])
+    (tmp_path / "envelope.json").write_bytes(envelope.content)
+    code = agent_main(
+        ["verify", str(tmp_path / "envelope.json"), "--pubkey", str(tmp_path / "host.pub.pem")]
+    )
+    assert code == 0

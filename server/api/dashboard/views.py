@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from contract import format_timestamp
 from contract.display import visible_value
+from contract.keys import public_from_raw, public_pem
 from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
@@ -500,6 +501,25 @@ def host_page(
         findings=open_host.items,
         max_age=age,
         before=before,
+    )
+
+
+@router.get("/hosts/{key_id}/key.pem")
+def host_key_pem(request: Request, key_id: str) -> Response:
+    """The host's public key (PEM), to re-verify its envelopes with ``veu-agent verify``."""
+    user = _page_user(request)
+    if user is None:
+        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+    svc = services(request)
+    with svc.db.read() as s:
+        host = s.get(Host, key_id) if _HEX64.match(key_id) else None
+        raw = bytes(host.public_key) if host is not None else None
+    if raw is None:
+        return JSONResponse({"code": "not_found", "detail": "no such host"}, status_code=404)
+    return Response(
+        public_pem(public_from_raw(raw)),
+        media_type="application/x-pem-file",
+        headers={"Content-Disposition": f'attachment; filename="{key_id}.pub.pem"'},
     )
 
 

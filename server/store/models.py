@@ -138,6 +138,21 @@ class DashboardSession(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class RepeatedRejection(Base):
+    """Signed evidence refused more than once: the first refusal is a security event in the
+    audit log; repeats only count here. ``key`` is the envelope digest, or ``revoked:<key id>``
+    for a revoked key's attempts (one audit row per key per hour)."""
+
+    __tablename__ = "repeated_rejections"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_audited: Mapped[datetime] = mapped_column(UTCDateTime())
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class Nonce(Base):
     __tablename__ = "nonces"
     __table_args__ = (Index("ix_nonces_key_pending", "key_id", "used", "expires_at"),)

@@ -62,3 +62,24 @@ def test_the_host_page_serves_the_key_that_re_verifies_its_envelopes(env: Env) -
     assert pem.status_code == 200
     assert key_id(load_public_pem(pem.content)) == host
     assert env.client(role=None).get(f"/dashboard/hosts/{host}/key.pem").status_code == 401
+
+
+def test_a_repeated_rejection_shows_its_count_and_last_time(env: Env) -> None:
+    from server.store.models import RepeatedRejection
+
+    host = env.fleet.hosts["over-ams"][0]
+    now = datetime.now(UTC)
+    with env.svc.db.write() as s:
+        s.add(
+            RepeatedRejection(
+                key="ab" * 32,
+                key_id=host,
+                code="fork",
+                first_seen=now,
+                last_seen=now,
+                last_audited=now,
+                count=7,
+            )
+        )
+    page = env.client("auditor").get(f"/dashboard/hosts/{host}").text
+    assert "×7, last" in page

@@ -8,6 +8,7 @@ an enrolled key came with the bad evidence), and the server still answers /healt
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import socket
 import time
@@ -794,3 +795,37 @@ def test_auditors_get_host_keys_to_reverify_envelopes_without_the_host(
         ["verify", str(tmp_path / "envelope.json"), "--pubkey", str(tmp_path / "host.pub.pem")]
     )
     assert code == 0
+
+
+def _rejection_row(env: Env, key: str) -> Any:
+    with env.engine.connect() as conn:
+        return conn.execute(
+            text("SELECT count, code FROM repeated_rejections WHERE key = :k"), {"k": key}
+        ).first()
+
+
+def test_a_resent_rejected_envelope_is_one_audit_row_with_a_count(hostile_env: Env) -> None:
+    env = hostile_env
+    kit = env.kit()
+    env.accept(kit)
+    forked = kit.next_envelope(advance=False, prev="e" * 64)
+    before = env.counts()["audit_log"]
+    for _ in range(4):
+        assert _submit(env.url, forked).status_code == 409
+    assert env.counts()["audit_log"] == before + 1
+    assert _submit(env.url, forked).json()["code"] == "fork"
+    digest = hashlib.sha256(base64.b64decode(_envelope_dict(forked)["payload"])).hexdigest()
+    row = _rejection_row(env, digest)
+    assert row is not None and row[0] == 5 and row[1] == "fork"
+
+
+def test_a_revoked_keys_attempts_are_audited_once_an_hour_and_counted(hostile_env: Env) -> None:
+    env = hostile_env
+    kit = env.kit()
+    assert httpx.post(f"{env.url}/v1/hosts/{kit.key_id}/revoke", headers=env.admin()).is_success
+    before = env.counts()["audit_log"]
+    for _ in range(4):
+        assert _submit(env.url, kit.next_envelope()).status_code == 403
+    assert env.counts()["audit_log"] == before + 1
+    row = _rejection_row(env, f"revoked:{kit.key_id}")
+    assert row is not None and row[0] == 4

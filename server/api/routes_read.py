@@ -101,14 +101,25 @@ def hosts(
 
 
 @router.get("/v1/hosts/{host_id}")
-def host(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
+def host(
+    svc: SvcDep,
+    request: Request,
+    host_id: str,
+    limit: int = Query(500, ge=1, le=1000, description="weight files per page"),
+    cursor: int | None = Query(
+        None, ge=0, le=2**63 - 1, description="weights_next_cursor of the previous page"
+    ),
+) -> dict[str, Any]:
+    """The host, its accelerators and one page of its weight files (``weights_next_cursor``
+    names the next page; None on the last)."""
     auth.reader(svc, request)
     with svc.db.read() as session:
         h = session.get(Host, host_id) if len(host_id) == 64 else None
         if h is None:
             raise APIError(404, "not_found", "no host with that id")
         head = session.get(ChainHead, host_id)
-        acc, weights = repo.host_inventory(session, host_id)
+        acc, _ = repo.host_inventory(session, host_id, weights=False)
+        weights = repo.host_weights_page(session, host_id, limit=limit, after_id=cursor)
         latest = repo.latest_snapshot(session, host_id)
         out = _host(h, head)
         out["facts"] = json.loads(h.facts)
@@ -137,6 +148,7 @@ def host(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
             }
             for w in weights
         ]
+        out["weights_next_cursor"] = weights[-1].id if len(weights) == limit else None
     return out
 
 

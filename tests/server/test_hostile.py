@@ -829,3 +829,24 @@ def test_a_revoked_keys_attempts_are_audited_once_an_hour_and_counted(hostile_en
     assert env.counts()["audit_log"] == before + 1
     row = _rejection_row(env, f"revoked:{kit.key_id}")
     assert row is not None and row[0] == 4
+
+
+def test_a_hosts_weight_files_come_in_pages(bounded: Fleet) -> None:
+    url = bounded.server.url
+    kit = HostKit(bounded.site_id)
+    bounded.enroll(kit)
+    assert _submit(url, kit.next_envelope()).status_code == 200
+    auditor = {"Authorization": f"Bearer {bounded.auditor_key}"}
+    first = httpx.get(f"{url}/v1/hosts/{kit.key_id}", params={"limit": 3}, headers=auditor)
+    page = first.json()
+    assert len(page["weights"]) == 3 and page["weights_next_cursor"] is not None
+    rest = httpx.get(
+        f"{url}/v1/hosts/{kit.key_id}",
+        params={"limit": 3, "cursor": page["weights_next_cursor"]},
+        headers=auditor,
+    ).json()
+    assert len(rest["weights"]) == 1 and rest["weights_next_cursor"] is None
+    paths = {w["path"] for w in page["weights"]} | {w["path"] for w in rest["weights"]}
+    assert len(paths) == 4
+    too_many = httpx.get(f"{url}/v1/hosts/{kit.key_id}", params={"limit": 5000}, headers=auditor)
+    assert too_many.status_code == 422

@@ -8,6 +8,9 @@ state-changing request carries the session's CSRF token (on top of the SameSite=
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -682,6 +685,42 @@ def reports_dir(svc: Services) -> Path:
     return path
 
 
+#: How long a report file (and its signature) stays downloadable.
+REPORT_TTL = timedelta(days=7)
+#: Reports one process makes at once; each user makes one at a time.
+REPORTS_AT_ONCE = 2
+_report_lock = threading.Lock()
+_reports_running: set[str] = set()
+
+
+@contextmanager
+def report_slot(key_id: str) -> Iterator[bool]:
+    """Whether this API key may make a report now (one at a time per key, a few per process);
+    the slot is held for the block."""
+    with _report_lock:
+        free = key_id not in _reports_running and len(_reports_running) < REPORTS_AT_ONCE
+        if free:
+            _reports_running.add(key_id)
+    try:
+        yield free
+    finally:
+        if free:
+            with _report_lock:
+                _reports_running.discard(key_id)
+
+
+def expire_reports(directory: Path, now: datetime, ttl: timedelta = REPORT_TTL) -> int:
+    """Delete report files older than ``ttl``; how many were deleted."""
+    cutoff = (now - ttl).timestamp()
+    gone = 0
+    for path in directory.iterdir():
+        with suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                gone += 1
+    return gone
+
+
 @router.post("/orgs/{org_id}/reports")
 async def make_report(
     request: Request,
@@ -718,17 +757,32 @@ async def make_report(
         org = s.get(Organization, org_id[:40])
     if org is None:
         return _not_found(request, user, "No organization with that id.")
-    written = await run_in_threadpool(
-        reports.write_signed,
-        svc.db,
-        policy,
-        svc.key,
-        org.id,
-        period,
-        format,
-        reports_dir(svc),
-        svc.now(),
-    )
+    with report_slot(user.key_id) as free:
+        if not free:
+            busy = _render(
+                request,
+                "error.html",
+                user,
+                429,
+                title="A report is being made",
+                message="A report you asked for (or two of others') is still being made; "
+                "wait for it, then try again.",
+            )
+            busy.headers["Retry-After"] = "30"
+            return busy
+        directory = reports_dir(svc)
+        await run_in_threadpool(expire_reports, directory, svc.now())
+        written = await run_in_threadpool(
+            reports.write_signed,
+            svc.db,
+            policy,
+            svc.key,
+            org.id,
+            period,
+            format,
+            directory,
+            svc.now(),
+        )
     return RedirectResponse(
         f"/dashboard/orgs/{quote(org.id)}?report={quote(written.name)}#reports", status_code=303
     )

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from agent import keys
 from agent.config import AgentConfig, ConfigError, load_config
 from contract import __version__
+from contract.display import visible_streams
 from contract.errors import EXIT_USAGE, error_line
 from contract.keys import key_id as compute_key_id
 from contract.keys import load_public_pem
@@ -510,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    with visible_streams():  # verifier- and host-controlled text reaches the terminal escaped
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # here, where a reader that went away is caught, not at exit

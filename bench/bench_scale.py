@@ -309,9 +309,11 @@ def measure(
             out["status_api"] = _ms(status)
             out["status_api_bytes"] = len(r.content)
             out["status_accelerators"] = body["accelerators"]
+            form = client.get("/dashboard/login").text
+            csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
             login = client.post(
                 "/dashboard/login",
-                data={"api_key": admin, "next": "/dashboard/"},
+                data={"api_key": admin, "next": "/dashboard/", "csrf": csrf},
                 follow_redirects=False,
             )
             assert login.status_code == 303, login.text[:300]

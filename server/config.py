@@ -24,6 +24,16 @@ ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
 ENV_INGEST_BATCH_WAIT = "VEU_INGEST_BATCH_WAIT_MS"
 ENV_POLICY_CHECK = "VEU_POLICY_CHECK_INTERVAL"
+#: Connection bounds (docs/verifier.md, "Resource bounds"): setting name -> (variable, unit).
+ENV_CONNECTION_LIMITS = {
+    "max_header_bytes": ("VEU_MAX_HEADER_BYTES", "a number of bytes"),
+    "max_headers": ("VEU_MAX_HEADERS", "a number of header fields"),
+    "header_timeout_s": ("VEU_HEADER_TIMEOUT", "seconds"),
+    "body_timeout_s": ("VEU_BODY_TIMEOUT", "seconds"),
+    "keep_alive_s": ("VEU_KEEP_ALIVE", "seconds"),
+    "max_connections": ("VEU_MAX_CONNECTIONS", "a number of connections"),
+    "max_requests_per_connection": ("VEU_MAX_REQUESTS_PER_CONNECTION", "a number of requests"),
+}
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -87,6 +97,21 @@ class Settings:
     #: another process changed it (server/compliance/policy_sync.py); 0: only when the
     #: process starts.
     policy_check_interval_s: float = 2.0
+    #: Most bytes of one request head (request line and headers); more is answered 431.
+    max_header_bytes: int = 64 * 1024
+    #: Most header fields in one request; more is answered 431.
+    max_headers: int = 100
+    #: A connection's request head must arrive within this (from connect, or from its first
+    #: byte after a keep-alive pause); an idle new socket is closed after it.
+    header_timeout_s: float = 10.0
+    #: A request's body must arrive within this from the end of its head.
+    body_timeout_s: float = 60.0
+    #: An idle keep-alive connection is closed after this.
+    keep_alive_s: float = 5.0
+    #: Open connections per process; one more is answered 503 and closed.
+    max_connections: int = 1000
+    #: Requests one keep-alive connection may carry before the verifier closes it.
+    max_requests_per_connection: int = 10_000
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -122,6 +147,7 @@ class Settings:
         if wait_ms > 1000:
             raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
         policy_check = _env_number(ENV_POLICY_CHECK, 2.0, "seconds (0: only at start)")
+        limits = {name: _env_limit(cls, name) for name in ENV_CONNECTION_LIMITS}
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -133,6 +159,13 @@ class Settings:
             ingest_batch_max=int(batch),
             ingest_batch_wait_ms=wait_ms,
             policy_check_interval_s=policy_check,
+            max_header_bytes=int(limits["max_header_bytes"]),
+            max_headers=int(limits["max_headers"]),
+            header_timeout_s=limits["header_timeout_s"],
+            body_timeout_s=limits["body_timeout_s"],
+            keep_alive_s=limits["keep_alive_s"],
+            max_connections=int(limits["max_connections"]),
+            max_requests_per_connection=int(limits["max_requests_per_connection"]),
         )
 
 
@@ -144,6 +177,16 @@ class ConfigError(ValueError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+def _env_limit(cls: type[Settings], name: str) -> float:
+    variable, unit = ENV_CONNECTION_LIMITS[name]
+    default = getattr(cls, name)
+    assert isinstance(default, int | float)
+    value = _env_number(variable, default, unit)
+    if value <= 0:
+        raise ConfigError(f"{variable} is {value:g}; it must be more than 0")
+    return value
 
 
 def _env_number(name: str, default: float, what: str) -> float:

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from server.api import errors
 from server.api.deps import Metrics, Services
+from server.api.limits import BodyLimits, StrictTransport
 from server.api.routes_agents import router as agents_router
 from server.api.routes_compliance import router as compliance_router
 from server.api.routes_read import router as read_router
@@ -114,10 +115,16 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
         title="VEU Attest verifier",
         version="1",
         description="Enrolls hosts, appraises signed inventory snapshots, answers signed results.",
+        # The interactive pages load scripts from a CDN into the dashboard's origin; the
+        # document itself stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.veu = svc
     errors.install(app)
     app.add_middleware(IngestFastPath)
+    app.add_middleware(BodyLimits)  # before any route reads a byte
+    app.add_middleware(StrictTransport)
     app.include_router(agents_router)
     app.include_router(snapshots_router)
     app.include_router(read_router)

@@ -9,7 +9,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from contract import HostInfo, format_timestamp
@@ -26,6 +26,8 @@ from server.store.models import Host
 router = APIRouter(prefix="/v1", tags=["agents"])
 
 MAX_SMALL_BODY = 64 * 1024
+#: Longest host fact (hostname, machine id, OS, kernel, ...) an enrollment may record.
+MAX_HOST_FACT = 512
 
 
 class ChainHeadIn(BaseModel):
@@ -43,6 +45,14 @@ class EnrollRequest(BaseModel):
         min_length=1, max_length=200, description="base64 Ed25519 signature over enroll_message"
     )
     chain_head: ChainHeadIn | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _bounded_facts(cls, host: HostInfo) -> HostInfo:
+        for name, value in host.model_dump().items():
+            if isinstance(value, str) and len(value) > MAX_HOST_FACT:
+                raise ValueError(f"host.{name} is over {MAX_HOST_FACT} characters")
+        return host
 
 
 class EnrollResponse(BaseModel):

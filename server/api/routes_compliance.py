@@ -82,7 +82,9 @@ def findings(
     condition: str | None = Query(None, max_length=200),
     open: bool | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    after: int = Query(0, ge=0, description="cursor: the last id of the previous page"),
+    after: int = Query(
+        0, ge=0, le=2**63 - 1, description="cursor: the last id of the previous page"
+    ),
 ) -> dict[str, Any]:
     """Findings with their open/close history, filtered, newest last, paginated by id."""
     auth.reader(svc, request)

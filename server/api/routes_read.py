@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from contract import format_timestamp
+from contract.keys import public_from_raw, public_pem
 from contract.results import ALG
 from server.api import auth
 from server.api.deps import SvcDep
 from server.api.errors import APIError
 from server.store import repo
-from server.store.models import ChainHead, Host, Site, Snapshot
+from server.store.models import AuditEntry, ChainHead, Host, Site, Snapshot
 
 router = APIRouter(tags=["read"])
 
@@ -99,14 +101,25 @@ def hosts(
 
 
 @router.get("/v1/hosts/{host_id}")
-def host(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
+def host(
+    svc: SvcDep,
+    request: Request,
+    host_id: str,
+    limit: int = Query(500, ge=1, le=1000, description="weight files per page"),
+    cursor: int | None = Query(
+        None, ge=0, le=2**63 - 1, description="weights_next_cursor of the previous page"
+    ),
+) -> dict[str, Any]:
+    """The host, its accelerators and one page of its weight files (``weights_next_cursor``
+    names the next page; None on the last)."""
     auth.reader(svc, request)
     with svc.db.read() as session:
         h = session.get(Host, host_id) if len(host_id) == 64 else None
         if h is None:
             raise APIError(404, "not_found", "no host with that id")
         head = session.get(ChainHead, host_id)
-        acc, weights = repo.host_inventory(session, host_id)
+        acc, _ = repo.host_inventory(session, host_id, weights=False)
+        weights = repo.host_weights_page(session, host_id, limit=limit, after_id=cursor)
         latest = repo.latest_snapshot(session, host_id)
         out = _host(h, head)
         out["facts"] = json.loads(h.facts)
@@ -135,6 +148,7 @@ def host(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
             }
             for w in weights
         ]
+        out["weights_next_cursor"] = weights[-1].id if len(weights) == limit else None
     return out
 
 
@@ -155,6 +169,49 @@ def host_snapshots(
         items = [_snapshot(s) for s in rows]
     nxt = str(items[-1]["seq"]) if len(items) == limit else None
     return Page(items=items, next_cursor=nxt)
+
+
+@router.get("/v1/hosts/{host_id}/key")
+def host_key(svc: SvcDep, request: Request, host_id: str) -> dict[str, Any]:
+    """The host's public key and the audited enrollment that bound it, so that anyone can
+    re-verify its stored envelopes (``veu-agent verify --pubkey``) without the host."""
+    auth.reader(svc, request)
+    with svc.db.read() as session:
+        h = session.get(Host, host_id) if len(host_id) == 64 else None
+        if h is None:
+            raise APIError(404, "not_found", "no host with that id")
+        return host_key_record(session, h)
+
+
+def host_key_record(session: Any, h: Host) -> dict[str, Any]:
+    """Key, PEM and the ``host.enrolled`` audit entry (its hash links it into the audit chain)."""
+    entry = session.scalar(
+        select(AuditEntry)
+        .where(AuditEntry.action == "host.enrolled", AuditEntry.subject == f"host:{h.key_id}")
+        .order_by(AuditEntry.seq)
+        .limit(1)
+    )
+    public = public_from_raw(bytes(h.public_key))
+    return {
+        "key_id": h.key_id,
+        "alg": "Ed25519",
+        "public_key": base64.b64encode(bytes(h.public_key)).decode(),
+        "public_key_pem": public_pem(public).decode(),
+        "status": h.status,
+        "site_id": h.site_id,
+        "enrolled_at": _ts(h.enrolled_at),
+        "revoked_at": _ts(h.revoked_at),
+        "enrollment": None
+        if entry is None
+        else {
+            "audit_seq": entry.seq,
+            "at": entry.at,
+            "actor": entry.actor,
+            "details": json.loads(entry.details),
+            "hash": entry.hash,
+            "prev_hash": entry.prev_hash,
+        },
+    }
 
 
 @router.post("/v1/hosts/{host_id}/revoke")

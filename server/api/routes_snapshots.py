@@ -17,11 +17,13 @@ import anyio.to_thread
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api import auth
 from server.api.deps import Services, SvcDep, services
 from server.api.errors import APIError, known_error_response
+from server.api.limits import client_went_away
 from server.ingest import Outcome
 from server.store import repo
 
@@ -126,6 +128,9 @@ class IngestFastPath:
         request = Request(scope, receive)
         try:
             response = await _submit(services(request), request)
+        except ClientDisconnect:
+            client_went_away(scope)
+            return
         except Exception as exc:
             known = known_error_response(exc)
             if known is None:

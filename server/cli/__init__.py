@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from contract import __version__
+from contract.display import visible_streams
 from server.cli._common import EXIT_DB, Parser, exit_code, say
 from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, ConfigError
 from server.errors import VeuError
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with visible_streams():  # host- and agent-controlled text reaches the terminal escaped
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args))
     except (VeuError, ConfigError) as exc:

@@ -4,8 +4,10 @@ worker), with the policy packs recorded for every worker at start and on SIGHUP.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -14,6 +16,16 @@ import uvicorn
 from server.cli._common import EXIT_OK, Parser, Subcommands, add_command, settings_of
 from server.config import ENV_DATA_DIR, ENV_DATABASE_URL, Settings
 from server.errors import Invalid
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` only listens on this machine (``localhost`` or a loopback address)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
 
 
 def _now() -> datetime:
@@ -67,6 +79,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise Invalid("usage", "--tls-cert and --tls-key go together")
+    if args.tls_cert is None and not is_loopback(args.host):
+        if not args.allow_plain_http:
+            raise Invalid(
+                "plain_http_public",
+                f"--host {args.host} is not a loopback address and no --tls-cert is given: "
+                "enrollment tokens, API keys and session cookies would cross the network in "
+                "clear. Give --tls-cert/--tls-key, or --allow-plain-http if a TLS-terminating "
+                "proxy is the only client",
+            )
+        print(
+            f"WARNING: serving plain HTTP on {args.host} (--allow-plain-http): only a "
+            "TLS-terminating proxy may reach this port",
+            file=sys.stderr,
+            flush=True,
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.resolved_database_url())
     load_or_create_key(settings.verifier_key_path)  # before workers race to create it
@@ -84,8 +111,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["VEU_NO_MIGRATE"] = "1"
     scheme = "https" if args.tls_cert else "http"
     print(f"veu-server listening on {scheme}://{args.host}:{args.port}", flush=True)
-    config = uvicorn.Config(
+    from server.api.limits import ConnectionLimits, ServerConfig
+
+    config = ServerConfig(
         "server.api.app:create_app_from_env",
+        limits=ConnectionLimits.of(settings),
         factory=True,
         host=args.host,
         port=args.port,
@@ -96,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_config=dict_config(args.log_level),
         timeout_graceful_shutdown=10,
+        **({"forwarded_allow_ips": ",".join(args.trusted_proxy)} if args.trusted_proxy else {}),
     )
     if args.workers > 1:
         from server.api.workers import supervisor
@@ -125,6 +156,18 @@ def register(sub: Subcommands, common: Parser) -> None:
     serve.add_argument("--port", type=int, default=8443)
     serve.add_argument("--tls-cert")
     serve.add_argument("--tls-key")
+    serve.add_argument(
+        "--allow-plain-http",
+        action="store_true",
+        help="serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=None,
+        metavar="ADDRESS",
+        help="a proxy whose X-Forwarded-Proto/-For are believed (repeatable; default 127.0.0.1)",
+    )
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--access-log", action="store_true")
     serve.add_argument("--log-level", default="warning")

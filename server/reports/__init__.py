@@ -36,6 +36,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from contract import SnapshotV1, parse_statement
+from contract.display import visible, visible_json
 from contract.fsutil import atomic_write
 from server.errors import Invalid, NotFound
 from server.policy import PolicySet, load_policy_set
@@ -320,13 +321,38 @@ def build_report(
 
 
 def render_json(data: dict[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode()
+    """Control and bidi characters in values are written as JSON ``\\u`` escapes (the same
+    data, shown visibly)."""
+    text = json.dumps(data, indent=2, sort_keys=False, ensure_ascii=False)
+    return (visible_json(text) + "\n").encode()
+
+
+#: A spreadsheet reads a cell starting with one of these as a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell a person can open safely: agent-controlled text with its control
+    and bidi characters as visible escapes, and a leading ``'`` before what a spreadsheet would
+    take for a formula (``=``, ``+``, ``-``, ``@``)."""
+    if not isinstance(value, str):
+        return value
+    value = visible(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+class _SafeCsv:
+    def __init__(self, buf: io.StringIO) -> None:
+        self._w = csv.writer(buf, lineterminator="\n")
+
+    def writerow(self, row: list[Any]) -> None:
+        self._w.writerow([csv_cell(v) for v in row])
 
 
 def render_csv(data: dict[str, Any]) -> bytes:
     """One file, several sections; each starts with a ``# section`` row and its header row."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = _SafeCsv(buf)
     org, period = data["organization"], data["period"]
     w.writerow(["# report", data["report"]])
     w.writerow(

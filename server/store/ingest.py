@@ -20,12 +20,13 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, and_, bindparam, delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from contract.keys import public_from_raw
@@ -40,6 +41,7 @@ from server.store.models import (
     InventoryAccelerator,
     InventoryWeight,
     Nonce,
+    RepeatedRejection,
     Site,
     Snapshot,
 )
@@ -557,7 +559,13 @@ def audit_rejection(
     digest: str | None,
     now: datetime,
 ) -> None:
-    """A security event: evidence that a valid signature of an enrolled key vouched for."""
+    """A security event: evidence that a valid signature of an enrolled key vouched for.
+
+    Written once per envelope digest (a resent fork or replay only counts in
+    ``repeated_rejections``, with its last-seen time), and once per hour per revoked key."""
+    key = f"revoked:{key_id}" if code == "revoked_key" else digest
+    if key is not None and not _first_rejection(session, key, key_id, code, now):
+        return
     audit.append(
         session,
         at=now,
@@ -566,3 +574,38 @@ def audit_rejection(
         subject=f"host:{key_id}",
         details={"code": code, "detail": detail[:500], "digest": digest},
     )
+
+
+#: How often a revoked key's attempts reach the audit log (the rest are counted).
+REVOKED_AUDIT_INTERVAL = timedelta(hours=1)
+
+
+def _first_rejection(session: Session, key: str, key_id: str, code: str, now: datetime) -> bool:
+    """Count this refusal; whether it is to be audited (the first, or a revoked key's first
+    this interval)."""
+    row = session.get(RepeatedRejection, key, with_for_update=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(
+                    RepeatedRejection(
+                        key=key,
+                        key_id=key_id,
+                        code=code,
+                        first_seen=now,
+                        last_seen=now,
+                        last_audited=now,
+                        count=1,
+                    )
+                )
+            return True
+        except IntegrityError:  # a racing worker recorded it first: count this one
+            row = session.get(RepeatedRejection, key, with_for_update=True, populate_existing=True)
+            if row is None:  # pragma: no cover - the row cannot vanish
+                return True
+    row.count += 1
+    row.last_seen = now
+    if code == "revoked_key" and now - utc(row.last_audited) >= REVOKED_AUDIT_INTERVAL:
+        row.last_audited = now
+        return True
+    return False

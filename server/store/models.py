@@ -126,6 +126,33 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class DashboardSession(Base):
+    """A dashboard sign-in: the cookie's secret is stored as SHA-256 only; signing out or revoking
+    the API key ends it."""
+
+    __tablename__ = "dashboard_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RepeatedRejection(Base):
+    """Signed evidence refused more than once: the first refusal is a security event in the
+    audit log; repeats only count here. ``key`` is the envelope digest, or ``revoked:<key id>``
+    for a revoked key's attempts (one audit row per key per hour)."""
+
+    __tablename__ = "repeated_rejections"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_audited: Mapped[datetime] = mapped_column(UTCDateTime())
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class Nonce(Base):
     __tablename__ = "nonces"
     __table_args__ = (Index("ix_nonces_key_pending", "key_id", "used", "expires_at"),)

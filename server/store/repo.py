@@ -428,19 +428,36 @@ def list_hosts(
 
 
 def host_inventory(
-    session: Session, key_id: str
+    session: Session, key_id: str, *, weights: bool = True
 ) -> tuple[Sequence[InventoryAccelerator], Sequence[InventoryWeight]]:
     acc = session.scalars(
         select(InventoryAccelerator)
         .where(InventoryAccelerator.key_id == key_id)
         .order_by(InventoryAccelerator.pci_bus_id, InventoryAccelerator.id)
     ).all()
-    weights = session.scalars(
+    if not weights:
+        return acc, []
+    files = session.scalars(
         select(InventoryWeight)
         .where(InventoryWeight.key_id == key_id)
         .order_by(InventoryWeight.path, InventoryWeight.id)
     ).all()
-    return acc, weights
+    return acc, files
+
+
+def host_weights_page(
+    session: Session, key_id: str, *, limit: int, after_id: int | None
+) -> Sequence[InventoryWeight]:
+    """One page of a host's weight files, in id order, after ``after_id``."""
+    q = (
+        select(InventoryWeight)
+        .where(InventoryWeight.key_id == key_id)
+        .order_by(InventoryWeight.id)
+        .limit(limit)
+    )
+    if after_id is not None:
+        q = q.where(InventoryWeight.id > after_id)
+    return session.scalars(q).all()
 
 
 def list_snapshots(

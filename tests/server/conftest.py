@@ -108,12 +108,18 @@ def run_cli(
 
 
 def start_server(
-    data_dir: Path, database_url: str, *extra: str, ca_file: Path | None = None
+    data_dir: Path,
+    database_url: str,
+    *extra: str,
+    ca_file: Path | None = None,
+    env_extra: dict[str, str] | None = None,
 ) -> LiveServer:
-    """Start `veu-server serve`; ``ca_file`` means it serves TLS (pass --tls-cert in ``extra``)."""
+    """Start `veu-server serve`; ``ca_file`` means it serves TLS (pass --tls-cert in ``extra``);
+    ``env_extra`` adds to its environment (settings such as VEU_HEADER_TIMEOUT)."""
     port = free_port()
     env = dict(os.environ)
     env.pop("VEU_DATABASE_URL", None)
+    env.update(env_extra or {})
     args = [
         sys.executable,
         "-m",

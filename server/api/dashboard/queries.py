@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from server.store.models import (
     InventoryWeight,
     Nonce,
     Organization,
+    RepeatedRejection,
     Site,
     Snapshot,
 )
@@ -542,6 +543,9 @@ class Rejection:
     code: str
     detail: str
     digest: str | None
+    #: Times it was refused (repeats are counted, not audited again), and the last time.
+    count: int = 1
+    last_seen: datetime | None = None
 
 
 def rejections(session: Session, key_id: str, limit: int = 50) -> list[Rejection]:
@@ -554,6 +558,16 @@ def rejections(session: Session, key_id: str, limit: int = 50) -> list[Rejection
     ).all():
         d = json.loads(details)
         out.append(Rejection(at, str(d.get("code", "")), str(d.get("detail", "")), d.get("digest")))
+    repeats = {
+        row.key: row
+        for row in session.scalars(
+            select(RepeatedRejection).where(RepeatedRejection.key_id == key_id).limit(limit * 2)
+        )
+    }
+    for i, r in enumerate(out):
+        found = repeats.get(f"revoked:{key_id}" if r.code == "revoked_key" else r.digest or "")
+        if found is not None and found.count > 1:
+            out[i] = replace(r, count=found.count, last_seen=found.last_seen)
     return out
 
 

@@ -8,6 +8,9 @@ state-changing request carries the session's CSRF token (on top of the SameSite=
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,12 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from sqlalchemy import select
 
 from contract import format_timestamp
+from contract.display import visible_value
+from contract.keys import public_from_raw, public_pem
 from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
@@ -33,11 +39,20 @@ from server.store.models import ChainHead, Host, Organization, Site
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _shown(value: Any) -> Any:
+    """Every value a page shows: agent-controlled text with its control and bidi characters as
+    visible escapes (contract/display.py); markup the templates built is already shown."""
+    return value if isinstance(value, Markup) else visible_value(value)
+
+
 _env = Environment(
     loader=FileSystemLoader(TEMPLATES),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_shown,
 )
 
 STATUS = {
@@ -55,6 +70,10 @@ SEVERITY = {
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPORT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 _PERIOD = re.compile(r"^\d{4}H[12]$")
+#: The largest id or sequence number a cursor may name (a signed 64-bit integer column).
+MAX_CURSOR = 2**63 - 1
+#: The earliest ``since`` an attest-status poll may give.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _tpp(value: float | int | None) -> str:
@@ -155,7 +174,38 @@ def root() -> RedirectResponse:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = Query("/dashboard/", max_length=500)) -> Response:
-    return _render(request, "login.html", None, next=_safe_next(next), error=None)
+    return _login_page(request, next=_safe_next(next), error=None)
+
+
+def _login_page(
+    request: Request, *, next: str, error: str | None, status_code: int = 200
+) -> HTMLResponse:
+    """The sign-in form, its CSRF token bound to a fresh pre-session cookie."""
+    svc = services(request)
+    nonce = session.new_login_nonce()
+    resp = _render(
+        request,
+        "login.html",
+        None,
+        status_code,
+        next=next,
+        error=error,
+        login_csrf=session.login_csrf_token(svc, nonce),
+    )
+    resp.set_cookie(
+        session.LOGIN_COOKIE,
+        nonce,
+        max_age=3600,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path="/dashboard",
+    )
+    return resp
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
 
 
 def _safe_next(target: str) -> str:
@@ -167,8 +217,16 @@ def login(
     request: Request,
     api_key: str = Form("", max_length=300),
     next: str = Form("/dashboard/", max_length=500),
+    csrf: str = Form("", max_length=200),
 ) -> Response:
     svc = services(request)
+    if not session.login_csrf_ok(svc, request.cookies.get(session.LOGIN_COOKIE), csrf):
+        return _login_page(
+            request,
+            next=_safe_next(next),
+            error="The sign-in form expired; please try again.",
+            status_code=403,
+        )
     key = api_key.strip()
     row_id = None
     if key and len(key) <= 200:
@@ -176,13 +234,11 @@ def login(
             row = repo.lookup_api_key(s, key)
             row_id = row.id if row is not None else None
     if row_id is None:
-        return _render(
+        return _login_page(
             request,
-            "login.html",
-            None,
-            401,
             next=_safe_next(next),
             error="That API key is not valid (or was revoked).",
+            status_code=401,
         )
     resp = RedirectResponse(_safe_next(next), status_code=303)
     resp.set_cookie(
@@ -191,14 +247,29 @@ def login(
         max_age=session.LIFETIME_S,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_secure(request),
         path="/dashboard",
     )
+    resp.delete_cookie(session.LOGIN_COOKIE, path="/dashboard")
     return resp
 
 
 @router.post("/logout")
 def logout(request: Request, csrf: str = Form("", max_length=200)) -> Response:
+    """End the session (server-side: a copy of the cookie stops working too)."""
+    user = _page_user(request)
+    svc = services(request)
+    if user is not None:
+        if not session.csrf_ok(svc, user, csrf):
+            return _render(
+                request,
+                "error.html",
+                user,
+                403,
+                title="Forbidden",
+                message="The form expired; reload the page and sign out again.",
+            )
+        session.end(svc, user)
     resp = RedirectResponse("/dashboard/login", status_code=303)
     resp.delete_cookie(session.COOKIE, path="/dashboard")
     return resp
@@ -390,7 +461,9 @@ def _chip_name(policy: PolicySet, chip_id: str) -> str:
 
 
 @router.get("/hosts/{key_id}", response_class=HTMLResponse)
-def host_page(request: Request, key_id: str, before: int | None = Query(None, ge=0)) -> Response:
+def host_page(
+    request: Request, key_id: str, before: int | None = Query(None, ge=0, le=MAX_CURSOR)
+) -> Response:
     user = _page_user(request)
     if user is None:
         return _login_redirect(request)
@@ -435,6 +508,25 @@ def host_page(request: Request, key_id: str, before: int | None = Query(None, ge
     )
 
 
+@router.get("/hosts/{key_id}/key.pem")
+def host_key_pem(request: Request, key_id: str) -> Response:
+    """The host's public key (PEM), to re-verify its envelopes with ``veu-agent verify``."""
+    user = _page_user(request)
+    if user is None:
+        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+    svc = services(request)
+    with svc.db.read() as s:
+        host = s.get(Host, key_id) if _HEX64.match(key_id) else None
+        raw = bytes(host.public_key) if host is not None else None
+    if raw is None:
+        return JSONResponse({"code": "not_found", "detail": "no such host"}, status_code=404)
+    return Response(
+        public_pem(public_from_raw(raw)),
+        media_type="application/x-pem-file",
+        headers={"Content-Disposition": f'attachment; filename="{key_id}.pub.pem"'},
+    )
+
+
 @router.get("/snapshots/{digest}/envelope")
 def envelope(request: Request, digest: str) -> Response:
     user = _page_user(request)
@@ -443,7 +535,19 @@ def envelope(request: Request, digest: str) -> Response:
     svc = services(request)
     with svc.db.read() as s:
         row = repo.snapshot_by_digest(s, digest)
-        data = bytes(row.envelope) if row is not None else None
+        pruned = row.pruned_at if row is not None else None
+        data = bytes(row.envelope) if row is not None and pruned is None else None
+    if pruned is not None:
+        return _render(
+            request,
+            "error.html",
+            user,
+            410,
+            title="Envelope pruned",
+            message=f"This snapshot's signed envelope was pruned by the retention setting on "
+            f"{pruned:%Y-%m-%d}; its digest and signed result are kept "
+            f"(GET /v1/results/{digest}).",
+        )
     if data is None:
         return JSONResponse({"code": "not_found", "detail": "no such snapshot"}, status_code=404)
     return Response(
@@ -462,7 +566,7 @@ def findings_page(
     condition: str | None = Query(None, max_length=200),
     subject: str | None = Query(None, max_length=500),
     state: str = Query("open", pattern="^(open|closed|all)$"),
-    after: int | None = Query(None, ge=0),
+    after: int | None = Query(None, ge=0, le=MAX_CURSOR),
 ) -> Response:
     user = _page_user(request)
     if user is None:
@@ -544,10 +648,15 @@ def attest_status(
         return found
     try:
         moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-    except ValueError:
-        return JSONResponse({"code": "invalid_request", "detail": "since: RFC 3339"}, 422)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        moment = moment.astimezone(UTC)
+        if moment < _EPOCH:
+            raise OverflowError
+    except (ValueError, OverflowError):
+        return JSONResponse(
+            {"code": "invalid_request", "detail": "since: an RFC 3339 time after 1970"}, 422
+        )
     svc = services(request)
     with svc.db.read() as s:
         answers = queries.attest_answers(s, site_id[:40], moment - timedelta(seconds=1))
@@ -556,7 +665,7 @@ def attest_status(
             "hosts": [
                 {
                     "host_id": a.key_id,
-                    "hostname": a.hostname,
+                    "hostname": visible_value(a.hostname),
                     "answered": a.answered,
                     "answered_at": format_timestamp(a.answered_at) if a.answered_at else None,
                 }
@@ -575,6 +684,42 @@ def reports_dir(svc: Services) -> Path:
     path = svc.settings.data_dir / "reports"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+#: How long a report file (and its signature) stays downloadable.
+REPORT_TTL = timedelta(days=7)
+#: Reports one process makes at once; each user makes one at a time.
+REPORTS_AT_ONCE = 2
+_report_lock = threading.Lock()
+_reports_running: set[str] = set()
+
+
+@contextmanager
+def report_slot(key_id: str) -> Iterator[bool]:
+    """Whether this API key may make a report now (one at a time per key, a few per process);
+    the slot is held for the block."""
+    with _report_lock:
+        free = key_id not in _reports_running and len(_reports_running) < REPORTS_AT_ONCE
+        if free:
+            _reports_running.add(key_id)
+    try:
+        yield free
+    finally:
+        if free:
+            with _report_lock:
+                _reports_running.discard(key_id)
+
+
+def expire_reports(directory: Path, now: datetime, ttl: timedelta = REPORT_TTL) -> int:
+    """Delete report files older than ``ttl``; how many were deleted."""
+    cutoff = (now - ttl).timestamp()
+    gone = 0
+    for path in directory.iterdir():
+        with suppress(OSError):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                gone += 1
+    return gone
 
 
 @router.post("/orgs/{org_id}/reports")
@@ -613,17 +758,32 @@ async def make_report(
         org = s.get(Organization, org_id[:40])
     if org is None:
         return _not_found(request, user, "No organization with that id.")
-    written = await run_in_threadpool(
-        reports.write_signed,
-        svc.db,
-        policy,
-        svc.key,
-        org.id,
-        period,
-        format,
-        reports_dir(svc),
-        svc.now(),
-    )
+    with report_slot(user.key_id) as free:
+        if not free:
+            busy = _render(
+                request,
+                "error.html",
+                user,
+                429,
+                title="A report is being made",
+                message="A report you asked for (or two of others') is still being made; "
+                "wait for it, then try again.",
+            )
+            busy.headers["Retry-After"] = "30"
+            return busy
+        directory = reports_dir(svc)
+        await run_in_threadpool(expire_reports, directory, svc.now())
+        written = await run_in_threadpool(
+            reports.write_signed,
+            svc.db,
+            policy,
+            svc.key,
+            org.id,
+            period,
+            format,
+            directory,
+            svc.now(),
+        )
     return RedirectResponse(
         f"/dashboard/orgs/{quote(org.id)}?report={quote(written.name)}#reports", status_code=303
     )

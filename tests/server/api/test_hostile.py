@@ -8,7 +8,10 @@ an enrolled key came with the bad evidence), and the server still answers /healt
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -496,3 +499,354 @@ def test_injection_strings_inside_valid_evidence_are_stored_verbatim_as_data(
         headers={"Authorization": f"Bearer {env.fleet.auditor_key}"},
     ).json()
     assert len(detail["accelerators"]) == 8 and len(detail["weights"]) == 4
+
+
+# --------------------------------------------------------------------------- connection bounds
+#
+# Against a real `veu-server serve` with short deadlines, over raw sockets: what one client may
+# hold or send before its request reaches a route (server/api/limits.py).
+
+BOUNDS = {
+    "VEU_HEADER_TIMEOUT": "1",
+    "VEU_BODY_TIMEOUT": "2",
+    "VEU_MAX_CONNECTIONS": "24",
+    "VEU_MAX_REQUESTS_PER_CONNECTION": "3",
+}
+#: How long a test waits for the server to act on a 1-2 s deadline (a bound, never a timing).
+PATIENCE_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    data_dir: Path = tmp_path_factory.mktemp("bounded") / "data"
+    server = start_server(
+        data_dir, f"sqlite:///{data_dir / 'veu.sqlite3'}", "--log-level", "info", env_extra=BOUNDS
+    )
+    try:
+        yield make_fleet(server)
+    finally:
+        stop_server(server)
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=PATIENCE_S)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (raises TimeoutError if it never does)."""
+    out = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(out)
+        if not chunk:
+            return bytes(out)
+        out.extend(chunk)
+
+
+def _healthy(url: str) -> bool:
+    return bool(httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"})
+
+
+def test_an_idle_socket_is_closed_by_the_head_deadline(bounded: Fleet) -> None:
+    with _connect(bounded.server.url) as sock:
+        assert _read_until_closed(sock) == b""
+    assert _healthy(bounded.server.url)
+
+
+def test_a_head_sent_one_byte_at_a_time_is_cut_off(bounded: Fleet) -> None:
+    with _connect(bounded.server.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + PATIENCE_S
+        answer = b""
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(b"a")
+                answer = sock.recv(4096)
+                if answer == b"" or answer.startswith(b"HTTP/1.1 408"):
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        else:
+            pytest.fail("the server kept a dripping request head open")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert _healthy(bounded.server.url)
+
+
+def test_a_huge_header_is_refused_after_the_head_cap_not_parsed(bounded: Fleet) -> None:
+    with _connect(bounded.server.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent < 128 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = _read_until_closed(sock)
+    # What the client got into the server's socket before it was cut off: the head cap (64 KiB)
+    # and the kernel's buffers, nowhere near the 128 MiB offered.
+    assert sent < 32 * 1024 * 1024, sent
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:100]
+    assert _healthy(bounded.server.url)
+
+
+def test_too_many_header_fields_are_refused(bounded: Fleet) -> None:
+    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(150))
+    with _connect(bounded.server.url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+def test_a_slow_body_is_cut_off_by_the_body_deadline(bounded: Fleet) -> None:
+    with _connect(bounded.server.url) as sock:
+        sock.sendall(
+            b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + PATIENCE_S
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(b" ")
+                if sock.recv(4096) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        else:
+            pytest.fail("the server kept a dripping body open")
+    assert _healthy(bounded.server.url)
+
+
+def test_connections_beyond_the_limit_are_refused_and_the_server_stays_up(bounded: Fleet) -> None:
+    url = bounded.server.url
+    held = [_connect(url) for _ in range(40)]
+    try:
+        # Each held socket is either refused at once (503 and closed) or closed by the head
+        # deadline; none is kept, and the server answers others afterwards.
+        answers = [_read_until_closed(sock) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    assert refused, "no connection over the limit of 24 was refused"
+    assert all(a == b"" or a.startswith(b"HTTP/1.1 503") for a in answers)
+    assert _healthy(url)
+
+
+def test_a_keep_alive_connection_carries_a_bounded_number_of_requests(bounded: Fleet) -> None:
+    with _connect(bounded.server.url) as sock:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request * 5)
+        answer = _read_until_closed(sock)
+    assert answer.count(b"HTTP/1.1 200") == 3, answer
+    assert answer.lower().count(b"connection: close") == 1
+
+
+def _stream_chunked(
+    url: str, path: str, total: int, headers: bytes = b"", method: str = "POST"
+) -> tuple[int, bytes]:
+    """Send ``total`` bytes of JSON-ish body in chunks; how many bytes the server let in, and
+    its answer."""
+    sent = 0
+    with _connect(url) as sock:
+        sock.sendall(
+            method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n" + headers + b"\r\n"
+        )
+        chunk = b"a" * (1024 * 1024)
+        framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+        sock.sendall(b"1\r\n[\r\n")
+        try:
+            while sent < total:
+                sock.sendall(framed)
+                sent += len(chunk)
+            sock.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        try:
+            answer = _read_until_closed(sock)
+        except TimeoutError:
+            answer = b"(no answer)"
+    return sent, answer
+
+
+@pytest.mark.parametrize(("path", "status"), [("/v1/enroll", b"413"), ("/healthz", b"405")])
+def test_a_256_mib_body_is_not_read_past_its_cap(bounded: Fleet, path: str, status: bytes) -> None:
+    sent, answer = _stream_chunked(bounded.server.url, path, 256 * 1024 * 1024)
+    # The server read the route's cap (16 KiB for enroll, nothing for a route that answers
+    # without a body) and closed; the rest never got past the kernel's socket buffers.
+    assert sent < 32 * 1024 * 1024, sent
+    assert answer == b"" or status in answer.split(b"\r\n")[0], answer[:200]
+    assert _healthy(bounded.server.url)
+
+
+def test_a_declared_oversize_body_is_refused_unread_on_every_route(bounded: Fleet) -> None:
+    url = bounded.server.url
+    for method, path in [
+        ("POST", "/v1/enroll"),
+        ("POST", "/v1/challenges"),
+        ("POST", "/v1/hosts/x/revoke"),
+        ("POST", "/v1/no-such-route"),
+        ("POST", "/dashboard/login"),
+        ("PUT", "/v1/sites/x/authorization"),
+    ]:
+        response = httpx.request(
+            method,
+            f"{url}{path}",
+            content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert response.status_code == 413, (path, response.text[:200])
+        assert response.json()["code"] == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/models", {"name": 5, "digests": "nope"}),
+        ("POST", "/v1/shipments", {"shipped_on": "yesterday"}),
+        ("PUT", "/v1/sites/x/authorization", {"allowed_models": 7}),
+    ],
+)
+def test_admin_json_routes_authenticate_before_reading_the_body(
+    bounded: Fleet, method: str, path: str, body: dict[str, Any]
+) -> None:
+    url = bounded.server.url
+    anonymous = httpx.request(method, f"{url}{path}", json=body, timeout=30)
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.json()["code"] == "unauthenticated"  # no field-level details
+    auditor = {"Authorization": f"Bearer {bounded.auditor_key}"}
+    assert httpx.request(method, f"{url}{path}", json=body, headers=auditor).status_code == 403
+    # A large body from an anonymous client is answered 401 without being read.
+    sent, answer = _stream_chunked(url, path, 256 * 1024 * 1024, method=method)
+    assert sent < 32 * 1024 * 1024, sent
+    assert answer == b"" or b"401" in answer.split(b"\r\n")[0], answer[:200]
+
+
+def test_enrolled_host_facts_are_bounded(bounded: Fleet) -> None:
+    kit = HostKit(bounded.site_id)
+    body = kit.enroll_body(bounded.token())
+    body["host"]["os"] = "x" * 4000
+    response = httpx.post(f"{bounded.server.url}/v1/enroll", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+
+
+def test_an_out_of_range_findings_cursor_is_4xx(bounded: Fleet) -> None:
+    response = httpx.get(
+        f"{bounded.server.url}/v1/findings",
+        params={"after": "99999999999999999999999"},
+        headers={"Authorization": f"Bearer {bounded.auditor_key}"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+
+
+def test_a_client_that_disconnects_mid_body_is_one_quiet_log_line(bounded: Fleet) -> None:
+    log = bounded.server.log
+    before = log.read_text().count("client_disconnected")
+    for path in ("/v1/snapshots", "/v1/enroll"):
+        with _connect(bounded.server.url) as sock:
+            sock.sendall(
+                b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 10000\r\n\r\n{"a": 1'
+            )
+    deadline = time.monotonic() + PATIENCE_S
+    while log.read_text().count("client_disconnected") < before + 2:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.1)
+    assert _healthy(bounded.server.url)
+    text = log.read_text()
+    assert text.count("client_disconnected") == before + 2
+    assert "Traceback" not in text and "Exception in ASGI application" not in text
+
+
+def test_auditors_get_host_keys_to_reverify_envelopes_without_the_host(
+    bounded: Fleet, tmp_path: Path
+) -> None:
+    from agent.cli import main as agent_main
+
+    url = bounded.server.url
+    kit = HostKit(bounded.site_id)
+    bounded.enroll(kit)
+    accepted = _submit(url, kit.next_envelope())
+    assert accepted.status_code == 200, accepted.text
+    auditor = {"Authorization": f"Bearer {bounded.auditor_key}"}
+    assert httpx.get(f"{url}/v1/hosts/{kit.key_id}/key").status_code == 401
+    record = httpx.get(f"{url}/v1/hosts/{kit.key_id}/key", headers=auditor).json()
+    assert record["key_id"] == kit.key_id and record["alg"] == "Ed25519"
+    assert record["enrollment"]["details"]["site"] == bounded.site_id
+    assert len(record["enrollment"]["hash"]) == 64
+    envelope = httpx.get(f"{url}/v1/snapshots/{accepted.json()['digest']}", headers=auditor)
+    (tmp_path / "host.pub.pem").write_text(record["public_key_pem"])
+    (tmp_path / "envelope.json").write_bytes(envelope.content)
+    code = agent_main(
+        ["verify", str(tmp_path / "envelope.json"), "--pubkey", str(tmp_path / "host.pub.pem")]
+    )
+    assert code == 0
+
+
+def _rejection_row(env: Env, key: str) -> Any:
+    with env.engine.connect() as conn:
+        return conn.execute(
+            text("SELECT count, code FROM repeated_rejections WHERE key = :k"), {"k": key}
+        ).first()
+
+
+def test_a_resent_rejected_envelope_is_one_audit_row_with_a_count(hostile_env: Env) -> None:
+    env = hostile_env
+    kit = env.kit()
+    env.accept(kit)
+    forked = kit.next_envelope(advance=False, prev="e" * 64)
+    before = env.counts()["audit_log"]
+    for _ in range(4):
+        assert _submit(env.url, forked).status_code == 409
+    assert env.counts()["audit_log"] == before + 1
+    assert _submit(env.url, forked).json()["code"] == "fork"
+    digest = hashlib.sha256(base64.b64decode(_envelope_dict(forked)["payload"])).hexdigest()
+    row = _rejection_row(env, digest)
+    assert row is not None and row[0] == 5 and row[1] == "fork"
+
+
+def test_a_revoked_keys_attempts_are_audited_once_an_hour_and_counted(hostile_env: Env) -> None:
+    env = hostile_env
+    kit = env.kit()
+    assert httpx.post(f"{env.url}/v1/hosts/{kit.key_id}/revoke", headers=env.admin()).is_success
+    before = env.counts()["audit_log"]
+    for _ in range(4):
+        assert _submit(env.url, kit.next_envelope()).status_code == 403
+    assert env.counts()["audit_log"] == before + 1
+    row = _rejection_row(env, f"revoked:{kit.key_id}")
+    assert row is not None and row[0] == 4
+
+
+def test_a_hosts_weight_files_come_in_pages(bounded: Fleet) -> None:
+    url = bounded.server.url
+    kit = HostKit(bounded.site_id)
+    bounded.enroll(kit)
+    assert _submit(url, kit.next_envelope()).status_code == 200
+    auditor = {"Authorization": f"Bearer {bounded.auditor_key}"}
+    first = httpx.get(f"{url}/v1/hosts/{kit.key_id}", params={"limit": 3}, headers=auditor)
+    page = first.json()
+    assert len(page["weights"]) == 3 and page["weights_next_cursor"] is not None
+    rest = httpx.get(
+        f"{url}/v1/hosts/{kit.key_id}",
+        params={"limit": 3, "cursor": page["weights_next_cursor"]},
+        headers=auditor,
+    ).json()
+    assert len(rest["weights"]) == 1 and rest["weights_next_cursor"] is None
+    paths = {w["path"] for w in page["weights"]} | {w["path"] for w in rest["weights"]}
+    assert len(paths) == 4
+    too_many = httpx.get(f"{url}/v1/hosts/{kit.key_id}", params={"limit": 5000}, headers=auditor)
+    assert too_many.status_code == 422

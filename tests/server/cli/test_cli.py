@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agent.client import VerifierClient
 from contract.results import verify_result
@@ -173,6 +174,66 @@ def test_serve_with_tls_answers_https_verified_by_the_given_ca(tmp_path: Path) -
         assert server.url.startswith("https://")
         with VerifierClient(server.url, verify=str(cert)) as client:
             assert client.verifier_key()["alg"] == "EdDSA"
+        answer = httpx.get(f"{server.url}/healthz", verify=str(cert))
+        assert answer.headers["strict-transport-security"] == "max-age=31536000"
+    finally:
+        stop_server(server)
+
+
+def test_serve_refuses_plain_http_on_a_public_address_without_the_explicit_flag(
+    tmp_path: Path,
+) -> None:
+    out = run_cli("serve", "--data-dir", str(tmp_path), "--host", "0.0.0.0", check=False)
+    assert out.returncode == 4, out.stderr
+    assert out.stderr.startswith("error[plain_http_public]: --host 0.0.0.0 is not a loopback")
+    assert "Traceback" not in out.stderr
+
+
+def test_serve_on_a_public_address_with_the_flag_warns_loudly(tmp_path: Path) -> None:
+    from tests.server.conftest import start_server, stop_server
+
+    data = tmp_path / "data"
+    server = start_server(
+        data, f"sqlite:///{data / 'veu.sqlite3'}", "--host", "0.0.0.0", "--allow-plain-http"
+    )
+    try:
+        assert "WARNING: serving plain HTTP on 0.0.0.0" in server.log.read_text()
+        assert "strict-transport-security" not in httpx.get(f"{server.url}/healthz").headers
+    finally:
+        stop_server(server)
+
+
+def _sign_in_over_a_proxy(url: str, admin_key: str) -> httpx.Response:
+    """Sign in as a browser behind a TLS-terminating proxy would (X-Forwarded-Proto: https)."""
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.7"}
+    form = httpx.get(f"{url}/dashboard/login", headers=proxied)
+    csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    # The browser is on HTTPS and sends its Secure pre-session cookie back; httpx, on the
+    # proxy's plain-HTTP side, would not, so it is sent by hand.
+    nonce = form.cookies["veu_login"]
+    return httpx.post(
+        f"{url}/dashboard/login",
+        data={"api_key": admin_key, "csrf": csrf},
+        headers={**proxied, "Cookie": f"veu_login={nonce}"},
+    )
+
+
+@pytest.mark.parametrize(("trusted", "secure"), [(None, True), ("192.0.2.1", False)])
+def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy(
+    tmp_path: Path, trusted: str | None, secure: bool
+) -> None:
+    from tests.server.conftest import make_fleet, start_server, stop_server
+
+    data = tmp_path / "data"
+    extra = ("--trusted-proxy", trusted) if trusted else ()
+    server = start_server(data, f"sqlite:///{data / 'veu.sqlite3'}", *extra)
+    try:
+        fleet = make_fleet(server)
+        answer = _sign_in_over_a_proxy(server.url, fleet.admin_key)
+        assert answer.status_code == 303, answer.text[:200]
+        cookie = next(c for c in answer.headers.get_list("set-cookie") if "veu_session" in c)
+        assert ("Secure" in cookie) is secure
+        assert ("strict-transport-security" in answer.headers) is secure
     finally:
         stop_server(server)
 

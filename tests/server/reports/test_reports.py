@@ -180,3 +180,20 @@ def test_cli_usage_errors_have_codes(env: Env, capsys: pytest.CaptureFixture[str
     assert _cli("report", "--data-dir", data_dir, "--org", "Acme AI", "--period", "26H1") == 4
     assert _cli("report", "verify", "/nonexistent", "/nonexistent.sig") == 3
     assert "error[" in capsys.readouterr().err
+
+
+def test_csv_and_json_reports_show_control_characters_and_neutralize_formulas(env: Env) -> None:
+    data = _report(env, "2026H1")
+    hostile = '=HYPERLINK("http://x")\u202egnp.exe\x1b]52;c;QUFB\x07'
+    data["findings"][0]["subject"] = hostile
+    data["findings"][0]["message"] = "@SUM(A1)"
+    data["installed"][0]["site_name"] = "-2+3"
+    text = reports.render_csv(data).decode()
+    assert "\u202e" not in text and "\x1b" not in text and "\x07" not in text
+    cells = [c for row in csv.reader(io.StringIO(text)) for c in row]
+    assert '\'=HYPERLINK("http://x")\\u202egnp.exe\\x1b]52;c;QUFB\\x07' in cells
+    assert "'@SUM(A1)" in cells and "'-2+3" in cells
+    assert not any(c.startswith(("=", "+", "-", "@")) for c in cells)
+    raw = reports.render_json(data).decode()
+    assert "\u202e" not in raw and "\x1b" not in raw and "\\u202e" in raw
+    assert json.loads(raw)["findings"][0]["subject"] == hostile  # the same data, shown safely

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -34,9 +36,23 @@ class Env:
         client = TestClient(self.app)
         if role is not None:
             key = self.fleet.admin_key if role == "admin" else self.fleet.auditor_key
-            resp = client.post("/dashboard/login", data={"api_key": key}, follow_redirects=False)
+            resp = sign_in(client, key)
             assert resp.status_code == 303, resp.text
         return client
+
+
+def login_form_token(client: TestClient) -> str:
+    """The CSRF token of a freshly loaded sign-in form (its pre-session cookie is kept)."""
+    page = client.get("/dashboard/login").text
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found is not None, page[:300]
+    return found.group(1)
+
+
+def sign_in(client: TestClient, key: str, **form: str) -> Any:
+    """Sign in through the form, as a browser does (load it, post it with its token)."""
+    data = {"api_key": key, "csrf": login_form_token(client), **form}
+    return client.post("/dashboard/login", data=data, follow_redirects=False)
 
 
 @pytest.fixture(scope="session")

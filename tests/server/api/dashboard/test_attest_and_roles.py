@@ -110,3 +110,44 @@ def test_report_download_refuses_path_traversal(env: Env) -> None:
     client = env.client("admin")
     assert client.get("/dashboard/reports/..%2Fveu.sqlite3").status_code == 404
     assert client.get("/dashboard/reports/.hidden").status_code == 404
+
+
+def _report_form(client: TestClient, org: str) -> dict[str, str]:
+    page = client.get(f"/dashboard/orgs/{org}").text
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert token is not None
+    return {"period": "2026H1", "format": "csv", "csrf": token.group(1)}
+
+
+def test_one_report_at_a_time_per_user_and_old_report_files_expire(env: Env) -> None:
+    import os
+
+    from server.api.dashboard.views import report_slot, reports_dir
+
+    org = env.fleet.org_id
+    auditor, admin = env.client("auditor"), env.client("admin")
+    from server.store import repo
+
+    with env.svc.db.read() as s:
+        row = repo.lookup_api_key(s, env.fleet.auditor_key)
+        assert row is not None
+        auditor_id = row.id
+    old = reports_dir(env.svc) / "old-report.csv"
+    old.write_text("x")
+    week_ago = datetime.now(UTC).timestamp() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    with report_slot(auditor_id) as held:
+        assert held
+        busy = auditor.post(f"/dashboard/orgs/{org}/reports", data=_report_form(auditor, org))
+        assert busy.status_code == 429 and "Retry-After" in busy.headers
+        done = admin.post(
+            f"/dashboard/orgs/{org}/reports",
+            data=_report_form(admin, org),
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+    assert not old.exists()
+    again = auditor.post(
+        f"/dashboard/orgs/{org}/reports", data=_report_form(auditor, org), follow_redirects=False
+    )
+    assert again.status_code == 303

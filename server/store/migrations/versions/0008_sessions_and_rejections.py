@@ -4,7 +4,7 @@ signed rejections counted in one row each (``repeated_rejections``) instead of o
 resend.
 
 Revision ID: 0008
-Revises: 0006 (to be re-chained after 0007 when both are merged)
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

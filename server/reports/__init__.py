@@ -353,8 +353,8 @@ def build_report(
         .order_by(FindingRow.opened_at, FindingRow.id)
         .limit(max_findings)
     ).all()
-    by_condition = [
-        {"condition_id": condition, "severity": severity, "count": count}
+    by_condition: list[dict[str, Any]] = [
+        {"condition_id": condition, "severity": severity, "count": int(count)}
         for condition, severity, count in session.execute(
             select(FindingRow.condition_id, FindingRow.severity, func.count())
             .where(*during)
@@ -362,7 +362,7 @@ def build_report(
             .order_by(FindingRow.condition_id, FindingRow.severity)
         ).all()
     ]
-    findings_total = sum(int(c["count"]) for c in by_condition)
+    findings_total = sum(c["count"] for c in by_condition)
     findings = []
     for f in finding_rows:
         tags = [t for t in f.confidence.split(",") if t]

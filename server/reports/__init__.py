@@ -186,8 +186,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
+#: Findings a report lists one by one; beyond it, they are counted per condition and severity
+#: (``findings_by_condition``), which every report carries.
+MAX_REPORT_FINDINGS = 5000
+
+
 def build_report(
-    session: Session, policy: PolicySet, org_id: str, period: Period, now: datetime
+    session: Session,
+    policy: PolicySet,
+    org_id: str,
+    period: Period,
+    now: datetime,
+    *,
+    max_findings: int = MAX_REPORT_FINDINGS,
 ) -> dict[str, Any]:
     """Everything the report says, as plain JSON-ready data (the JSON format is this dict)."""
     org = session.get(Organization, org_id)
@@ -209,15 +220,27 @@ def build_report(
         cur = country_totals.setdefault(line.country, [0, 0])
         cur[0] += line.count
         cur[1] += line.tpp
+    during = (
+        FindingRow.org_id == org.id,
+        FindingRow.opened_at <= as_of,
+        or_(FindingRow.closed_at.is_(None), FindingRow.closed_at >= period.start_moment()),
+    )
     finding_rows = session.scalars(
         select(FindingRow)
-        .where(
-            FindingRow.org_id == org.id,
-            FindingRow.opened_at <= as_of,
-            or_(FindingRow.closed_at.is_(None), FindingRow.closed_at >= period.start_moment()),
-        )
+        .where(*during)
         .order_by(FindingRow.opened_at, FindingRow.id)
+        .limit(max_findings)
     ).all()
+    by_condition: list[dict[str, Any]] = [
+        {"condition_id": condition, "severity": severity, "count": int(count)}
+        for condition, severity, count in session.execute(
+            select(FindingRow.condition_id, FindingRow.severity, func.count())
+            .where(*during)
+            .group_by(FindingRow.condition_id, FindingRow.severity)
+            .order_by(FindingRow.condition_id, FindingRow.severity)
+        ).all()
+    ]
+    findings_total = sum(c["count"] for c in by_condition)
     findings = []
     for f in finding_rows:
         tags = [t for t in f.confidence.split(",") if t]
@@ -306,6 +329,8 @@ def build_report(
             ],
         },
         "findings": findings,
+        "findings_total": findings_total,
+        "findings_by_condition": by_condition,
         "findings_on_unconfirmed_figures": sum(1 for f in findings if f["unconfirmed_figures"]),
         "notes": [
             "Installed chips come from each active host's latest accepted snapshot up to the "
@@ -401,6 +426,11 @@ def render_csv(data: dict[str, Any]) -> bytes:
             "distribution",
             ["country", "tier1", "tpp", "share", "limit", "within"],
             data["distribution"]["countries"],
+        ),
+        (
+            "findings_by_condition",
+            ["condition_id", "severity", "count"],
+            data.get("findings_by_condition", []),
         ),
         (
             "findings",
@@ -600,10 +630,19 @@ def render_pdf(data: dict[str, Any]) -> bytes:
         [20, 15, 25, 20, 70, 15],
     )
     heading("Findings open during the period")
+    total = data.get("findings_total", len(data["findings"]))
+    shown = len(data["findings"])
+    listed = "" if total == shown else f" (the first {shown} listed)"
     para(
-        f"{len(data['findings'])} findings; {data['findings_on_unconfirmed_figures']} rest on "
-        "unconfirmed figures (confidence S or U, marked *)."
+        f"{total} findings{listed}; {data['findings_on_unconfirmed_figures']} of those listed rest "
+        "on unconfirmed figures (confidence S or U, marked *)."
     )
+    if listed:
+        table(
+            ["Condition", "Severity", "Findings"],
+            [[c["condition_id"], c["severity"], c["count"]] for c in data["findings_by_condition"]],
+            [110, 40, 30],
+        )
     table(
         ["Severity", "Condition", "Subject", "Message", "Citation", "Fig.", "Opened", "Closed"],
         [

@@ -123,6 +123,7 @@ def test_each_format_is_signed_and_verifies_and_tampering_fails(
             "# installed_by_country",
             "# changes_since_previous_period",
             "# distribution",
+            "# findings_by_condition",
             "# findings",
         ]
         assert any(r[:1] == ["denominator"] for r in rows)
@@ -197,3 +198,17 @@ def test_csv_and_json_reports_show_control_characters_and_neutralize_formulas(en
     raw = reports.render_json(data).decode()
     assert "\u202e" not in raw and "\x1b" not in raw and "\\u202e" in raw
     assert json.loads(raw)["findings"][0]["subject"] == hostile  # the same data, shown safely
+
+
+def test_a_report_lists_findings_up_to_its_limit_and_counts_them_all(env: Env) -> None:
+    full = _report(env, "2026H1")
+    assert full["findings_total"] == len(full["findings"]) >= 1
+    with env.svc.db.read() as s:
+        capped = reports.build_report(
+            s, env.policy, env.fleet.org_id, reports.Period.parse("2026H1"), NOW, max_findings=0
+        )
+    assert capped["findings"] == []
+    assert capped["findings_total"] == full["findings_total"]
+    assert sum(c["count"] for c in capped["findings_by_condition"]) == full["findings_total"]
+    assert "# findings_by_condition" in reports.render_csv(capped).decode()
+    assert reports.render_pdf(capped).startswith(b"%PDF")

@@ -372,6 +372,8 @@ def _judge_site(
         has_ledger=ledger.has_ledger,
         ledger_unseen=list(ledger.unseen),
         ledger_reported=list(ledger.reported),
+        org_id=site.org_id,
+        org_type=getattr(session.get(Organization, site.org_id), "veu", ""),
     )
     findings = policy.evaluate_site(facts, now.date())
     state.status = status_of(findings)
@@ -414,6 +416,9 @@ def _judge_org(session: Session, policy: PolicySet, org: Organization, now: date
         parent_hq_country=org.parent_hq_country or org.hq_country,
         aggregate=agg,
         national_country=national,
+        site_countries=tuple(
+            sorted(set(session.scalars(select(Site.country).where(Site.org_id == org.id))))
+        ),
     )
     findings = policy.evaluate_org(facts, now.date())
     state.aggregate = json.dumps(agg.to_json())

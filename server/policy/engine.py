@@ -123,24 +123,65 @@ class PolicySet:
 
     # ------------------------------------------------------------------ evaluation
 
+    def packs_for_site(
+        self, on: date, *, country: str, site_id: str, org_id: str, org_type: str = ""
+    ) -> list[Pack]:
+        """The packs that judge a site (and its hosts) on ``on``: active by their dates, and
+        applying to its country, id and organization where a pack restricts them."""
+        return [
+            p
+            for p in self.active_packs(on)
+            if p.applies_to.site(
+                countries=_countries_as(p, (country,) if country else ()),
+                site_id=site_id,
+                org_id=org_id,
+                org_type=org_type,
+            )
+        ]
+
     def evaluate_host(self, snapshot: SnapshotV1, ctx: HostContext, on: date) -> list[Finding]:
         findings: list[Finding] = []
-        for pack in self.active_packs(on):
+        packs = self.packs_for_site(
+            on, country=ctx.site_country, site_id=ctx.site_id, org_id=ctx.org_id
+        )
+        for pack in packs:
             variables = host_variables(pack, self, snapshot, ctx, on)
             findings.extend(_judge(pack, "host", variables, on))
         return findings
 
     def evaluate_site(self, facts: SiteFacts, on: date) -> list[Finding]:
         findings: list[Finding] = []
-        for pack in self.active_packs(on):
+        packs = self.packs_for_site(
+            on,
+            country=facts.country,
+            site_id=facts.site_id,
+            org_id=facts.org_id,
+            org_type=facts.org_type,
+        )
+        for pack in packs:
             findings.extend(_judge(pack, "site", site_variables(pack, facts, on), on))
         return findings
 
     def evaluate_org(self, facts: OrgFacts, on: date) -> list[Finding]:
         findings: list[Finding] = []
         for pack in self.active_packs(on):
+            codes = (*facts.site_countries, facts.hq_country)
+            if not pack.applies_to.org(
+                org_id=facts.org_id, org_type=facts.veu_type, countries=_countries_as(pack, codes)
+            ):
+                continue
             findings.extend(_judge(pack, "organization", org_variables(pack, facts, on), on))
         return findings
+
+
+def _countries_as(pack: Pack, codes: Iterable[str]) -> frozenset[str]:
+    """Each code as recorded and as ``pack`` treats it (Macau with China where it says so)."""
+    out: set[str] = set()
+    for code in codes:
+        if code:
+            out.add(code.upper())
+            out.add(pack.countries.canonical(code))
+    return frozenset(out)
 
 
 # ---------------------------------------------------------------------- judging
@@ -177,10 +218,15 @@ def _finding(
         seen=fill(cond.seen),
         citation=cond.citation,
         confidence=tuple(sorted(tags)),
+        pack_id=pack.id,
+        pack_version=pack.version,
+        pack_status=pack.status,
     )
 
 
-def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -> Finding:
+def _error_finding(
+    pack: Pack, cond: Condition, variables: dict[str, Any], exc: Exception
+) -> Finding:
     try:
         subject = render(cond.subject, variables)
     except (KeyError, ValueError, TypeError):
@@ -194,6 +240,9 @@ def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -
         seen=str(exc),
         citation=cond.citation,
         confidence=cond.confidence,
+        pack_id=pack.id,
+        pack_version=pack.version,
+        pack_status=pack.status,
     )
 
 
@@ -213,7 +262,7 @@ def judge_condition(
         try:
             holds = cond.expression.holds(variables)
         except PolicyEvaluationError as exc:
-            return [_error_finding(cond, variables, exc)]
+            return [_error_finding(pack, cond, variables, exc)]
         return [] if holds else [_finding(pack, cond, variables, on, None)]
     out: list[Finding] = []
     scoped = dict(variables)
@@ -229,7 +278,7 @@ def judge_condition(
         try:
             holds = expr.holds_memo(scoped, context + fp)
         except PolicyEvaluationError as exc:
-            out.append(_error_finding(cond, scoped, exc))
+            out.append(_error_finding(pack, cond, scoped, exc))
             continue
         if not holds:
             if text_context is None:
@@ -398,14 +447,33 @@ def host_variables(
 def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
     agg = facts.aggregate
     chips = {c.id: c for c in pack.catalog.chips}
+    # The aggregate counts chips by catalog id; each pack prices and classifies them by its own
+    # catalog (a chip id it does not define keeps the figures of the pack that identified it).
+    models: list[dict[str, Any]] = []
+    installed = 0
+    for name, tot in sorted(agg.models.items()):
+        chip = chips.get(name)
+        tpp = tot.count * chip.tpp_value if chip is not None else tot.tpp
+        cls = chip.classification if chip is not None else tot.classification
+        if cls != "none":
+            installed += tpp
+        models.append(
+            {
+                "name": name,
+                "count": tot.count,
+                "tpp": tpp,
+                "classification": cls,
+                "confidence": list(chip.confidence) if chip is not None else [],
+            }
+        )
     site = _site_country_facts(pack, facts.country, on)
     site.update(
         {
             "id": facts.site_id,
             "has_authorization": facts.authorized_tpp is not None,
             "authorized_tpp": facts.authorized_tpp or 0,
-            "installed_tpp": agg.tpp_3a090,
-            "installed_h100e": agg.tpp_3a090 / pack.number("h100e_tpp"),
+            "installed_tpp": installed,
+            "installed_h100e": installed / pack.number("h100e_tpp"),
             "accelerator_count": agg.accelerators,
             "unidentified_count": agg.unidentified,
             "host_count": facts.host_count,
@@ -415,16 +483,6 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "has_ledger": facts.has_ledger,
         }
     )
-    models: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "count": tot.count,
-            "tpp": tot.tpp,
-            "classification": tot.classification,
-            "confidence": list(chips[name].confidence) if name in chips else [],
-        }
-        for name, tot in sorted(agg.models.items())
-    ]
     return {
         "site": site,
         "models": models,

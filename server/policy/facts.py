@@ -51,6 +51,7 @@ class HostContext:
     site_may_store_controlled_weights: bool = False
     models: ModelRegistry = field(default_factory=ModelRegistry)
     host_id: str = ""  # the store's id for the host (defaults to the agent key id)
+    org_id: str = ""  # the site's organization (packs attached to an organization)
 
 
 @dataclass
@@ -71,6 +72,9 @@ class SiteFacts:
     ledger_unseen: list[UnseenShipment] = field(default_factory=list)
     #: Chips the judged hosts report, each with whether any shipment lists it.
     ledger_reported: list[ReportedChip] = field(default_factory=list)
+    #: The site's organization and its VEU type (packs that apply to some of them only).
+    org_id: str = ""
+    org_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ class OrgFacts:
     #: National caps from the organization's own authorization, overriding the pack's defaults:
     #: list of (from, until, tpp). None: the pack's dated caps.
     national_caps: list[tuple[Any, Any, int]] | None = None
+    #: The countries of the organization's sites (packs that apply to some countries only).
+    site_countries: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- samples (the schema)

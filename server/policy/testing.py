@@ -150,6 +150,8 @@ def _site_facts(pack: Pack, raw: dict[str, Any]) -> SiteFacts:
             (d["identity"], list(d["hosts"])) for d in raw.get("duplicates") or []
         ],
         has_ledger=bool(raw.get("has_ledger", False)),
+        org_id=str(raw.get("org_id", "org-1")),
+        org_type=str(raw.get("org_type", "")),
         ledger_unseen=[
             UnseenShipment(
                 str(u["identity"]),
@@ -176,6 +178,7 @@ def _org_facts(raw: dict[str, Any]) -> OrgFacts:
             {str(k): int(v) for k, v in (raw.get("tpp_by_country") or {}).items()}
         ),
         national_country=str(raw.get("national_country", "")),
+        site_countries=tuple(str(c) for c in raw.get("site_countries") or ()),
     )
 
 
@@ -192,6 +195,7 @@ def run_case(policy: PolicySet, pack: Pack, case: Reader) -> list[Finding]:
             site_is_test=bool(site.get("is_test", False)),
             site_may_store_controlled_weights=bool(site.get("may_store_controlled_weights", False)),
             models=_registry(case),
+            org_id=str(site.get("org_id", "org-1")),
         )
         return policy.evaluate_host(_snapshot(case), ctx, on)
     if scope == "site":

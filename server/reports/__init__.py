@@ -227,6 +227,9 @@ def build_report(
                 "scope_id": f.scope_id,
                 "site_id": f.site_id,
                 "condition_id": f.condition_id,
+                "pack_id": f.condition_id.split("/", 1)[0] if f.pack_status else "",
+                "pack_version": f.pack_version,
+                "pack_status": f.pack_status,
                 "severity": f.severity,
                 "subject": f.subject,
                 "message": f.message,
@@ -306,6 +309,7 @@ def build_report(
         },
         "findings": findings,
         "findings_on_unconfirmed_figures": sum(1 for f in findings if f["unconfirmed_figures"]),
+        "findings_by_pack": _by_pack(findings),
         "notes": [
             "Installed chips come from each active host's latest accepted snapshot up to the "
             "as-of moment; TPP figures come from the policy pack's chip catalog.",
@@ -382,6 +386,9 @@ def render_csv(data: dict[str, Any]) -> bytes:
                 "id",
                 "severity",
                 "condition_id",
+                "pack_id",
+                "pack_version",
+                "pack_status",
                 "scope",
                 "scope_id",
                 "site_id",
@@ -579,11 +586,26 @@ def render_pdf(data: dict[str, Any]) -> bytes:
         "unconfirmed figures (confidence S or U, marked *)."
     )
     table(
+        ["Pack", "Version", "Status", "Findings", "Violations", "Cannot attest"],
+        [
+            [
+                p["pack_id"],
+                p["version"],
+                p["pack_status"],
+                str(p["findings"]),
+                str(p["violations"]),
+                str(p["cannot_attest"]),
+            ]
+            for p in data["findings_by_pack"]
+        ],
+        [50, 20, 40, 25, 25, 25],
+    )
+    table(
         ["Severity", "Condition", "Subject", "Message", "Citation", "Fig.", "Opened", "Closed"],
         [
             [
                 f["severity"],
-                f["condition_id"],
+                f["condition_id"] + (f" ({f['pack_status']})" if f["pack_status"] else ""),
                 f["subject"],
                 f["message"],
                 f["citation"] or "",
@@ -603,6 +625,28 @@ def render_pdf(data: dict[str, Any]) -> bytes:
         "digest (the .sig file). Check it with: veu-server report verify FILE FILE.sig"
     )
     return bytes(pdf.output())
+
+
+def _by_pack(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings counted per pack (appraisal findings under pack "-"), with each pack's status."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        key = f["pack_id"] or "-"
+        entry = out.setdefault(
+            key,
+            {
+                "pack_id": key,
+                "version": f["pack_version"],
+                "pack_status": f["pack_status"] or "appraisal",
+                "findings": 0,
+                "violations": 0,
+                "cannot_attest": 0,
+            },
+        )
+        entry["findings"] += 1
+        entry["violations"] += f["severity"] == "violation"
+        entry["cannot_attest"] += f["severity"] == "cannot_attest"
+    return [out[k] for k in sorted(out)]
 
 
 RENDERERS = {"json": render_json, "csv": render_csv, "pdf": render_pdf}

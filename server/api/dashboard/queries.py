@@ -584,6 +584,7 @@ class FindingFilter:
     subject: str | None = None
     state: str = "open"  # open | closed | all
     scope_id: str | None = None
+    pack_status: str | None = None  # in-force | proposed | rescinded-not-enforced | ...
 
 
 def findings(
@@ -602,6 +603,8 @@ def findings(
         q = q.where(FindingRow.subject == flt.subject)
     if flt.scope_id:
         q = q.where(FindingRow.scope_id == flt.scope_id)
+    if flt.pack_status:
+        q = q.where(FindingRow.pack_status == flt.pack_status)
     if flt.state == "open":
         q = q.where(FindingRow.is_open.is_(True))
     elif flt.state == "closed":

@@ -24,6 +24,7 @@ from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
 from server.api.deps import Services, services
+from server.findings import PACK_STATUSES
 from server.policy import PolicySet
 from server.policy.distribution import Distribution, distribution
 from server.store import repo
@@ -462,6 +463,7 @@ def findings_page(
     condition: str | None = Query(None, max_length=200),
     subject: str | None = Query(None, max_length=500),
     state: str = Query("open", pattern="^(open|closed|all)$"),
+    pack_status: str | None = Query(None, max_length=32),
     after: int | None = Query(None, ge=0),
 ) -> Response:
     user = _page_user(request)
@@ -476,6 +478,7 @@ def findings_page(
         condition=condition or None,
         subject=subject or None,
         state=state,
+        pack_status=pack_status or None,
     )
     with svc.db.read() as s:
         page = queries.findings(s, flt, after=after)
@@ -487,6 +490,7 @@ def findings_page(
         "condition": condition,
         "subject": subject,
         "state": state,
+        "pack_status": pack_status,
     }
     next_url = f"?{_qs(base, after=page.next_after)}" if page.next_after else None
     return _render(
@@ -497,6 +501,7 @@ def findings_page(
         page=page,
         flt=flt,
         conditions=conditions,
+        pack_statuses=PACK_STATUSES,
         next_url=next_url,
         first_url=f"?{_qs(base)}" if after else None,
     )

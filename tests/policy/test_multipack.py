@@ -71,8 +71,8 @@ def test_findings_name_pack_version_and_status(two_packs: Path) -> None:
     assert set(by_pack) == {"other-pack"}
     f = by_pack["other-pack"]
     assert f.condition_id == "other-pack/site.authorized-tpp"
-    assert (f.pack_version, f.pack_status) == ("1.0.0", "proposed")
-    assert f.to_json()["pack"] == {"id": "other-pack", "version": "1.0.0", "status": "proposed"}
+    assert (f.pack_version, f.pack_status) == ("1.1.0", "proposed")
+    assert f.to_json()["pack"] == {"id": "other-pack", "version": "1.1.0", "status": "proposed"}
     assert Finding.from_json(f.to_json()) == f
 
 

@@ -152,6 +152,15 @@ class ShipmentIn(BaseModel):
     quantity: int | None = Field(None, ge=1, le=1_000_000)
     uuids: list[str] = Field(default_factory=list, max_length=100_000)
     serials: list[str] = Field(default_factory=list, max_length=100_000)
+    #: The U.S. third-party lab test record of the shipped chips (91 FR 1684).
+    lab_test: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("lab_test")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        if v is not None and (not v.isprintable() or not v.strip()):
+            raise ValueError("the lab test reference must be printable text")
+        return v
 
     @field_validator("uuids", "serials")
     @classmethod

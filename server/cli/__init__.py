@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(audit, "verify", cmd_audit_verify, "prove the audit hash chain unbroken")
 
     from server.cli import compliance as compliance_cli
+    from server.cli import licence as licence_cli
     from server.cli import policy as policy_cli
     from server.cli import report as report_cli
     from server.cli import retention
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compliance_cli.register(sub, common, site, org)
     policy_cli.register(sub)
+    licence_cli.register(sub)
     report_cli.register(sub)
     demo.register(sub)
     simulate.register(sub)

@@ -287,6 +287,13 @@ def add_shipment(
     if quantity < 1:
         raise Unprocessable("usage", "give a quantity or the shipped chips' UUIDs/serials")
     shipped_on: date = data["shipped_on"]
+    lab_test = data.get("lab_test")
+    if lab_test is not None:
+        lab_test = str(lab_test).strip()
+        if not lab_test or len(lab_test) > 200 or not lab_test.isprintable():
+            raise Unprocessable(
+                "bad_lab_test", "the lab test reference is printable text of 1 to 200 characters"
+            )
     chip = chip_by_name(policy, data["chip_model"], shipped_on)
     if chip is None:
         raise Unprocessable(
@@ -306,6 +313,7 @@ def add_shipment(
         chip_model=chip.chip_id,
         quantity=quantity,
         tpp=tpp,
+        lab_test=lab_test,
         created_at=now,
     )
     session.add(row)
@@ -340,6 +348,7 @@ def add_shipment(
             "quantity": quantity,
             "tpp": tpp,
             "license_exception": row.license_exception,
+            "lab_test": lab_test,
         },
     )
     return {"id": row.id, "tpp": tpp, "chip_model": row.chip_model, "warnings": warnings}
@@ -361,6 +370,7 @@ def list_shipments(session: Session, *, site: str | None, limit: int) -> list[di
             "chip_model": s.chip_model,
             "quantity": s.quantity,
             "tpp": s.tpp,
+            "lab_test": s.lab_test,
         }
         for s in session.scalars(query)
     ]

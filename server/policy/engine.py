@@ -53,6 +53,7 @@ class PolicySet:
     def __init__(self, packs: list[Pack], digest: str) -> None:
         self.packs = packs
         self.digest = digest
+        self._reference: dict[date, list[Pack]] = {}  # by day: identify() runs per device
 
     # ------------------------------------------------------------------ lookup
 
@@ -60,11 +61,21 @@ class PolicySet:
         return [p for p in self.packs if p.active_on(on)]
 
     def _reference_packs(self, on: date) -> list[Pack]:
-        return self.active_packs(on) or self.packs
+        packs = self._reference.get(on)
+        if packs is None:
+            # Proposed packs and licences follow the rules in force (stable: name order kept).
+            packs = sorted(
+                self.active_packs(on) or self.packs,
+                key=lambda p: p.status in ("proposed", "licence-condition"),
+            )
+            if len(self._reference) > 64:
+                self._reference.clear()
+            self._reference[on] = packs
+        return packs
 
     def reference_pack(self, on: date) -> Pack:
-        """The pack whose figures a display or warning uses: the first in force on ``on``,
-        else the first loaded."""
+        """The pack whose figures a display or warning uses: the first active on ``on`` (in
+        name order, packs that are proposed or licences last), else the first loaded."""
         packs = self._reference_packs(on)
         if not packs:
             raise PackError("", 0, "no_packs", "no policy pack is loaded")
@@ -375,6 +386,11 @@ def host_variables(
                 "tpp": match.tpp if match else 0,
                 "nvml_vendor": vendor_id in NVML_VENDOR_IDS,
                 "seen_by_nvml": acc.source == "nvml" or (bool(bus) and bus[-12:] in nvml_bus),
+                "origin": match.origin if match else "",
+                "dram_bandwidth_gbs": (
+                    match.dram_bandwidth_gbs if match and match.dram_bandwidth_gbs else 0.0
+                ),
+                "bandwidth_known": bool(match and match.dram_bandwidth_gbs),
                 "confidence": list(match.confidence) if match else [],
             }
         )
@@ -457,12 +473,16 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
         cls = chip.classification if chip is not None else tot.classification
         if cls != "none":
             installed += tpp
+        bandwidth = chip.dram_bandwidth_gbs if chip is not None else None
         models.append(
             {
                 "name": name,
                 "count": tot.count,
                 "tpp": tpp,
                 "classification": cls,
+                "origin": chip.origin if chip is not None else "",
+                "dram_bandwidth_gbs": float(bandwidth.value) if bandwidth is not None else 0.0,
+                "bandwidth_known": bandwidth is not None,
                 "confidence": list(chip.confidence) if chip is not None else [],
             }
         )
@@ -481,6 +501,14 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "any_model_allowed": facts.allowed_models is None,
             "allowed_models": list(facts.allowed_models or ()),
             "has_ledger": facts.has_ledger,
+            "name": facts.site_name,
+            "judged_on": on.isoformat(),
+            "licensed": (facts.authorized_tpp or 0) > 0,
+            "org_id": facts.org_id,
+            "org_hq_country": facts.org_hq_country.upper(),
+            "org_parent_hq_country": facts.org_parent_hq_country.upper(),
+            "org_hq_embargoed": pack.countries.in_group(facts.org_hq_country, "d5", on)
+            or pack.countries.in_group(facts.org_parent_hq_country, "d5", on),
         }
     )
     return {
@@ -497,7 +525,13 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             for u in facts.ledger_unseen
         ],
         "ledger_reported": [
-            {"identity": c.identity, "host": c.host, "shipped": c.shipped}
+            {
+                "identity": c.identity,
+                "host": c.host,
+                "shipped": c.shipped,
+                "shipped_to": c.shipped_to,
+                "lab_test": c.lab_test,
+            }
             for c in facts.ledger_reported
         ],
         "params": pack.param_values(),
@@ -555,6 +589,8 @@ def org_variables(pack: Pack, facts: OrgFacts, on: date) -> dict[str, Any]:
             "national_cap_known": cap_known,
             "national_cap_period": cap_label,
             "denominator": facts.denominator,
+            "cn_mo_shipped_units": facts.cn_mo_shipped_units,
+            "us_shipped_units": facts.us_shipped_units,
         },
         "countries": countries,
         "params": pack.param_values(),

@@ -152,6 +152,9 @@ def _site_facts(pack: Pack, raw: dict[str, Any]) -> SiteFacts:
         has_ledger=bool(raw.get("has_ledger", False)),
         org_id=str(raw.get("org_id", "org-1")),
         org_type=str(raw.get("org_type", "")),
+        site_name=str(raw.get("site_name", raw.get("site_id", "site-1"))),
+        org_hq_country=str(raw.get("org_hq_country", "")),
+        org_parent_hq_country=str(raw.get("org_parent_hq_country", raw.get("org_hq_country", ""))),
         ledger_unseen=[
             UnseenShipment(
                 str(u["identity"]),
@@ -162,7 +165,13 @@ def _site_facts(pack: Pack, raw: dict[str, Any]) -> SiteFacts:
             for u in raw.get("ledger_unseen") or []
         ],
         ledger_reported=[
-            ReportedChip(str(c["identity"]), str(c.get("host", "host-a")), bool(c["shipped"]))
+            ReportedChip(
+                str(c["identity"]),
+                str(c.get("host", "host-a")),
+                bool(c["shipped"]),
+                str(c.get("shipped_to", "")),
+                str(c.get("lab_test", "")),
+            )
             for c in raw.get("ledger_reported") or []
         ],
     )
@@ -179,6 +188,8 @@ def _org_facts(raw: dict[str, Any]) -> OrgFacts:
         ),
         national_country=str(raw.get("national_country", "")),
         site_countries=tuple(str(c) for c in raw.get("site_countries") or ()),
+        cn_mo_shipped_units=int(raw.get("cn_mo_shipped_units", 0)),
+        us_shipped_units=int(raw.get("us_shipped_units", 0)),
     )
 
 

@@ -49,7 +49,9 @@ def two_packs(tmp_path: Path) -> Path:
 
 def _site(country: str = "DE", tpp_per_chip: int = 15832) -> SiteFacts:
     agg = SiteAggregate()
-    models = {"nvidia-h100-sxm": ModelTotal(count=8, tpp=8 * tpp_per_chip, classification="3A090.a")}
+    models = {
+        "nvidia-h100-sxm": ModelTotal(count=8, tpp=8 * tpp_per_chip, classification="3A090.a")
+    }
     agg.apply(None, HostContribution(models, 8 * tpp_per_chip, (), country))
     return SiteFacts(
         site_id="fra-1",
@@ -135,3 +137,18 @@ def test_unknown_pack_status_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PackError) as err:
         load_policy_set(root)
     assert err.value.code == "bad_status"
+
+
+def test_the_example_licence_passes_its_fixtures() -> None:
+    from server.policy.testing import run_pack_tests
+
+    example = PACK.parents[1] / "docs" / "examples" / "licences" / "uae-gb300-example"
+    report = run_pack_tests(example)
+    assert report.ok, "\n".join(report.lines())
+    assert {c.condition_id.split("/")[1] for c in report.conditions} == {
+        "site.licence-not-expired",
+        "site.licence-allowed-site",
+        "site.licence-models",
+        "site.licence-chip-count",
+        "site.licence-tpp",
+    }

@@ -19,7 +19,9 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("findings") as batch:
-        batch.add_column(sa.Column("pack_version", sa.String(40), nullable=False, server_default=""))
+        batch.add_column(
+            sa.Column("pack_version", sa.String(40), nullable=False, server_default="")
+        )
         batch.add_column(sa.Column("pack_status", sa.String(32), nullable=False, server_default=""))
     with op.batch_alter_table("shipments") as batch:
         batch.add_column(sa.Column("lab_test", sa.String(200), nullable=True))

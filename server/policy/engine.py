@@ -155,9 +155,17 @@ class PolicySet:
         packs = self.packs_for_site(
             on, country=ctx.site_country, site_id=ctx.site_id, org_id=ctx.org_id
         )
+        # The files and errors do not depend on the pack (classification is the reference
+        # pack's): built once, and their memo fingerprints are shared by every pack.
+        # Fingerprints are keyed by id(): every pack's variables stay alive until the end, so
+        # no id is reused for another item meanwhile.
+        shared: dict[str, Any] = {}
+        fingerprints: dict[int, str] = {}
+        alive: list[dict[str, Any]] = []
         for pack in packs:
-            variables = host_variables(pack, self, snapshot, ctx, on)
-            findings.extend(_judge(pack, "host", variables, on))
+            variables = host_variables(pack, self, snapshot, ctx, on, shared=shared)
+            alive.append(variables)
+            findings.extend(_judge(pack, "host", variables, on, fingerprints))
         return findings
 
     def evaluate_site(self, facts: SiteFacts, on: date) -> list[Finding]:
@@ -269,18 +277,18 @@ def judge_condition(
     ``fingerprints``: memo keys of items already computed by an earlier condition over the same
     variables (keyed by ``id``: valid only while ``variables`` is alive and unchanged).
     """
+    known = {} if fingerprints is None else fingerprints
+    expr = cond.expression
     if cond.for_each is None or cond.item is None:
         try:
-            holds = cond.expression.holds(variables)
+            holds = expr.holds_memo(variables, _roots_fingerprint(variables, expr.roots, known))
         except PolicyEvaluationError as exc:
             return [_error_finding(pack, cond, variables, exc)]
         return [] if holds else [_finding(pack, cond, variables, on, None)]
     out: list[Finding] = []
     scoped = dict(variables)
-    expr = cond.expression
-    context = _fingerprint({r: variables[r] for r in sorted(expr.roots) if r != cond.item})
+    context = _roots_fingerprint(variables, expr.roots - {cond.item}, known)
     text_context: str | None = None  # built at the first finding: most items hold
-    known = {} if fingerprints is None else fingerprints
     for item in variables[cond.for_each]:
         scoped[cond.item] = item
         fp = known.get(id(item))
@@ -323,6 +331,21 @@ def _remembered_finding(
     return finding
 
 
+def _roots_fingerprint(
+    variables: dict[str, Any], roots: frozenset[str], known: dict[int, str]
+) -> str:
+    """The memo key of the variables ``roots`` name, each root's text computed once per set of
+    variables (``known``, keyed by ``id`` like the items' fingerprints)."""
+    parts = []
+    for root in sorted(roots):
+        value = variables[root]
+        fp = known.get(id(value))
+        if fp is None:
+            fp = known[id(value)] = _fingerprint(value)
+        parts.append(f"{root}={fp};")
+    return "".join(parts)
+
+
 def _fingerprint(value: Any) -> str:
     """An exact text of ``value`` for the verdict memo: ``repr`` of the facts (dicts, lists,
     strings, numbers, booleans; built by this module in a fixed key order), which tells apart
@@ -331,9 +354,15 @@ def _fingerprint(value: Any) -> str:
     return repr(value)
 
 
-def _judge(pack: Pack, scope: str, variables: dict[str, Any], on: date) -> list[Finding]:
+def _judge(
+    pack: Pack,
+    scope: str,
+    variables: dict[str, Any],
+    on: date,
+    fingerprints: dict[int, str] | None = None,
+) -> list[Finding]:
     out: list[Finding] = []
-    fingerprints: dict[int, str] = {}
+    fingerprints = {} if fingerprints is None else fingerprints
     for cond in pack.conditions_for(scope):
         out.extend(judge_condition(pack, cond, variables, on, fingerprints))
     return out
@@ -353,8 +382,16 @@ def _site_country_facts(pack: Pack, country: str, on: date) -> dict[str, Any]:
 
 
 def host_variables(
-    pack: Pack, policy: PolicySet, snapshot: SnapshotV1, ctx: HostContext, on: date
+    pack: Pack,
+    policy: PolicySet,
+    snapshot: SnapshotV1,
+    ctx: HostContext,
+    on: date,
+    *,
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The host-scope variables of ``pack``. ``shared``: the pack-independent parts (files,
+    errors) of an earlier call on the same snapshot, filled in by the first call."""
     host_id = ctx.host_id or snapshot.agent.key_id
     failed = sorted({e.collector for e in snapshot.errors})
     nvml_bus = {
@@ -394,6 +431,45 @@ def host_variables(
                 "confidence": list(match.confidence) if match else [],
             }
         )
+    if shared is not None and "files" in shared:
+        files, errors = shared["files"], shared["errors"]
+    else:
+        files, errors = _host_files(policy, snapshot, ctx, on)
+        if shared is not None:
+            shared["files"], shared["errors"] = files, errors
+    site = _site_country_facts(pack, ctx.site_country, on)
+    site.update(
+        {
+            "id": ctx.site_id,
+            "is_test": ctx.site_is_test,
+            "may_store_controlled_weights": ctx.site_may_store_controlled_weights,
+        }
+    )
+    return {
+        "host": {
+            "id": host_id,
+            "key_id": snapshot.agent.key_id,
+            "hostname": snapshot.host.hostname or "",
+            "site_id": snapshot.site_id or "",
+            "failed_collectors": failed,
+            "nvml_ok": "nvml" not in failed,
+            "accelerator_count": len(accs),
+            "file_count": len(files),
+            "unidentified_count": sum(1 for a in accs if not a["identified"]),
+        },
+        "site": site,
+        "accelerators": accs,
+        "files": files,
+        "errors": errors,
+        "params": pack.param_values(),
+    }
+
+
+def _host_files(
+    policy: PolicySet, snapshot: SnapshotV1, ctx: HostContext, on: date
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The weight files (classified by the reference pack's 4E091 thresholds) and the collector
+    errors of a snapshot: the same for every pack."""
     classified: dict[int, ModelClassification] = {}
     files: list[dict[str, Any]] = []
     for root in snapshot.storage:
@@ -430,34 +506,10 @@ def host_variables(
                     "confidence": list(cls.confidence) if record else [],
                 }
             )
-    site = _site_country_facts(pack, ctx.site_country, on)
-    site.update(
-        {
-            "id": ctx.site_id,
-            "is_test": ctx.site_is_test,
-            "may_store_controlled_weights": ctx.site_may_store_controlled_weights,
-        }
-    )
-    return {
-        "host": {
-            "id": host_id,
-            "key_id": snapshot.agent.key_id,
-            "hostname": snapshot.host.hostname or "",
-            "site_id": snapshot.site_id or "",
-            "failed_collectors": failed,
-            "nvml_ok": "nvml" not in failed,
-            "accelerator_count": len(accs),
-            "file_count": len(files),
-            "unidentified_count": sum(1 for a in accs if not a["identified"]),
-        },
-        "site": site,
-        "accelerators": accs,
-        "files": files,
-        "errors": [
-            {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
-        ],
-        "params": pack.param_values(),
-    }
+    errors = [
+        {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
+    ]
+    return files, errors
 
 
 def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from contract import SnapshotV1, parse_statement
 from contract.fsutil import atomic_write
 from server.errors import Invalid, NotFound
+from server.findings import counts_in_headline
 from server.policy import PolicySet, load_policy_set
 from server.policy.distribution import distribution
 from server.results import VerifierKey
@@ -251,7 +252,8 @@ def build_report(
             "status_note": " ".join(p.status_note.split()),
             "effective": p.effective.isoformat(),
             "citation": p.source.get("citation", ""),
-            "enforced": p.status not in {"rescinded-not-enforced", "rescinded", "withdrawn"},
+            "enforced": p.status in ("in-force", "licence-condition"),
+            "counts_in_headline": counts_in_headline(p.status),
         }
         for p in policy.packs
     ]
@@ -638,6 +640,7 @@ def _by_pack(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "pack_id": key,
                 "version": f["pack_version"],
                 "pack_status": f["pack_status"] or "appraisal",
+                "counts_in_headline": counts_in_headline(f["pack_status"]),
                 "findings": 0,
                 "violations": 0,
                 "cannot_attest": 0,

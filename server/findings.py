@@ -26,6 +26,14 @@ SEVERITY_STATUS: dict[str, Status] = {
 STATUS_RANK: dict[str, int] = {"affirming": 0, "warning": 1, "none": 2, "contraindicated": 3}
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "cannot_attest": 2, "violation": 3}
 
+#: The status a pack declares in pack.yaml.
+PACK_STATUSES = ("in-force", "proposed", "rescinded-not-enforced", "licence-condition")
+#: Pack statuses whose findings count in a site's or organization's headline status by default.
+#: ``rescinded-not-enforced`` counts: its text is still codified, and GAO B-337935 (2026-05-12)
+#: found that the announcement of non-enforcement is a rule that had to be submitted under the
+#: Congressional Review Act. ``proposed`` counts only when a viewer asks for it.
+HEADLINE_PACK_STATUSES = ("in-force", "licence-condition", "rescinded-not-enforced")
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -37,9 +45,14 @@ class Finding:
     seen: str | None = None
     citation: str | None = None
     confidence: tuple[str, ...] = field(default_factory=tuple)  # tags of figures used: P E S C U
+    #: The pack that judged it (empty for appraisal findings such as ``chain.gap``): its id,
+    #: version and status (one of :data:`PACK_STATUSES`).
+    pack_id: str = ""
+    pack_version: str = ""
+    pack_status: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "condition_id": self.condition_id,
             "severity": self.severity,
             "subject": self.subject,
@@ -49,9 +62,17 @@ class Finding:
             "citation": self.citation,
             "confidence": list(self.confidence),
         }
+        if self.pack_id:
+            out["pack"] = {
+                "id": self.pack_id,
+                "version": self.pack_version,
+                "status": self.pack_status,
+            }
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Finding:
+        pack = data.get("pack") or {}
         return cls(
             condition_id=str(data["condition_id"]),
             severity=data["severity"],
@@ -61,13 +82,34 @@ class Finding:
             seen=data.get("seen"),
             citation=data.get("citation"),
             confidence=tuple(data.get("confidence") or ()),
+            pack_id=str(pack.get("id", "")),
+            pack_version=str(pack.get("version", "")),
+            pack_status=str(pack.get("status", "")),
         )
 
 
-def status_of(findings: list[Finding] | tuple[Finding, ...]) -> Status:
-    """The worst status any finding implies; no findings is affirming."""
+def counts_in_headline(pack_status: str, *, include_proposed: bool = False) -> bool:
+    """Whether findings of a pack with this status count in a headline status.
+
+    Appraisal findings (no pack) always count. Packs ``proposed`` count only in the "what if it
+    passed" view. See docs/policy.md, "Several packs at once".
+    """
+    if pack_status in HEADLINE_PACK_STATUSES or not pack_status:
+        return True
+    return include_proposed and pack_status == "proposed"
+
+
+def status_of(
+    findings: list[Finding] | tuple[Finding, ...], *, include_proposed: bool = False
+) -> Status:
+    """The worst status any finding implies; no findings is affirming. Findings of packs that do
+    not count in the headline (:func:`counts_in_headline`) are left out."""
     worst: Status = "affirming"
     for finding in findings:
+        if finding.pack_status and not counts_in_headline(
+            finding.pack_status, include_proposed=include_proposed
+        ):
+            continue
         candidate = SEVERITY_STATUS[finding.severity]
         if STATUS_RANK[candidate] > STATUS_RANK[worst]:
             worst = candidate
@@ -103,6 +145,9 @@ def condensed(findings: Sequence[Finding], *, per_condition: int = 25) -> tuple[
                 ),
                 citation=worst.citation,
                 confidence=worst.confidence,
+                pack_id=worst.pack_id,
+                pack_version=worst.pack_version,
+                pack_status=worst.pack_status,
             )
         )
     return tuple(kept)

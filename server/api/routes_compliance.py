@@ -39,6 +39,15 @@ def _finding_json(row: Any) -> dict[str, Any]:
         "seen": row.seen,
         "citation": row.citation,
         "confidence": [c for c in row.confidence.split(",") if c],
+        "pack": (
+            {
+                "id": row.condition_id.split("/", 1)[0],
+                "version": row.pack_version,
+                "status": row.pack_status,
+            }
+            if row.pack_status
+            else None
+        ),
         "opened_at": row.opened_at.isoformat(),
         "last_seen_at": row.last_seen_at.isoformat(),
         "closed_at": row.closed_at.isoformat() if row.closed_at else None,
@@ -47,12 +56,27 @@ def _finding_json(row: Any) -> dict[str, Any]:
 
 
 @router.get("/sites/{site_id}/status")
-def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
-    """The site's live status: aggregate, hosts fresh and stale, open findings."""
+def site_status(
+    svc: SvcDep,
+    request: Request,
+    site_id: str,
+    include_proposed: bool = Query(
+        False, description="count findings of proposed packs in the headline status too"
+    ),
+) -> dict[str, Any]:
+    """The site's live status: aggregate, hosts fresh and stale, open findings, findings by
+    pack. The headline counts packs in force; ``include_proposed`` adds proposed packs."""
     auth.reader(svc, request)
     svc.settle()
     with svc.db.read() as session:
-        status = ledger.site_status(session, svc.policy, site_id, svc.now(), svc.compliance)
+        status = ledger.site_status(
+            session,
+            svc.policy,
+            site_id,
+            svc.now(),
+            svc.compliance,
+            include_proposed=include_proposed,
+        )
     if status is None:
         raise APIError(404, "not_found", f"no site {site_id[:64]!r}")
     rows = status.pop("finding_rows")
@@ -60,12 +84,22 @@ def site_status(svc: SvcDep, request: Request, site_id: str) -> dict[str, Any]:
 
 
 @router.get("/orgs/{org_id}/status")
-def org_status(svc: SvcDep, request: Request, org_id: str) -> dict[str, Any]:
-    """The organization's status and its country distribution table, denominator stated."""
+def org_status(
+    svc: SvcDep,
+    request: Request,
+    org_id: str,
+    include_proposed: bool = Query(
+        False, description="count findings of proposed packs in the headline status too"
+    ),
+) -> dict[str, Any]:
+    """The organization's status and its country distribution table, denominator stated; the
+    headline counts packs in force, ``include_proposed`` adds proposed packs."""
     auth.reader(svc, request)
     svc.settle()
     with svc.db.read() as session:
-        status = ledger.org_status(session, svc.policy, org_id, svc.now())
+        status = ledger.org_status(
+            session, svc.policy, org_id, svc.now(), include_proposed=include_proposed
+        )
     if status is None:
         raise APIError(404, "not_found", f"no organization {org_id[:64]!r}")
     rows = status.pop("finding_rows")
@@ -80,6 +114,8 @@ def findings(
     org: str | None = Query(None, pattern=_ID),
     severity: Literal["info", "warning", "cannot_attest", "violation"] | None = None,
     condition: str | None = Query(None, max_length=200),
+    pack_status: Literal["in-force", "proposed", "rescinded-not-enforced", "licence-condition"]
+    | None = None,
     open: bool | None = None,
     limit: int = Query(100, ge=1, le=1000),
     after: int = Query(
@@ -96,6 +132,7 @@ def findings(
             org=org,
             severity=severity,
             condition=condition,
+            pack_status=pack_status,
             is_open=open,
             limit=limit,
             after=after,
@@ -117,6 +154,15 @@ class ShipmentIn(BaseModel):
     quantity: int | None = Field(None, ge=1, le=1_000_000)
     uuids: list[str] = Field(default_factory=list, max_length=100_000)
     serials: list[str] = Field(default_factory=list, max_length=100_000)
+    #: The U.S. third-party lab test record of the shipped chips (91 FR 1684).
+    lab_test: str | None = Field(None, min_length=1, max_length=200)
+
+    @field_validator("lab_test")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        if v is not None and (not v.isprintable() or not v.strip()):
+            raise ValueError("the lab test reference must be printable text")
+        return v
 
     @field_validator("uuids", "serials")
     @classmethod

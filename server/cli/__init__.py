@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from server.cli import admin, devtools, retention, serve
     from server.cli import compliance as compliance_cli
+    from server.cli import licence as licence_cli
     from server.cli import policy as policy_cli
     from server.cli import report as report_cli
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     site, org = admin.register(sub, common)
     compliance_cli.register(sub, common, site, org)
     policy_cli.register(sub)
+    licence_cli.register(sub)
     report_cli.register(sub)
     devtools.register_demo(sub)
     devtools.register_simulate(sub)

@@ -64,6 +64,7 @@ def cmd_shipment_add(args: argparse.Namespace) -> int:
         "quantity": args.quantity,
         "uuids": args.uuid,
         "serials": args.serial,
+        "lab_test": args.lab_test,
     }
     with db.write() as session:
         out = ledger.add_shipment(session, policy, data, now=_now(), actor=ACTOR)
@@ -320,6 +321,11 @@ def register(
     p.add_argument("--quantity", type=int, help="default: the number of UUIDs/serials given")
     p.add_argument("--uuid", action="append", default=[], help="shipped GPU UUID (repeatable)")
     p.add_argument("--serial", action="append", default=[], help="shipped serial (repeatable)")
+    p.add_argument(
+        "--lab-test",
+        metavar="REF",
+        help="the U.S. third-party lab test record of the shipped chips (91 FR 1684)",
+    )
     p = add(shipment, "list", cmd_shipment_list, "list shipments")
     p.add_argument("--site")
     p.add_argument("--limit", type=int, default=100)

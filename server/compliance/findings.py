@@ -51,6 +51,8 @@ def sync_findings(
         seen.add(key)
         row.last_seen_at = now
         message, seen_text = db_text(f.message, 4000) or "", db_text(f.seen, 4000)
+        if row.pack_status != f.pack_status or row.pack_version != f.pack_version:
+            row.pack_status, row.pack_version = f.pack_status, f.pack_version
         if (row.severity, row.message, row.seen) != (f.severity, message, seen_text):
             row.severity, row.message, row.seen = f.severity, message, seen_text
             row.expected = db_text(f.expected, 4000)
@@ -71,6 +73,8 @@ def sync_findings(
                 seen=db_text(f.seen, 4000),
                 citation=db_text(f.citation, 1000),
                 confidence=",".join(f.confidence),
+                pack_version=db_text(f.pack_version, 40) or "",
+                pack_status=db_text(f.pack_status, 32) or "",
                 opened_at=now,
                 last_seen_at=now,
                 closed_at=None,
@@ -89,6 +93,9 @@ def finding_of(row: FindingRow) -> Finding:
         seen=row.seen,
         citation=row.citation,
         confidence=tuple(c for c in row.confidence.split(",") if c),
+        pack_id=row.condition_id.split("/", 1)[0] if row.pack_status else "",
+        pack_version=row.pack_version,
+        pack_status=row.pack_status,
     )
 
 
@@ -101,6 +108,8 @@ def findings_key(findings: Sequence[Finding]) -> str:
             db_text(f.message, 4000) or "",
             db_text(f.seen, 4000) or "",
             db_text(f.expected, 4000) or "",
+            f.pack_status,
+            f.pack_version,
         )
         for f in findings
         if f.severity != "info"

@@ -159,6 +159,7 @@ def judge_host(
             else model_registry(session, digests)
         ),
         host_id=key_id,
+        org_id=terms.org_id,
     )
     findings = tuple(policy.evaluate_host(snapshot, ctx, on))
     judged = HostJudgement(

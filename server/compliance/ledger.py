@@ -10,6 +10,7 @@ the caller's transaction.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ from server.compliance.ledger_facts import lpp_used
 from server.compliance.registry import bump_registry, model_record
 from server.compliance.settle import ComplianceConfig, stale_hosts
 from server.errors import Conflict, NotFound, Unprocessable
+from server.findings import PACK_STATUSES, SEVERITY_STATUS, STATUS_RANK, counts_in_headline
 from server.policy import (
     ModelRecord,
     OrgAggregate,
@@ -50,8 +52,63 @@ from server.store.repo import new_id
 # --------------------------------------------------------------------------- status documents
 
 
+def status_view(
+    stored: str, rows: Sequence[FindingRow], scope: str, *, include_proposed: bool
+) -> dict[str, Any]:
+    """The headline status and the findings by pack, from the stored status (judged counting the
+    packs of :data:`HEADLINE_PACK_STATUSES`) and the open findings of ``scope``.
+
+    With ``include_proposed`` the open findings of ``proposed`` packs count too: "what if the
+    bill passed?". Each pack's entry says its version, status and the status its own findings
+    alone imply.
+    """
+    by_pack: dict[str, dict[str, Any]] = {}
+    worst = stored
+    for row in rows:
+        if row.scope != scope or not row.pack_status:
+            continue
+        pack_id = row.condition_id.split("/", 1)[0]
+        entry = by_pack.setdefault(
+            pack_id,
+            {
+                "pack_id": pack_id,
+                "version": row.pack_version,
+                "pack_status": row.pack_status,
+                "counts_in_headline": counts_in_headline(
+                    row.pack_status, include_proposed=include_proposed
+                ),
+                "status": "affirming",
+                "open_findings": 0,
+            },
+        )
+        entry["open_findings"] += 1
+        implied = SEVERITY_STATUS[row.severity]
+        if STATUS_RANK[implied] > STATUS_RANK[entry["status"]]:
+            entry["status"] = implied
+        if (
+            include_proposed
+            and row.pack_status == "proposed"
+            and STATUS_RANK[implied] > STATUS_RANK.get(worst, 0)
+        ):
+            worst = implied
+    return {
+        "status": worst,
+        "status_view": "with-proposed" if include_proposed else "in-force",
+        "status_counts": [
+            s for s in PACK_STATUSES if counts_in_headline(s, include_proposed=include_proposed)
+        ],
+        "packs": [by_pack[k] for k in sorted(by_pack)],
+    }
+
+
 def site_status(
-    session: Session, policy: PolicySet, site_id: str, now: datetime, config: ComplianceConfig
+    session: Session,
+    policy: PolicySet,
+    site_id: str,
+    now: datetime,
+    config: ComplianceConfig,
+    *,
+    include_proposed: bool = False,
 ) -> dict[str, Any] | None:
     site = session.get(Site, site_id)
     if site is None:
@@ -70,11 +127,17 @@ def site_status(
         .select_from(Host)
         .where(Host.site_id == site_id, Host.status == "active")
     )
+    view = status_view(
+        state.status if state else "none", rows, "site", include_proposed=include_proposed
+    )
     return {
         "site_id": site.id,
         "name": site.name,
         "country": site.country,
-        "status": state.status if state else "none",
+        "status": view["status"] if state else "none",
+        "status_view": view["status_view"],
+        "status_counts": view["status_counts"],
+        "packs": view["packs"],
         "status_reason": None if state else "no accepted evidence from this site yet",
         "policy_digest": state.policy_digest if state else None,
         "updated_at": state.updated_at.isoformat() if state else None,
@@ -95,7 +158,12 @@ def site_status(
 
 
 def org_status(
-    session: Session, policy: PolicySet, org_id: str, now: datetime
+    session: Session,
+    policy: PolicySet,
+    org_id: str,
+    now: datetime,
+    *,
+    include_proposed: bool = False,
 ) -> dict[str, Any] | None:
     org = session.get(Organization, org_id)
     if org is None:
@@ -131,13 +199,19 @@ def org_status(
         .where(FindingRow.is_open.is_(True))
         .order_by(FindingRow.id)
     ).all()
+    view = status_view(
+        state.status if state else "none", rows, "organization", include_proposed=include_proposed
+    )
     return {
         "org_id": org.id,
         "name": org.name,
         "veu": org.veu,
         "hq_country": org.hq_country,
         "parent_hq_country": org.parent_hq_country,
-        "status": state.status if state else "none",
+        "status": view["status"] if state else "none",
+        "status_view": view["status_view"],
+        "status_counts": view["status_counts"],
+        "packs": view["packs"],
         "policy_digest": state.policy_digest if state else None,
         "distribution": table,
         "finding_rows": rows,
@@ -154,6 +228,7 @@ def find(
     is_open: bool | None,
     limit: int,
     after: int,
+    pack_status: str | None = None,
 ) -> list[FindingRow]:
     query = select(FindingRow).where(FindingRow.id > after)
     if site is not None:
@@ -164,6 +239,8 @@ def find(
         query = query.where(FindingRow.severity == severity)
     if condition is not None:
         query = query.where(FindingRow.condition_id == condition)
+    if pack_status is not None:
+        query = query.where(FindingRow.pack_status == pack_status)
     if is_open is not None:
         query = query.where(FindingRow.is_open.is_(is_open))
     return list(session.scalars(query.order_by(FindingRow.id).limit(limit)))
@@ -210,6 +287,13 @@ def add_shipment(
     if quantity < 1:
         raise Unprocessable("usage", "give a quantity or the shipped chips' UUIDs/serials")
     shipped_on: date = data["shipped_on"]
+    lab_test = data.get("lab_test")
+    if lab_test is not None:
+        lab_test = str(lab_test).strip()
+        if not lab_test or len(lab_test) > 200 or not lab_test.isprintable():
+            raise Unprocessable(
+                "bad_lab_test", "the lab test reference is printable text of 1 to 200 characters"
+            )
     chip = chip_by_name(policy, data["chip_model"], shipped_on)
     if chip is None:
         raise Unprocessable(
@@ -229,6 +313,7 @@ def add_shipment(
         chip_model=chip.chip_id,
         quantity=quantity,
         tpp=tpp,
+        lab_test=lab_test,
         created_at=now,
     )
     session.add(row)
@@ -263,6 +348,7 @@ def add_shipment(
             "quantity": quantity,
             "tpp": tpp,
             "license_exception": row.license_exception,
+            "lab_test": lab_test,
         },
     )
     return {"id": row.id, "tpp": tpp, "chip_model": row.chip_model, "warnings": warnings}
@@ -284,6 +370,7 @@ def list_shipments(session: Session, *, site: str | None, limit: int) -> list[di
             "chip_model": s.chip_model,
             "quantity": s.quantity,
             "tpp": s.tpp,
+            "lab_test": s.lab_test,
         }
         for s in session.scalars(query)
     ]

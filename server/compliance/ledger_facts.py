@@ -88,17 +88,49 @@ def _reported_chips(session: Session, key_id: str) -> list[ReportedChip]:
     idents = [f"uuid:{u}" for u, _ in rows if u] + [f"serial:{s}" for _, s in rows if s]
     if not idents:
         return []
-    shipped = set(
-        session.scalars(select(ShipmentItem.identity).where(ShipmentItem.identity.in_(idents)))
-    )
+    # Each listed chip with the site and lab test record of (the latest) shipment listing it.
+    shipped: dict[str, tuple[str, str]] = {}
+    for ident, site_id, lab_test in session.execute(
+        select(ShipmentItem.identity, ShipmentItem.site_id, Shipment.lab_test)
+        .join(Shipment, Shipment.id == ShipmentItem.shipment_id)
+        .where(ShipmentItem.identity.in_(idents))
+        .order_by(Shipment.shipped_on, Shipment.id)
+    ):
+        shipped[ident] = (site_id or "", lab_test or "")
     out: list[ReportedChip] = []
     for uuid_, serial in rows:
         names = [
             n for n in (f"uuid:{uuid_}" if uuid_ else "", f"serial:{serial}" if serial else "") if n
         ]
         if names:
-            out.append(ReportedChip(names[0], key_id, any(n in shipped for n in names)))
+            found = next((shipped[n] for n in names if n in shipped), None)
+            out.append(
+                ReportedChip(
+                    names[0],
+                    key_id,
+                    found is not None,
+                    found[0] if found else "",
+                    found[1] if found else "",
+                )
+            )
     return out
+
+
+#: The countries whose shipments count as "China and Macau" (91 FR 1684 condition d).
+_CN_MO = ("CN", "MO")
+
+
+def shipped_units(session: Session, org_id: str) -> tuple[int, int]:
+    """Chips the ledger records as shipped to the organization's sites in China or Macau, and in
+    the United States: ``(cn_mo, us)``."""
+    rows = session.execute(
+        select(Shipment.destination_country, func.coalesce(func.sum(Shipment.quantity), 0))
+        .join(Site, Site.id == Shipment.site_id)
+        .where(Site.org_id == org_id, Shipment.destination_country.in_((*_CN_MO, "US")))
+        .group_by(Shipment.destination_country)
+    ).all()
+    by = {str(c).upper(): int(n or 0) for c, n in rows}
+    return sum(by.get(c, 0) for c in _CN_MO), by.get("US", 0)
 
 
 def lpp_used(session: Session, consignee: str, year: int) -> int:

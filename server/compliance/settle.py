@@ -37,7 +37,7 @@ from sqlalchemy import Table, bindparam, delete, select, true, update
 from sqlalchemy.orm import Session
 
 from server.compliance.findings import sync_findings
-from server.compliance.ledger_facts import ledger_facts
+from server.compliance.ledger_facts import ledger_facts, shipped_units
 from server.findings import Finding, status_of
 from server.policy import (
     HostContribution,
@@ -360,6 +360,7 @@ def _judge_site(
         if ident not in known:
             duplicates.append((ident, hosts))
     ledger = ledger_facts(session, site, key_ids, now)
+    org = session.get(Organization, site.org_id)
     facts = SiteFacts(
         site_id=site.id,
         country=site.country,
@@ -372,6 +373,11 @@ def _judge_site(
         has_ledger=ledger.has_ledger,
         ledger_unseen=list(ledger.unseen),
         ledger_reported=list(ledger.reported),
+        org_id=site.org_id,
+        site_name=site.name,
+        org_type=org.veu if org is not None else "",
+        org_hq_country=org.hq_country if org is not None else "",
+        org_parent_hq_country=(org.parent_hq_country or org.hq_country) if org is not None else "",
     )
     findings = policy.evaluate_site(facts, now.date())
     state.status = status_of(findings)
@@ -404,6 +410,7 @@ def _judge_org(session: Session, policy: PolicySet, org: Organization, now: date
     state = _locked_state(session, OrgState, org.id, now, OrgAggregate().to_json())
     assert state is not None
     agg = org_aggregate(session, org.id)
+    cn_mo, us = shipped_units(session, org.id)
     national = ""
     if org.veu == "national":
         national = session.scalar(select(Site.country).where(Site.org_id == org.id).limit(1)) or ""
@@ -414,6 +421,11 @@ def _judge_org(session: Session, policy: PolicySet, org: Organization, now: date
         parent_hq_country=org.parent_hq_country or org.hq_country,
         aggregate=agg,
         national_country=national,
+        site_countries=tuple(
+            sorted(set(session.scalars(select(Site.country).where(Site.org_id == org.id))))
+        ),
+        cn_mo_shipped_units=cn_mo,
+        us_shipped_units=us,
     )
     findings = policy.evaluate_org(facts, now.date())
     state.aggregate = json.dumps(agg.to_json())

@@ -11,7 +11,14 @@ In a fresh data directory (a temporary one unless ``--data-dir`` names an empty 
 - deliberate problems: ``nl-ams`` above its authorized TPP; one GPU (UUID and serial) reported at
   ``us-east`` and ``ae-auh``; controlled model weights (3e26 training operations) on storage not
   known to be encrypted at ``us-east``; a storage host at ``de-fra`` that reports once and is
-  stopped (it goes stale); and the United Arab Emirates, a non-Tier-1 country, above 7% of TPP.
+  stopped (it goes stale); the United Arab Emirates, a non-Tier-1 country, above 7% of TPP; and
+  ``cn-sha``, a licensed site in China (a licence-requiring destination) whose H20 servers were
+  shipped with a U.S. third-party lab test record for all but one chip.
+
+Every shipped pack judges the fleet live: the 2025 AI Diffusion pack (rescinded, not enforced),
+the rules in force (``us-advanced-computing-2026``: the missing lab test record is "cannot
+attest") and the proposed Chip Security Act (every covered chip: "cannot attest: location not
+measured", counted in the headline only when the dashboard is asked to include proposed packs).
 
 All simulated hosts run on this one machine and would share its hostname, so the verifier's
 record of each is labelled with its role (``us-east-01``...); its snapshots still say where they
@@ -53,9 +60,10 @@ CHIPS: dict[str, tuple[str, str, int, str, str, str]] = {
     "h100": ("NVIDIA H100 80GB HBM3", "0x2330", 81559, "Hopper", "692-2G520-0200-000", "16549"),
     "h200": ("NVIDIA H200", "0x2335", 143771, "Hopper", "692-2G520-0280-000", "17432"),
     "b200": ("NVIDIA B200", "0x2901", 183359, "Blackwell", "692-2G525-0200-000", "17812"),
+    "h20": ("NVIDIA H20", "0x2329", 97871, "Hopper", "692-2G520-0250-000", "17650"),
 }
 BUSES = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
-DRIVER = {"h100": "535.129.03", "h200": "550.54.15", "b200": "570.124.06"}
+DRIVER = {"h100": "535.129.03", "h200": "550.54.15", "b200": "570.124.06", "h20": "550.54.15"}
 
 
 @dataclass
@@ -86,7 +94,12 @@ SITES = [
     DemoSite("nl-ams", "NL", 100_000, True, False),  # each server 126,656 TPP: above it
     DemoSite("ae-auh", "AE", 400_000, True, False),  # Tier 2: its share of TPP exceeds 7%
     DemoSite("us-lab", "US", 50_000, False, False),  # this machine: real probes, not a test site
+    # China: licensed (an authorized TPP); H20 servers (outside 3A090, so the distribution tables
+    # do not change), one chip shipped without a U.S. lab test record (91 FR 1684).
+    DemoSite("cn-sha", "CN", 200_000, True, False),
 ]
+#: The lab test record of the China shipment, and the one chip shipped without one.
+CN_LAB_TEST = "USLAB-DEMO-2026-0001"
 
 
 def plan_hosts(hosts_per_site: int) -> list[DemoHost]:
@@ -106,6 +119,7 @@ def plan_hosts(hosts_per_site: int) -> list[DemoHost]:
         for i in range(n)
     ]
     hosts.append(DemoHost("ae-auh-01", "ae-auh", "h100", shares_gpu_with="us-east-01"))
+    hosts.append(DemoHost("cn-sha-01", "cn-sha", "h20"))
     hosts.append(DemoHost("this-machine", "us-lab", None, local=True))
     return hosts
 
@@ -332,6 +346,38 @@ class Demo:
                         identity=f"serial:{chip['serial']}",
                     )
                 )
+            # China: all but the last chip shipped with a U.S. third-party lab test record.
+            cn = next(h for h in self.hosts if h.site == "cn-sha")
+            cn_chips = accelerators(cn, self.hosts.index(cn) + 1)
+            for shipment_id, chips, lab_test in (
+                ("shp_demo_cn_sha", cn_chips[:-1], CN_LAB_TEST),
+                ("shp_demo_cn_sha_untested", cn_chips[-1:], None),
+            ):
+                s.add(
+                    Shipment(
+                        id=shipment_id,
+                        shipped_on=date.today() - timedelta(days=30),
+                        site_id=self.site_ids["cn-sha"],
+                        destination_country="CN",
+                        consignee="Acme AI Shanghai",
+                        license_exception="license",
+                        end_user="non-veu",
+                        chip_model="nvidia-h20",
+                        quantity=len(chips),
+                        tpp=2_368 * len(chips),
+                        lab_test=lab_test,
+                        created_at=now,
+                    )
+                )
+                s.flush()
+                for chip in chips:
+                    s.add(
+                        ShipmentItem(
+                            shipment_id=shipment_id,
+                            site_id=self.site_ids["cn-sha"],
+                            identity=f"uuid:{chip['uuid']}",
+                        )
+                    )
         return tokens
 
     # ------------------------------------------------------------------ processes

@@ -62,6 +62,9 @@ class Chip:
     pd: Figure | None
     classification: Classification
     line: int
+    origin: str = ""
+    #: Total DRAM bandwidth in GB/s (91 FR 1684 scope parameter), with source and confidence.
+    dram_bandwidth_gbs: Figure | None = None
 
     @property
     def tpp_value(self) -> int:
@@ -72,6 +75,8 @@ class Chip:
         tags = {self.tpp.confidence}
         if self.pd is not None:
             tags.add(self.pd.confidence)
+        if self.dram_bandwidth_gbs is not None:
+            tags.add(self.dram_bandwidth_gbs.confidence)
         return tuple(sorted(tags))
 
 
@@ -87,6 +92,8 @@ class ChipMatch:
     confidence: tuple[str, ...]
     source: str
     matched_by: Literal["pci", "name"]
+    origin: str = ""
+    dram_bandwidth_gbs: float | None = None
 
 
 def norm_hex(value: Any) -> str | None:
@@ -112,8 +119,11 @@ def _norm_name(name: str) -> str:
 
 _CHIP_KEYS = {
     "id", "vendor", "title", "names", "names_confidence", "pci", "data_center", "tpp", "pd",
-    "classification", "note",
+    "classification", "note", "origin", "dram_bandwidth_gbs",
 }  # fmt: skip
+#: Where a chip was designed and made, as far as export controls care (GP10 guidance on PRC
+#: 3A090 ICs, 2025-05-13): "" when the pack does not say.
+ORIGINS = ("US", "PRC", "other")
 
 
 _SEEN_MAX = 4096
@@ -166,6 +176,10 @@ class Catalog:
             confidence=chip.confidence,
             source=chip.tpp.source,
             matched_by=how,
+            origin=chip.origin,
+            dram_bandwidth_gbs=(
+                None if chip.dram_bandwidth_gbs is None else float(chip.dram_bandwidth_gbs.value)
+            ),
         )
 
 
@@ -232,6 +246,22 @@ def load_catalog(path: Path) -> Catalog:
                 "tpp", "bad_type", "TPP must be a non-negative integer (quotas are summed exactly)"
             )
         pd = read_figure(path, r.req("pd"), f"chip {chip_id} pd") if r.has("pd") else None
+        origin = r.str_("origin", required=False) or ""
+        if origin and origin not in ORIGINS:
+            raise r.error("origin", "bad_origin", f"origin is one of {', '.join(ORIGINS)}")
+        bandwidth = (
+            read_figure(path, r.req("dram_bandwidth_gbs"), f"chip {chip_id} dram_bandwidth_gbs")
+            if r.has("dram_bandwidth_gbs")
+            else None
+        )
+        if bandwidth is not None and (
+            isinstance(bandwidth.value, bool)
+            or not isinstance(bandwidth.value, int | float)
+            or bandwidth.value <= 0
+        ):
+            raise r.error(
+                "dram_bandwidth_gbs", "bad_type", "dram_bandwidth_gbs must be a number above 0"
+            )
         declared = r.rstr("classification")
         if declared not in CLASSIFICATIONS:
             raise r.error(
@@ -264,6 +294,8 @@ def load_catalog(path: Path) -> Catalog:
                 pd=pd,
                 classification=computed,
                 line=r.line(),
+                origin=origin,
+                dram_bandwidth_gbs=bandwidth,
             )
         )
     if not chips:

@@ -82,10 +82,14 @@ def references(source: str) -> tuple[set[str], set[str], set[tuple[str, str]], s
             funcs.add(text)
             continue
         roots.add(text)
+        if nxt != ("op", ".") or i + 2 >= len(toks) or toks[i + 2][0] != "id":
+            fields.add((text, ""))  # used as a whole (e.g. a list handed to a macro)
         if nxt == ("op", ".") and i + 2 < len(toks) and toks[i + 2][0] == "id":
             after = toks[i + 3] if i + 3 < len(toks) else ("", "")
             if after != ("op", "("):
                 fields.add((text, toks[i + 2][1]))
+            else:
+                fields.add((text, ""))  # a method on the variable itself
     return roots - bound, funcs, {f for f in fields if f[0] not in bound}, bound
 
 
@@ -99,6 +103,10 @@ class Expression:
     program: cel.Program
     roots: frozenset[str]
     params_used: frozenset[str]
+    #: For each root the expression reads only through fields (``file.encrypted``), those
+    #: fields: only they are converted into CEL values (the conversion dominates the cost).
+    #: A root read as a whole is absent.
+    root_fields: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     #: Verdicts by fingerprint of the inputs (see :meth:`holds_memo`). Bounded; owned by this
     #: compiled expression, so reloading a pack starts empty.
@@ -123,8 +131,15 @@ class Expression:
 
     def holds(self, variables: Mapping[str, Any]) -> bool:
         """True when the condition holds. Anything but a bool is an evaluation error."""
+        inputs: dict[str, Any] = {}
+        for k in self.roots:
+            value = variables[k]
+            only = self.root_fields.get(k)
+            if only is not None and isinstance(value, dict):
+                value = {f: value[f] for f in only if f in value}
+            inputs[k] = value
         try:
-            result = self.program.execute({k: variables[k] for k in self.roots})
+            result = self.program.execute(inputs)
         except (ValueError, TypeError, RuntimeError, KeyError) as exc:
             raise PolicyEvaluationError(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(result, bool):
@@ -149,12 +164,18 @@ def compile_expression(source: str, sample: Mapping[str, Any]) -> Expression:
         raise ExpressionError(f"unknown function(s) {', '.join(bad_funcs)}")
     for root, name in sorted(fields):
         value = sample.get(root)
-        if isinstance(value, Mapping) and name not in value:
+        if name and isinstance(value, Mapping) and name not in value:
             raise ExpressionError(
                 f"{root} has no field {name!r}; it has {', '.join(sorted(value))}"
             )
-    params_used = frozenset(name for root, name in fields if root == "params")
-    expr = Expression(source, program, frozenset(roots), params_used)
+    params_used = frozenset(name for root, name in fields if root == "params" and name)
+    whole = {root for root, name in fields if not name}
+    root_fields = {
+        root: frozenset(name for r, name in fields if r == root)
+        for root in roots
+        if root not in whole
+    }
+    expr = Expression(source, program, frozenset(roots), params_used, root_fields)
     try:
         expr.holds(sample)
     except PolicyEvaluationError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 
 from server.policy._yaml import Reader, load_yaml
@@ -44,10 +45,18 @@ class Group:
         return frozenset(m.code for m in self.members if m.on(day))
 
     def membership(self, code: str, day: date) -> Membership | None:
-        for m in self.members:
-            if m.code == code and m.on(day):
+        for m in self._by_code.get(code, ()):
+            if m.on(day):
                 return m
         return None
+
+    @cached_property
+    def _by_code(self) -> dict[str, tuple[Membership, ...]]:
+        """Members by code: every judgement asks about a few countries of long lists."""
+        out: dict[str, list[Membership]] = {}
+        for m in self.members:
+            out.setdefault(m.code, []).append(m)
+        return {k: tuple(v) for k, v in out.items()}
 
 
 @dataclass(frozen=True)

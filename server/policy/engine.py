@@ -53,6 +53,7 @@ class PolicySet:
     def __init__(self, packs: list[Pack], digest: str) -> None:
         self.packs = packs
         self.digest = digest
+        self._reference: dict[date, list[Pack]] = {}  # by day: identify() runs per device
 
     # ------------------------------------------------------------------ lookup
 
@@ -60,11 +61,21 @@ class PolicySet:
         return [p for p in self.packs if p.active_on(on)]
 
     def _reference_packs(self, on: date) -> list[Pack]:
-        return self.active_packs(on) or self.packs
+        packs = self._reference.get(on)
+        if packs is None:
+            # Proposed packs and licences follow the rules in force (stable: name order kept).
+            packs = sorted(
+                self.active_packs(on) or self.packs,
+                key=lambda p: p.status in ("proposed", "licence-condition"),
+            )
+            if len(self._reference) > 64:
+                self._reference.clear()
+            self._reference[on] = packs
+        return packs
 
     def reference_pack(self, on: date) -> Pack:
-        """The pack whose figures a display or warning uses: the first in force on ``on``,
-        else the first loaded."""
+        """The pack whose figures a display or warning uses: the first active on ``on`` (in
+        name order, packs that are proposed or licences last), else the first loaded."""
         packs = self._reference_packs(on)
         if not packs:
             raise PackError("", 0, "no_packs", "no policy pack is loaded")
@@ -123,24 +134,73 @@ class PolicySet:
 
     # ------------------------------------------------------------------ evaluation
 
+    def packs_for_site(
+        self, on: date, *, country: str, site_id: str, org_id: str, org_type: str = ""
+    ) -> list[Pack]:
+        """The packs that judge a site (and its hosts) on ``on``: active by their dates, and
+        applying to its country, id and organization where a pack restricts them."""
+        return [
+            p
+            for p in self.active_packs(on)
+            if p.applies_to.site(
+                countries=_countries_as(p, (country,) if country else ()),
+                site_id=site_id,
+                org_id=org_id,
+                org_type=org_type,
+            )
+        ]
+
     def evaluate_host(self, snapshot: SnapshotV1, ctx: HostContext, on: date) -> list[Finding]:
         findings: list[Finding] = []
-        for pack in self.active_packs(on):
-            variables = host_variables(pack, self, snapshot, ctx, on)
-            findings.extend(_judge(pack, "host", variables, on))
+        packs = self.packs_for_site(
+            on, country=ctx.site_country, site_id=ctx.site_id, org_id=ctx.org_id
+        )
+        # The files and errors do not depend on the pack (classification is the reference
+        # pack's): built once, and their memo fingerprints are shared by every pack.
+        # Fingerprints are keyed by id(): every pack's variables stay alive until the end, so
+        # no id is reused for another item meanwhile.
+        shared: dict[str, Any] = {}
+        fingerprints: dict[int, str] = {}
+        alive: list[dict[str, Any]] = []
+        for pack in packs:
+            variables = host_variables(pack, self, snapshot, ctx, on, shared=shared)
+            alive.append(variables)
+            findings.extend(_judge(pack, "host", variables, on, fingerprints))
         return findings
 
     def evaluate_site(self, facts: SiteFacts, on: date) -> list[Finding]:
         findings: list[Finding] = []
-        for pack in self.active_packs(on):
+        packs = self.packs_for_site(
+            on,
+            country=facts.country,
+            site_id=facts.site_id,
+            org_id=facts.org_id,
+            org_type=facts.org_type,
+        )
+        for pack in packs:
             findings.extend(_judge(pack, "site", site_variables(pack, facts, on), on))
         return findings
 
     def evaluate_org(self, facts: OrgFacts, on: date) -> list[Finding]:
         findings: list[Finding] = []
         for pack in self.active_packs(on):
+            codes = (*facts.site_countries, facts.hq_country)
+            if not pack.applies_to.org(
+                org_id=facts.org_id, org_type=facts.veu_type, countries=_countries_as(pack, codes)
+            ):
+                continue
             findings.extend(_judge(pack, "organization", org_variables(pack, facts, on), on))
         return findings
+
+
+def _countries_as(pack: Pack, codes: Iterable[str]) -> frozenset[str]:
+    """Each code as recorded and as ``pack`` treats it (Macau with China where it says so)."""
+    out: set[str] = set()
+    for code in codes:
+        if code:
+            out.add(code.upper())
+            out.add(pack.countries.canonical(code))
+    return frozenset(out)
 
 
 # ---------------------------------------------------------------------- judging
@@ -177,10 +237,15 @@ def _finding(
         seen=fill(cond.seen),
         citation=cond.citation,
         confidence=tuple(sorted(tags)),
+        pack_id=pack.id,
+        pack_version=pack.version,
+        pack_status=pack.status,
     )
 
 
-def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -> Finding:
+def _error_finding(
+    pack: Pack, cond: Condition, variables: dict[str, Any], exc: Exception
+) -> Finding:
     try:
         subject = render(cond.subject, variables)
     except (KeyError, ValueError, TypeError):
@@ -194,6 +259,9 @@ def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -
         seen=str(exc),
         citation=cond.citation,
         confidence=cond.confidence,
+        pack_id=pack.id,
+        pack_version=pack.version,
+        pack_status=pack.status,
     )
 
 
@@ -209,18 +277,18 @@ def judge_condition(
     ``fingerprints``: memo keys of items already computed by an earlier condition over the same
     variables (keyed by ``id``: valid only while ``variables`` is alive and unchanged).
     """
+    known = {} if fingerprints is None else fingerprints
+    expr = cond.expression
     if cond.for_each is None or cond.item is None:
         try:
-            holds = cond.expression.holds(variables)
+            holds = expr.holds_memo(variables, _roots_fingerprint(variables, expr.roots, known))
         except PolicyEvaluationError as exc:
-            return [_error_finding(cond, variables, exc)]
+            return [_error_finding(pack, cond, variables, exc)]
         return [] if holds else [_finding(pack, cond, variables, on, None)]
     out: list[Finding] = []
     scoped = dict(variables)
-    expr = cond.expression
-    context = _fingerprint({r: variables[r] for r in sorted(expr.roots) if r != cond.item})
+    context = _roots_fingerprint(variables, expr.roots - {cond.item}, known)
     text_context: str | None = None  # built at the first finding: most items hold
-    known = {} if fingerprints is None else fingerprints
     for item in variables[cond.for_each]:
         scoped[cond.item] = item
         fp = known.get(id(item))
@@ -229,7 +297,7 @@ def judge_condition(
         try:
             holds = expr.holds_memo(scoped, context + fp)
         except PolicyEvaluationError as exc:
-            out.append(_error_finding(cond, scoped, exc))
+            out.append(_error_finding(pack, cond, scoped, exc))
             continue
         if not holds:
             if text_context is None:
@@ -263,6 +331,21 @@ def _remembered_finding(
     return finding
 
 
+def _roots_fingerprint(
+    variables: dict[str, Any], roots: frozenset[str], known: dict[int, str]
+) -> str:
+    """The memo key of the variables ``roots`` name, each root's text computed once per set of
+    variables (``known``, keyed by ``id`` like the items' fingerprints)."""
+    parts = []
+    for root in sorted(roots):
+        value = variables[root]
+        fp = known.get(id(value))
+        if fp is None:
+            fp = known[id(value)] = _fingerprint(value)
+        parts.append(f"{root}={fp};")
+    return "".join(parts)
+
+
 def _fingerprint(value: Any) -> str:
     """An exact text of ``value`` for the verdict memo: ``repr`` of the facts (dicts, lists,
     strings, numbers, booleans; built by this module in a fixed key order), which tells apart
@@ -271,9 +354,15 @@ def _fingerprint(value: Any) -> str:
     return repr(value)
 
 
-def _judge(pack: Pack, scope: str, variables: dict[str, Any], on: date) -> list[Finding]:
+def _judge(
+    pack: Pack,
+    scope: str,
+    variables: dict[str, Any],
+    on: date,
+    fingerprints: dict[int, str] | None = None,
+) -> list[Finding]:
     out: list[Finding] = []
-    fingerprints: dict[int, str] = {}
+    fingerprints = {} if fingerprints is None else fingerprints
     for cond in pack.conditions_for(scope):
         out.extend(judge_condition(pack, cond, variables, on, fingerprints))
     return out
@@ -293,8 +382,16 @@ def _site_country_facts(pack: Pack, country: str, on: date) -> dict[str, Any]:
 
 
 def host_variables(
-    pack: Pack, policy: PolicySet, snapshot: SnapshotV1, ctx: HostContext, on: date
+    pack: Pack,
+    policy: PolicySet,
+    snapshot: SnapshotV1,
+    ctx: HostContext,
+    on: date,
+    *,
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The host-scope variables of ``pack``. ``shared``: the pack-independent parts (files,
+    errors) of an earlier call on the same snapshot, filled in by the first call."""
     host_id = ctx.host_id or snapshot.agent.key_id
     failed = sorted({e.collector for e in snapshot.errors})
     nvml_bus = {
@@ -326,9 +423,57 @@ def host_variables(
                 "tpp": match.tpp if match else 0,
                 "nvml_vendor": vendor_id in NVML_VENDOR_IDS,
                 "seen_by_nvml": acc.source == "nvml" or (bool(bus) and bus[-12:] in nvml_bus),
+                "origin": match.origin if match else "",
+                "dram_bandwidth_gbs": (
+                    match.dram_bandwidth_gbs if match and match.dram_bandwidth_gbs else 0.0
+                ),
+                "bandwidth_known": bool(match and match.dram_bandwidth_gbs),
                 "confidence": list(match.confidence) if match else [],
             }
         )
+    if shared is not None and "files" in shared:
+        files, errors, unidentified = shared["files"], shared["errors"], shared["unidentified"]
+    else:
+        files, errors, unidentified = _host_files(policy, snapshot, ctx, on)
+        if shared is not None:
+            shared["files"], shared["errors"] = files, errors
+            shared["unidentified"] = unidentified
+    site = _site_country_facts(pack, ctx.site_country, on)
+    site.update(
+        {
+            "id": ctx.site_id,
+            "is_test": ctx.site_is_test,
+            "may_store_controlled_weights": ctx.site_may_store_controlled_weights,
+        }
+    )
+    return {
+        "host": {
+            "id": host_id,
+            "key_id": snapshot.agent.key_id,
+            "hostname": snapshot.host.hostname or "",
+            "site_id": snapshot.site_id or "",
+            "failed_collectors": failed,
+            "nvml_ok": "nvml" not in failed,
+            "accelerator_count": len(accs),
+            "file_count": len(files),
+            "unidentified_count": sum(1 for a in accs if not a["identified"]),
+            "unidentified_file_count": sum(r.unidentified_count or 0 for r in snapshot.storage),
+            "unidentified_file_bytes": sum(r.unidentified_bytes or 0 for r in snapshot.storage),
+        },
+        "site": site,
+        "accelerators": accs,
+        "files": files,
+        "unidentified_files": unidentified,
+        "errors": errors,
+        "params": pack.param_values(),
+    }
+
+
+def _host_files(
+    policy: PolicySet, snapshot: SnapshotV1, ctx: HostContext, on: date
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The weight files (classified by the reference pack's 4E091 thresholds), the collector
+    errors and the listed unidentified files of a snapshot: the same for every pack."""
     classified: dict[int, ModelClassification] = {}
     files: list[dict[str, Any]] = []
     for root in snapshot.storage:
@@ -380,50 +525,46 @@ def host_variables(
                     "error": u.error.code if u.error else "",
                 }
             )
-    site = _site_country_facts(pack, ctx.site_country, on)
-    site.update(
-        {
-            "id": ctx.site_id,
-            "is_test": ctx.site_is_test,
-            "may_store_controlled_weights": ctx.site_may_store_controlled_weights,
-        }
-    )
-    return {
-        "host": {
-            "id": host_id,
-            "key_id": snapshot.agent.key_id,
-            "hostname": snapshot.host.hostname or "",
-            "site_id": snapshot.site_id or "",
-            "failed_collectors": failed,
-            "nvml_ok": "nvml" not in failed,
-            "accelerator_count": len(accs),
-            "file_count": len(files),
-            "unidentified_count": sum(1 for a in accs if not a["identified"]),
-            "unidentified_file_count": sum(r.unidentified_count or 0 for r in snapshot.storage),
-            "unidentified_file_bytes": sum(r.unidentified_bytes or 0 for r in snapshot.storage),
-        },
-        "site": site,
-        "accelerators": accs,
-        "files": files,
-        "unidentified_files": unidentified,
-        "errors": [
-            {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
-        ],
-        "params": pack.param_values(),
-    }
+    errors = [
+        {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
+    ]
+    return files, errors, unidentified
 
 
 def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
     agg = facts.aggregate
     chips = {c.id: c for c in pack.catalog.chips}
+    # The aggregate counts chips by catalog id; each pack prices and classifies them by its own
+    # catalog (a chip id it does not define keeps the figures of the pack that identified it).
+    models: list[dict[str, Any]] = []
+    installed = 0
+    for name, tot in sorted(agg.models.items()):
+        chip = chips.get(name)
+        tpp = tot.count * chip.tpp_value if chip is not None else tot.tpp
+        cls = chip.classification if chip is not None else tot.classification
+        if cls != "none":
+            installed += tpp
+        bandwidth = chip.dram_bandwidth_gbs if chip is not None else None
+        models.append(
+            {
+                "name": name,
+                "count": tot.count,
+                "tpp": tpp,
+                "classification": cls,
+                "origin": chip.origin if chip is not None else "",
+                "dram_bandwidth_gbs": float(bandwidth.value) if bandwidth is not None else 0.0,
+                "bandwidth_known": bandwidth is not None,
+                "confidence": list(chip.confidence) if chip is not None else [],
+            }
+        )
     site = _site_country_facts(pack, facts.country, on)
     site.update(
         {
             "id": facts.site_id,
             "has_authorization": facts.authorized_tpp is not None,
             "authorized_tpp": facts.authorized_tpp or 0,
-            "installed_tpp": agg.tpp_3a090,
-            "installed_h100e": agg.tpp_3a090 / pack.number("h100e_tpp"),
+            "installed_tpp": installed,
+            "installed_h100e": installed / pack.number("h100e_tpp"),
             "accelerator_count": agg.accelerators,
             "unidentified_count": agg.unidentified,
             "host_count": facts.host_count,
@@ -431,18 +572,16 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "any_model_allowed": facts.allowed_models is None,
             "allowed_models": list(facts.allowed_models or ()),
             "has_ledger": facts.has_ledger,
+            "name": facts.site_name,
+            "judged_on": on.isoformat(),
+            "licensed": (facts.authorized_tpp or 0) > 0,
+            "org_id": facts.org_id,
+            "org_hq_country": facts.org_hq_country.upper(),
+            "org_parent_hq_country": facts.org_parent_hq_country.upper(),
+            "org_hq_embargoed": pack.countries.in_group(facts.org_hq_country, "d5", on)
+            or pack.countries.in_group(facts.org_parent_hq_country, "d5", on),
         }
     )
-    models: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "count": tot.count,
-            "tpp": tot.tpp,
-            "classification": tot.classification,
-            "confidence": list(chips[name].confidence) if name in chips else [],
-        }
-        for name, tot in sorted(agg.models.items())
-    ]
     return {
         "site": site,
         "models": models,
@@ -457,7 +596,13 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             for u in facts.ledger_unseen
         ],
         "ledger_reported": [
-            {"identity": c.identity, "host": c.host, "shipped": c.shipped}
+            {
+                "identity": c.identity,
+                "host": c.host,
+                "shipped": c.shipped,
+                "shipped_to": c.shipped_to,
+                "lab_test": c.lab_test,
+            }
             for c in facts.ledger_reported
         ],
         "params": pack.param_values(),
@@ -515,6 +660,8 @@ def org_variables(pack: Pack, facts: OrgFacts, on: date) -> dict[str, Any]:
             "national_cap_known": cap_known,
             "national_cap_period": cap_label,
             "denominator": facts.denominator,
+            "cn_mo_shipped_units": facts.cn_mo_shipped_units,
+            "us_shipped_units": facts.us_shipped_units,
         },
         "countries": countries,
         "params": pack.param_values(),

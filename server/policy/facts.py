@@ -70,6 +70,7 @@ class HostContext:
     site_may_store_controlled_weights: bool = False
     models: ModelRegistry = field(default_factory=ModelRegistry)
     host_id: str = ""  # the store's id for the host (defaults to the agent key id)
+    org_id: str = ""  # the site's organization (packs attached to an organization)
 
 
 @dataclass
@@ -90,6 +91,13 @@ class SiteFacts:
     ledger_unseen: list[UnseenShipment] = field(default_factory=list)
     #: Chips the judged hosts report, each with whether any shipment lists it.
     ledger_reported: list[ReportedChip] = field(default_factory=list)
+    #: The site's organization and its VEU type (packs that apply to some of them only).
+    org_id: str = ""
+    org_type: str = ""
+    #: The organization's headquarters and its ultimate parent's (15 CFR 742.6(a)(6)(iii)(A)).
+    org_hq_country: str = ""
+    org_parent_hq_country: str = ""
+    site_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,10 @@ class ReportedChip:
     identity: str
     host: str
     shipped: bool
+    #: The site of the shipment that lists it ("" when none does).
+    shipped_to: str = ""
+    #: The U.S. third-party lab test record of that shipment ("" when none is recorded).
+    lab_test: str = ""
 
 
 @dataclass
@@ -123,6 +135,12 @@ class OrgFacts:
     #: National caps from the organization's own authorization, overriding the pack's defaults:
     #: list of (from, until, tpp). None: the pack's dated caps.
     national_caps: list[tuple[Any, Any, int]] | None = None
+    #: The countries of the organization's sites (packs that apply to some countries only).
+    site_countries: tuple[str, ...] = ()
+    #: Chips the shipment ledger records as shipped to the organization's sites in China or
+    #: Macau, and in the United States (91 FR 1684 condition d).
+    cn_mo_shipped_units: int = 0
+    us_shipped_units: int = 0
 
 
 # --------------------------------------------------------------------------- samples (the schema)
@@ -154,6 +172,9 @@ _ACC = {
     "tpp": 15832,
     "nvml_vendor": True,
     "seen_by_nvml": True,
+    "origin": "US",
+    "dram_bandwidth_gbs": 3350.0,
+    "bandwidth_known": True,
     "confidence": ["S"],
 }
 _FILE = {
@@ -215,7 +236,15 @@ def host_sample(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_MODEL = {"name": "nvidia-h100-sxm", "count": 1, "tpp": 15832, "classification": "3A090.a"}
+_MODEL = {
+    "name": "nvidia-h100-sxm",
+    "count": 1,
+    "tpp": 15832,
+    "classification": "3A090.a",
+    "origin": "US",
+    "dram_bandwidth_gbs": 3350.0,
+    "bandwidth_known": True,
+}
 _DUP = {"identity": "uuid:GPU-0", "hosts": ["a", "b"]}
 _SHIP = {
     "identity": "uuid:GPU-0",
@@ -223,7 +252,13 @@ _SHIP = {
     "shipped_on": "2026-01-01",
     "age_days": 1,
 }
-_CHIP = {"identity": "uuid:GPU-0", "host": "h", "shipped": True}
+_CHIP = {
+    "identity": "uuid:GPU-0",
+    "host": "h",
+    "shipped": True,
+    "shipped_to": "site-1",
+    "lab_test": "LAB-1",
+}
 
 
 def site_sample(params: dict[str, Any]) -> dict[str, Any]:
@@ -245,6 +280,13 @@ def site_sample(params: dict[str, Any]) -> dict[str, Any]:
             "any_model_allowed": True,
             "allowed_models": ["nvidia-h100-sxm"],
             "has_ledger": True,
+            "name": "Frankfurt-1",
+            "judged_on": "2026-01-01",
+            "licensed": True,
+            "org_id": "org-1",
+            "org_hq_country": "US",
+            "org_parent_hq_country": "US",
+            "org_hq_embargoed": False,
         },
         "models": [dict(_MODEL)],
         "duplicates": [dict(_DUP)],
@@ -283,6 +325,8 @@ def org_sample(params: dict[str, Any]) -> dict[str, Any]:
             "national_cap_known": False,
             "national_cap_period": "",
             "denominator": DEFAULT_DENOMINATOR,
+            "cn_mo_shipped_units": 0,
+            "us_shipped_units": 0,
         },
         "countries": [dict(_COUNTRY)],
         "params": params,

@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from server.findings import SEVERITY_RANK, Finding, Severity
+from server.findings import PACK_STATUSES, SEVERITY_RANK, Finding, Severity
 from server.policy._yaml import Reader, load_yaml
 from server.policy.catalog import Catalog, load_catalog
 from server.policy.cel import Expression, ExpressionError, compile_expression
@@ -29,8 +29,9 @@ from server.policy.figures import Figure, read_figure, read_tag
 
 _PACK_KEYS = {
     "id", "version", "title", "status", "status_note", "effective", "expires", "compliance_dates",
-    "source", "verification", "description",
+    "source", "verification", "description", "applies_to",
 }  # fmt: skip
+_APPLIES_KEYS = {"countries", "organizations", "sites", "org_types", "note"}
 _SOURCE_KEYS = {"citation", "document", "rin", "url", "published", "announced", "note"}
 _COND_KEYS = {
     "id", "title", "scope", "severity", "citation", "confidence", "expression", "for_each",
@@ -121,6 +122,40 @@ class Condition:
         return frozenset(m.group(1).split(".")[0] for t in texts for m in _FIELD.finditer(t))
 
 
+@dataclass(frozen=True)
+class AppliesTo:
+    """Where a pack applies (pack.yaml ``applies_to``); an empty tuple does not restrict.
+
+    ``countries``: the site's country (organization scope: any of its sites' countries, or its
+    headquarters); ``organizations`` / ``sites``: ids (a licence attached to them);
+    ``org_types``: the organization's VEU type (``universal``, ``national``).
+    """
+
+    countries: tuple[str, ...] = ()
+    organizations: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    org_types: tuple[str, ...] = ()
+
+    def site(
+        self, *, countries: frozenset[str], site_id: str, org_id: str, org_type: str = ""
+    ) -> bool:
+        """``countries``: the site's country as recorded and as the pack treats it (Macau with
+        China where ``treated_as`` says so)."""
+        return (
+            (not self.countries or bool(countries & set(self.countries)))
+            and (not self.sites or site_id in self.sites)
+            and (not self.organizations or org_id in self.organizations)
+            and (not self.org_types or not org_type or org_type in self.org_types)
+        )
+
+    def org(self, *, org_id: str, org_type: str, countries: frozenset[str]) -> bool:
+        return (
+            (not self.countries or bool(countries & set(self.countries)))
+            and (not self.organizations or org_id in self.organizations)
+            and (not self.org_types or org_type in self.org_types)
+        )
+
+
 @dataclass
 class Pack:
     id: str
@@ -139,6 +174,7 @@ class Pack:
     params: dict[str, Figure]
     national_caps: list[NationalCap]
     conditions: list[Condition] = field(default_factory=list)
+    applies_to: AppliesTo = field(default_factory=AppliesTo)
 
     def active_on(self, on: date) -> bool:
         return self.effective <= on and (self.expires is None or on <= self.expires)
@@ -223,13 +259,39 @@ def load_pack(pack_dir: Path) -> Pack:
         verification.append({k: str(v) for k, v in vr.node.items()})
     effective = _date(p, "effective")
     assert effective is not None
+    status = p.rstr("status")
+    if status not in PACK_STATUSES:
+        raise p.error("status", "bad_status", f"status must be one of {', '.join(PACK_STATUSES)}")
+    applies = AppliesTo()
+    if p.has("applies_to"):
+        ar = Reader(ppath, p.req("applies_to"), "applies_to", _APPLIES_KEYS)
+
+        def codes(key: str, upper: bool) -> tuple[str, ...]:
+            out = tuple(str(v).upper() if upper else str(v) for v in ar.seq(key, required=False))
+            if any(not v.strip() for v in out):
+                raise ar.error(key, "bad_value", f"applies_to.{key} lists an empty value")
+            return out
+
+        applies = AppliesTo(
+            countries=codes("countries", True),
+            organizations=codes("organizations", False),
+            sites=codes("sites", False),
+            org_types=codes("org_types", False),
+        )
+    if status == "licence-condition" and not (applies.organizations or applies.sites):
+        raise p.error(
+            "applies_to",
+            "unattached_licence",
+            "a licence-condition pack names the organizations or sites it is attached to "
+            "(applies_to.organizations / applies_to.sites)",
+        )
     catalog = load_catalog(pack_dir / "catalog.yaml")
     countries = load_countries(pack_dir / "countries.yaml")
     pack = Pack(
         id=pack_id,
         version=str(version),
         title=p.str_("title", required=False) or pack_id,
-        status=p.rstr("status"),
+        status=status,
         status_note=p.str_("status_note", required=False) or "",
         effective=effective,
         expires=_date(p, "expires", required=False),
@@ -241,6 +303,7 @@ def load_pack(pack_dir: Path) -> Pack:
         countries=countries,
         params={},
         national_caps=[],
+        applies_to=applies,
     )
     _load_conditions(pack, pack_dir / "conditions.yaml")
     return pack

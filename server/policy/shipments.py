@@ -1,8 +1,9 @@
 """The shipment limits of the packs in force: License Exception LPP and the Tier 2 allocation.
 
 Pure: the ledger sums what was shipped (per consignee and year, per country) and hands the totals
-in; these functions compare them with each reference pack's parameters
-(``lpp_annual_tpp_per_consignee``, ``tier2_allocation_tpp``) and return the warnings, each citing
+in; these functions compare them with the reference pack's parameters
+(``lpp_annual_tpp_per_consignee``, ``tier2_allocation_tpp``; every pack defines them, so with
+several packs only the reference pack's figures warn, once) and return the warnings, each citing
 the parameter's source.
 """
 
@@ -62,4 +63,4 @@ def allocation_warnings(
 
 
 def _packs(policy: PolicySet, on: date) -> list[Pack]:
-    return policy.active_packs(on) or policy.packs[:1]
+    return [policy.reference_pack(on)]

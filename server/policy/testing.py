@@ -150,6 +150,11 @@ def _site_facts(pack: Pack, raw: dict[str, Any]) -> SiteFacts:
             (d["identity"], list(d["hosts"])) for d in raw.get("duplicates") or []
         ],
         has_ledger=bool(raw.get("has_ledger", False)),
+        org_id=str(raw.get("org_id", "org-1")),
+        org_type=str(raw.get("org_type", "")),
+        site_name=str(raw.get("site_name", raw.get("site_id", "site-1"))),
+        org_hq_country=str(raw.get("org_hq_country", "")),
+        org_parent_hq_country=str(raw.get("org_parent_hq_country", raw.get("org_hq_country", ""))),
         ledger_unseen=[
             UnseenShipment(
                 str(u["identity"]),
@@ -160,7 +165,13 @@ def _site_facts(pack: Pack, raw: dict[str, Any]) -> SiteFacts:
             for u in raw.get("ledger_unseen") or []
         ],
         ledger_reported=[
-            ReportedChip(str(c["identity"]), str(c.get("host", "host-a")), bool(c["shipped"]))
+            ReportedChip(
+                str(c["identity"]),
+                str(c.get("host", "host-a")),
+                bool(c["shipped"]),
+                str(c.get("shipped_to", "")),
+                str(c.get("lab_test", "")),
+            )
             for c in raw.get("ledger_reported") or []
         ],
     )
@@ -176,6 +187,9 @@ def _org_facts(raw: dict[str, Any]) -> OrgFacts:
             {str(k): int(v) for k, v in (raw.get("tpp_by_country") or {}).items()}
         ),
         national_country=str(raw.get("national_country", "")),
+        site_countries=tuple(str(c) for c in raw.get("site_countries") or ()),
+        cn_mo_shipped_units=int(raw.get("cn_mo_shipped_units", 0)),
+        us_shipped_units=int(raw.get("us_shipped_units", 0)),
     )
 
 
@@ -192,6 +206,7 @@ def run_case(policy: PolicySet, pack: Pack, case: Reader) -> list[Finding]:
             site_is_test=bool(site.get("is_test", False)),
             site_may_store_controlled_weights=bool(site.get("may_store_controlled_weights", False)),
             models=_registry(case),
+            org_id=str(site.get("org_id", "org-1")),
         )
         return policy.evaluate_host(_snapshot(case), ctx, on)
     if scope == "site":

@@ -39,6 +39,7 @@ from contract import SnapshotV1, parse_statement
 from contract.display import visible, visible_json
 from contract.fsutil import atomic_write
 from server.errors import Invalid, NotFound
+from server.findings import counts_in_headline
 from server.policy import PolicySet, load_policy_set
 from server.policy.distribution import distribution
 from server.results import VerifierKey
@@ -251,6 +252,9 @@ def build_report(
                 "scope_id": f.scope_id,
                 "site_id": f.site_id,
                 "condition_id": f.condition_id,
+                "pack_id": f.condition_id.split("/", 1)[0] if f.pack_status else "",
+                "pack_version": f.pack_version,
+                "pack_status": f.pack_status,
                 "severity": f.severity,
                 "subject": f.subject,
                 "message": f.message,
@@ -272,7 +276,8 @@ def build_report(
             "status_note": " ".join(p.status_note.split()),
             "effective": p.effective.isoformat(),
             "citation": p.source.get("citation", ""),
-            "enforced": p.status not in {"rescinded-not-enforced", "rescinded", "withdrawn"},
+            "enforced": p.status in ("in-force", "licence-condition"),
+            "counts_in_headline": counts_in_headline(p.status),
         }
         for p in policy.packs
     ]
@@ -332,6 +337,7 @@ def build_report(
         "findings_total": findings_total,
         "findings_by_condition": by_condition,
         "findings_on_unconfirmed_figures": sum(1 for f in findings if f["unconfirmed_figures"]),
+        "findings_by_pack": _by_pack(findings),
         "notes": [
             "Installed chips come from each active host's latest accepted snapshot up to the "
             "as-of moment; TPP figures come from the policy pack's chip catalog.",
@@ -438,6 +444,9 @@ def render_csv(data: dict[str, Any]) -> bytes:
                 "id",
                 "severity",
                 "condition_id",
+                "pack_id",
+                "pack_version",
+                "pack_status",
                 "scope",
                 "scope_id",
                 "site_id",
@@ -644,11 +653,26 @@ def render_pdf(data: dict[str, Any]) -> bytes:
             [110, 40, 30],
         )
     table(
+        ["Pack", "Version", "Status", "Findings", "Violations", "Cannot attest"],
+        [
+            [
+                p["pack_id"],
+                p["version"],
+                p["pack_status"],
+                str(p["findings"]),
+                str(p["violations"]),
+                str(p["cannot_attest"]),
+            ]
+            for p in data["findings_by_pack"]
+        ],
+        [50, 20, 40, 25, 25, 25],
+    )
+    table(
         ["Severity", "Condition", "Subject", "Message", "Citation", "Fig.", "Opened", "Closed"],
         [
             [
                 f["severity"],
-                f["condition_id"],
+                f["condition_id"] + (f" ({f['pack_status']})" if f["pack_status"] else ""),
                 f["subject"],
                 f["message"],
                 f["citation"] or "",
@@ -668,6 +692,29 @@ def render_pdf(data: dict[str, Any]) -> bytes:
         "digest (the .sig file). Check it with: veu-server report verify FILE FILE.sig"
     )
     return bytes(pdf.output())
+
+
+def _by_pack(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings counted per pack (appraisal findings under pack "-"), with each pack's status."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        key = f["pack_id"] or "-"
+        entry = out.setdefault(
+            key,
+            {
+                "pack_id": key,
+                "version": f["pack_version"],
+                "pack_status": f["pack_status"] or "appraisal",
+                "counts_in_headline": counts_in_headline(f["pack_status"]),
+                "findings": 0,
+                "violations": 0,
+                "cannot_attest": 0,
+            },
+        )
+        entry["findings"] += 1
+        entry["violations"] += f["severity"] == "violation"
+        entry["cannot_attest"] += f["severity"] == "cannot_attest"
+    return [out[k] for k in sorted(out)]
 
 
 RENDERERS = {"json": render_json, "csv": render_csv, "pdf": render_pdf}

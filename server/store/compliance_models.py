@@ -114,6 +114,9 @@ class FindingRow(Base):
     seen: Mapped[str | None] = mapped_column(Text)
     citation: Mapped[str | None] = mapped_column(Text)
     confidence: Mapped[str] = mapped_column(String(40), default="")  # e.g. "E,S"
+    #: The pack that judged it ("" for appraisal findings): its version and status.
+    pack_version: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    pack_status: Mapped[str] = mapped_column(String(32), default="", server_default="")
     opened_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -133,6 +136,8 @@ class Shipment(Base):
     chip_model: Mapped[str] = mapped_column(String(200))
     quantity: Mapped[int] = mapped_column(Integer)
     tpp: Mapped[int] = mapped_column(BigInteger)  # total TPP of the shipment
+    #: The U.S. third-party lab test record of the shipment's chips (91 FR 1684), if any.
+    lab_test: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import case, func, literal, select
 from sqlalchemy.orm import Session
 
-from server.findings import SEVERITY_STATUS, STATUS_RANK
+from server.findings import HEADLINE_PACK_STATUSES, SEVERITY_STATUS, STATUS_RANK
 from server.store.compliance_models import (
     FindingRow,
     HostState,
@@ -102,6 +102,13 @@ class SiteRow:
         return self.installed_tpp > self.authorized_tpp
 
 
+def in_headline(include_proposed: bool = False) -> Any:
+    """Open findings that count in a headline status: appraisal findings and packs in force
+    (server.findings.HEADLINE_PACK_STATUSES), and proposed packs only when asked."""
+    statuses = ["", *HEADLINE_PACK_STATUSES, *(["proposed"] if include_proposed else [])]
+    return FindingRow.pack_status.in_(statuses)
+
+
 def _aggregate(text: str | None) -> dict[str, Any]:
     if not text:
         return {"models": {}, "tpp_3a090": 0, "accelerators": 0, "hosts": 0}
@@ -118,8 +125,10 @@ def site_rows(
     after: str | None = None,
     limit: int = PAGE,
     site_ids: Sequence[str] | None = None,
+    include_proposed: bool = False,
 ) -> Paged:
-    """One page of sites with status, TPP, host freshness and open findings: three queries."""
+    """One page of sites with status, TPP, host freshness and open findings (those that count in
+    the headline, :func:`in_headline`): three queries."""
     q = (
         select(Site, Organization.name, SiteState.status, SiteState.aggregate)
         .join(Organization, Organization.id == Site.org_id)
@@ -170,7 +179,11 @@ def site_rows(
         row.hosts, row.hosts_reporting, row.hosts_stale = int(hosts), int(reporting), int(stale)
     for site_id, severity, count in session.execute(
         select(FindingRow.site_id, FindingRow.severity, func.count(FindingRow.id))
-        .where(FindingRow.site_id.in_(list(by_id)), FindingRow.is_open.is_(True))
+        .where(
+            FindingRow.site_id.in_(list(by_id)),
+            FindingRow.is_open.is_(True),
+            in_headline(include_proposed),
+        )
         .group_by(FindingRow.site_id, FindingRow.severity)
     ).all():
         by_id[site_id].findings[severity] = int(count)
@@ -191,7 +204,9 @@ class FleetTotals:
         return self.hosts_reporting - self.hosts_stale
 
 
-def fleet_totals(session: Session, now: datetime, max_age: timedelta) -> FleetTotals:
+def fleet_totals(
+    session: Session, now: datetime, max_age: timedelta, *, include_proposed: bool = False
+) -> FleetTotals:
     cutoff = now - max_age
     hosts, reporting, stale = session.execute(
         select(
@@ -206,7 +221,7 @@ def fleet_totals(session: Session, now: datetime, max_age: timedelta) -> FleetTo
         sev: int(n)
         for sev, n in session.execute(
             select(FindingRow.severity, func.count(FindingRow.id))
-            .where(FindingRow.is_open.is_(True))
+            .where(FindingRow.is_open.is_(True), in_headline(include_proposed))
             .group_by(FindingRow.severity)
         ).all()
     }
@@ -218,7 +233,11 @@ def fleet_totals(session: Session, now: datetime, max_age: timedelta) -> FleetTo
     )
     worst = (
         select(FindingRow.site_id, func.max(rank).label("rank"))
-        .where(FindingRow.is_open.is_(True), FindingRow.site_id.is_not(None))
+        .where(
+            FindingRow.is_open.is_(True),
+            FindingRow.site_id.is_not(None),
+            in_headline(include_proposed),
+        )
         .group_by(FindingRow.site_id)
         .subquery()
     )
@@ -598,6 +617,7 @@ class FindingFilter:
     subject: str | None = None
     state: str = "open"  # open | closed | all
     scope_id: str | None = None
+    pack_status: str | None = None  # in-force | proposed | rescinded-not-enforced | ...
 
 
 def findings(
@@ -616,6 +636,8 @@ def findings(
         q = q.where(FindingRow.subject == flt.subject)
     if flt.scope_id:
         q = q.where(FindingRow.scope_id == flt.scope_id)
+    if flt.pack_status:
+        q = q.where(FindingRow.pack_status == flt.pack_status)
     if flt.state == "open":
         q = q.where(FindingRow.is_open.is_(True))
     elif flt.state == "closed":

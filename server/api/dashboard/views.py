@@ -30,6 +30,7 @@ from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
 from server.api.deps import Services, services
+from server.findings import PACK_STATUSES
 from server.policy import PolicySet
 from server.policy.distribution import Distribution, distribution
 from server.store import repo
@@ -279,7 +280,11 @@ def logout(request: Request, csrf: str = Form("", max_length=200)) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-def overview(request: Request, after: str | None = Query(None, max_length=100)) -> Response:
+def overview(
+    request: Request,
+    after: str | None = Query(None, max_length=100),
+    proposed: bool = Query(False, description="count findings of proposed packs too"),
+) -> Response:
     user = _page_user(request)
     if user is None:
         return _login_redirect(request)
@@ -287,9 +292,9 @@ def overview(request: Request, after: str | None = Query(None, max_length=100)) 
     svc.settle()  # judge sites with evidence not yet settled
     now, age = svc.now(), max_host_age(svc)
     with svc.db.read() as s:
-        totals = queries.fleet_totals(s, now, age)
+        totals = queries.fleet_totals(s, now, age, include_proposed=proposed)
         orgs = queries.org_rows(s)
-        sites = queries.site_rows(s, now, age, after=after)
+        sites = queries.site_rows(s, now, age, after=after, include_proposed=proposed)
     return _render(
         request,
         "overview.html",
@@ -300,6 +305,7 @@ def overview(request: Request, after: str | None = Query(None, max_length=100)) 
         sites=sites,
         max_age=age,
         after=after,
+        proposed=proposed,
     )
 
 
@@ -399,7 +405,10 @@ def _chart(dist: Distribution) -> dict[str, Any]:
 
 @router.get("/sites/{site_id}", response_class=HTMLResponse)
 def site_page(
-    request: Request, site_id: str, after: str | None = Query(None, max_length=64)
+    request: Request,
+    site_id: str,
+    after: str | None = Query(None, max_length=64),
+    proposed: bool = Query(False, description="count findings of proposed packs too"),
 ) -> Response:
     user = _page_user(request)
     if user is None:
@@ -408,7 +417,7 @@ def site_page(
     svc.settle()  # judge sites with evidence not yet settled
     now, age = svc.now(), max_host_age(svc)
     with svc.db.read() as s:
-        rows = queries.site_rows(s, now, age, site_ids=[site_id[:40]])
+        rows = queries.site_rows(s, now, age, site_ids=[site_id[:40]], include_proposed=proposed)
         if not rows.items:
             return _not_found(request, user, "No site with that id.")
         site = rows.items[0]
@@ -444,6 +453,8 @@ def site_page(
         controlled=controlled,
         shipments=ships,
         findings=site_findings,
+        findings_by_pack=_by_pack(site_findings),
+        proposed=proposed,
         authorization=auth,
         authorization_ref=auth_ref,
         cutoff=now - age,
@@ -566,6 +577,7 @@ def findings_page(
     condition: str | None = Query(None, max_length=200),
     subject: str | None = Query(None, max_length=500),
     state: str = Query("open", pattern="^(open|closed|all)$"),
+    pack_status: str | None = Query(None, max_length=32),
     after: int | None = Query(None, ge=0, le=MAX_CURSOR),
 ) -> Response:
     user = _page_user(request)
@@ -580,6 +592,7 @@ def findings_page(
         condition=condition or None,
         subject=subject or None,
         state=state,
+        pack_status=pack_status or None,
     )
     with svc.db.read() as s:
         page = queries.findings(s, flt, after=after)
@@ -591,6 +604,7 @@ def findings_page(
         "condition": condition,
         "subject": subject,
         "state": state,
+        "pack_status": pack_status,
     }
     next_url = f"?{_qs(base, after=page.next_after)}" if page.next_after else None
     return _render(
@@ -601,9 +615,24 @@ def findings_page(
         page=page,
         flt=flt,
         conditions=conditions,
+        pack_statuses=PACK_STATUSES,
         next_url=next_url,
         first_url=f"?{_qs(base)}" if after else None,
     )
+
+
+def _by_pack(rows: list[Any]) -> list[dict[str, Any]]:
+    """Open findings counted per pack, with the pack's status (appraisal findings as "-")."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in rows:
+        key = f.condition_id.split("/", 1)[0] if f.pack_status else "-"
+        entry = out.setdefault(
+            key,
+            {"pack": key, "version": f.pack_version, "status": f.pack_status or "appraisal",
+             "counts": {}},
+        )  # fmt: skip
+        entry["counts"][f.severity] = entry["counts"].get(f.severity, 0) + 1
+    return [out[k] for k in sorted(out)]
 
 
 # --------------------------------------------------------------------------- attest now

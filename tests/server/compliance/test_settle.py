@@ -164,6 +164,7 @@ def _host_findings(api: Api, key_id: str) -> list[FindingRow]:
             s.scalars(
                 select(FindingRow)
                 .where(FindingRow.scope == "host", FindingRow.scope_id == key_id)
+                .where(FindingRow.pack_status != "proposed")  # location not measured: by design
                 .order_by(FindingRow.id)
             )
         )

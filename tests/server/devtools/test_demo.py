@@ -109,8 +109,9 @@ def test_demo_agents_push_signed_snapshots_and_the_stale_host_stops(demo: Runnin
         "de-fra-store-01",
         "nl-ams-01",
         "ae-auh-01",
+        "cn-sha-01",
     } <= names
-    assert len(hosts) == 7  # and this machine's own agent
+    assert len(hosts) == 8  # and this machine's own agent
     deadline = time.monotonic() + 60
     while True:
         hosts = {h["hostname"]: h for h in demo.api("/v1/hosts?limit=100")["items"]}
@@ -124,7 +125,7 @@ def test_demo_agents_push_signed_snapshots_and_the_stale_host_stops(demo: Runnin
     again = {h["hostname"]: h for h in demo.api("/v1/hosts?limit=100")["items"]}
     assert again["de-fra-store-01"]["chain_head"]["seq"] == stale
     agents = [p for p in _processes_under(demo.data_dir) if "veu-agent" in " ".join(p.cmdline())]
-    assert len(agents) == 6  # the stale host's agent was stopped
+    assert len(agents) == 7  # the stale host's agent was stopped
 
 
 def test_demo_shows_each_deliberate_problem(demo: Running) -> None:
@@ -138,6 +139,8 @@ def test_demo_shows_each_deliberate_problem(demo: Running) -> None:
         "host.controlled-weights-encrypted": "controlled weights not on encrypted storage",
         "site.hosts-fresh": "a stale host",
         "org.universal-country-share": "AE above 7%",
+        "site.cn-lab-tested": "a chip in China without a U.S. lab test record (pack in force)",
+        "host.location-verified": "location not measured (proposed Chip Security Act)",
     }
     deadline = time.monotonic() + 150
     try:

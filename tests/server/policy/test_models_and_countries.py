@@ -42,9 +42,10 @@ def test_unknown_training_compute_is_treated_as_controlled(policy: PolicySet) ->
 
 def test_d5_membership_changes_over_time(policy: PolicySet) -> None:
     countries = policy.packs[0].countries
-    assert countries.in_group("KH", "d5", date(2025, 3, 1))
-    assert not countries.in_group("KH", "d5", date(2026, 8, 1))
-    assert not countries.in_group("SD", "d5", date(2025, 3, 1))
+    # Cambodia left D:5 effective 2025-11-07; Sudan is D:5 throughout (RULES-2026.md §6).
+    assert countries.in_group("KH", "d5", date(2025, 11, 6))
+    assert not countries.in_group("KH", "d5", date(2025, 11, 7))
+    assert countries.in_group("SD", "d5", date(2025, 3, 1))
     assert countries.in_group("SD", "d5", date(2026, 8, 1))
     assert countries.in_group("MO", "d5", ON)  # treated with China
     assert countries.in_group("TW", "tier1", ON) and not countries.in_group("IN", "tier1", ON)

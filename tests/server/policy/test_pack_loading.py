@@ -143,7 +143,7 @@ def test_missing_confidence_tag_on_a_figure_is_rejected(pack_copy: Path) -> None
 
 def test_yaml_syntax_error_names_the_line(pack_copy: Path) -> None:
     path = pack_copy / "pack.yaml"
-    edit(path, 'version: "1.0.0"', "version: [1.0.0")
+    edit(path, 'version: "1.1.0"', "version: [1.0.0")
     err = _load_error(pack_copy)
     assert err.code == "yaml_syntax"
     assert err.path == path and err.line > 0

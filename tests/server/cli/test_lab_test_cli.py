@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.test_compliance_cli import data_dir, run  # noqa: F401 (fixture)
+from tests.server.cli.test_compliance_cli import data_dir, run  # noqa: F401 (fixture)
 
 
 def _add(capsys: pytest.CaptureFixture[str], d: Path, *extra: str) -> tuple[int, str, str]:

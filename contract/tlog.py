@@ -43,6 +43,7 @@ __all__ = [
     "leaf_hash",
     "node_hash",
     "note_key_id",
+    "open_note",
     "parse_checkpoint",
     "parse_note",
     "parse_verifier_key",
@@ -265,7 +266,7 @@ _NAME = re.compile(r"^[^\s+]{1,256}$")
 
 def parse_verifier_key(text: str) -> NoteKey:
     """Parse a verifier key string (see :func:`verifier_key`), checking its key id."""
-    parts = text.strip().split("+")
+    parts = text.strip().split("+", 2)  # the base64 key may hold a "+"
     if len(parts) != 3 or not _NAME.match(parts[0]) or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
         raise CheckpointError("a log key is <name>+<8 hex digits>+<base64 key>", code="bad_log_key")
     try:
@@ -385,32 +386,38 @@ def parse_checkpoint(text: str) -> Checkpoint:
     return Checkpoint(origin, int(size_text), root, tuple(lines[3:]))
 
 
-def verify_checkpoint(note: bytes | str, key: NoteKey, *, origin: str | None = None) -> Checkpoint:
-    """Parse a signed checkpoint and check the signature of ``key`` on it (others are ignored,
-    as C2SP says: cosignatures of witnesses ride along). ``origin``: the log it must be from
-    (default: the key's name)."""
+def open_note(note: bytes | str, key: NoteKey) -> str:
+    """Parse a signed note and check the signature of ``key`` on it; answers the note's text.
+    Signatures of other keys are ignored (C2SP: a witness's cosignatures ride along)."""
     signed = parse_note(note)
     mine = [s for s in signed.signatures if s.name == key.name and s.key_id == key.key_id]
     if not mine:
         raise CheckpointError(
-            f"the checkpoint carries no signature of {key.name}", code="checkpoint_unsigned"
+            f"the note carries no signature of {key.name[:80]}", code="checkpoint_unsigned"
         )
+    message = signed.text.encode("utf-8")
     for sig in mine:
         try:
-            key.public_key.verify(sig.signature, signed.text.encode("utf-8"))
+            key.public_key.verify(sig.signature, message)
         except InvalidSignature:
             continue
-        checkpoint = parse_checkpoint(signed.text)
-        want = origin if origin is not None else key.name
-        if checkpoint.origin != want:
-            raise CheckpointError(
-                f"the checkpoint is of log {checkpoint.origin[:80]!r}, not {want[:80]!r}",
-                code="checkpoint_wrong_origin",
-            )
-        return checkpoint
+        return signed.text
     raise CheckpointError(
-        f"the signature of {key.name} does not verify", code="checkpoint_bad_signature"
+        f"the signature of {key.name[:80]} does not verify", code="checkpoint_bad_signature"
     )
+
+
+def verify_checkpoint(note: bytes | str, key: NoteKey, *, origin: str | None = None) -> Checkpoint:
+    """Parse a signed checkpoint and check the signature of ``key`` on it. ``origin``: the log
+    it must be from (default: the key's name)."""
+    checkpoint = parse_checkpoint(open_note(note, key))
+    want = origin if origin is not None else key.name
+    if checkpoint.origin != want:
+        raise CheckpointError(
+            f"the checkpoint is of log {checkpoint.origin[:80]!r}, not {want[:80]!r}",
+            code="checkpoint_wrong_origin",
+        )
+    return checkpoint
 
 
 def verify_bundle(

@@ -23,6 +23,8 @@ ENV_SETTLE = "VEU_SETTLE_INTERVAL"
 ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
 ENV_INGEST_BATCH_WAIT = "VEU_INGEST_BATCH_WAIT_MS"
+ENV_LOG_ORIGIN = "VEU_LOG_ORIGIN"
+ENV_LOG_INTERVAL = "VEU_LOG_INTERVAL_MS"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -82,6 +84,21 @@ class Settings:
     #: How long the writer waits for snapshots still under appraisal in this process before it
     #: commits what is queued (never when none is under appraisal); 0 commits at once.
     ingest_batch_wait_ms: float = 5.0
+    #: The transparency log's origin (the first line of its checkpoints, its key's name);
+    #: None: ``<verifier_id>/log``.
+    log_origin: str | None = None
+    #: How often each process integrates newly committed leaves and signs a checkpoint
+    #: (server/log/integrate.py); at most 1000 ms. 0 turns the integrator off in this process
+    #: (leaves are still appended; another process or ``veu-server log integrate`` signs).
+    log_interval_ms: float = 200.0
+
+    @property
+    def effective_log_origin(self) -> str:
+        return self.log_origin or f"{self.verifier_id}/log"
+
+    @property
+    def log_key_path(self) -> Path:
+        return self.data_dir / "log.key"
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -116,6 +133,9 @@ class Settings:
         wait_ms = _env_number(ENV_INGEST_BATCH_WAIT, 5.0, "milliseconds (0: commit at once)")
         if wait_ms > 1000:
             raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
+        log_interval = _env_number(ENV_LOG_INTERVAL, 200.0, "milliseconds (0 turns it off)")
+        if log_interval > 1000:
+            raise ConfigError(f"{ENV_LOG_INTERVAL} is {log_interval:g}; at most 1000 ms")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -126,6 +146,8 @@ class Settings:
             ingest_concurrency=int(concurrency) if concurrency >= 1 else None,
             ingest_batch_max=int(batch),
             ingest_batch_wait_ms=wait_ms,
+            log_origin=os.environ.get(ENV_LOG_ORIGIN) or None,
+            log_interval_ms=log_interval,
         )
 
 

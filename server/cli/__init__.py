@@ -54,6 +54,7 @@ def _now() -> datetime:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from contract.jsonlog import dict_config
+    from server.log.note import load_log_key
     from server.results import load_or_create_key
     from server.store.migrate import upgrade
 
@@ -63,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.resolved_database_url())
     load_or_create_key(settings.verifier_key_path)  # before workers race to create it
+    load_log_key(settings.log_key_path, settings.effective_log_origin)  # the same
     if settings.database_url is None and args.workers > 1:
         raise Invalid(
             "usage", "--workers > 1 needs PostgreSQL (--database-url); SQLite has one writer"
@@ -337,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(audit, "verify", cmd_audit_verify, "prove the audit hash chain unbroken")
 
     from server.cli import compliance as compliance_cli
+    from server.cli import log as log_cli
     from server.cli import policy as policy_cli
     from server.cli import report as report_cli
     from server.cli import retention
@@ -348,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     simulate.register(sub)
     retention.register(sub)
+    log_cli.register(sub, common)
     return parser
 
 

@@ -17,14 +17,18 @@ from server.store.pipeline import Pipeline
 
 __all__ = [
     "CheckpointRow",
+    "accepted_leaves",
     "accepted_snapshots",
+    "all_checkpoints",
     "all_entries",
     "append_entries",
     "assign_indices",
     "checkpoint_at",
+    "count_accepted_leaves",
     "count_entries",
     "entries_by_index",
     "entry_of_envelope",
+    "first_orphan_leaf",
     "insert_checkpoint",
     "insert_nodes",
     "latest_checkpoint",
@@ -215,3 +219,39 @@ def all_entries(session: Session, after_id: int, limit: int) -> list[Any]:
             .limit(limit)
         )
     )
+
+
+def all_checkpoints(session: Session) -> list[CheckpointRow]:
+    rows = session.execute(select(_CHECKPOINTS).order_by(_CHECKPOINTS.c.size))
+    return [_checkpoint(r) for r in rows]
+
+
+def accepted_leaves(session: Session, digests: Sequence[str]) -> dict[str, list[bytes]]:
+    """The ``accepted`` leaves naming each of ``digests``."""
+    out: dict[str, list[bytes]] = {}
+    rows = session.execute(
+        select(_ENTRIES.c.envelope_digest, _ENTRIES.c.data).where(
+            _ENTRIES.c.kind == "accepted", _ENTRIES.c.envelope_digest.in_(list(digests))
+        )
+    )
+    for r in rows:
+        out.setdefault(r.envelope_digest, []).append(bytes(r.data))
+    return out
+
+
+def count_accepted_leaves(session: Session) -> int:
+    q = select(func.count()).select_from(_ENTRIES).where(_ENTRIES.c.kind == "accepted")
+    return int(session.execute(q).scalar_one())
+
+
+def first_orphan_leaf(session: Session) -> str | None:
+    """The envelope digest of the first ``accepted`` leaf with no snapshot row."""
+    s = cast(Table, Snapshot.__table__)
+    row = session.execute(
+        select(_ENTRIES.c.envelope_digest)
+        .select_from(_ENTRIES.outerjoin(s, s.c.digest == _ENTRIES.c.envelope_digest))
+        .where(_ENTRIES.c.kind == "accepted", s.c.digest.is_(None))
+        .order_by(_ENTRIES.c.id)
+        .limit(1)
+    ).first()
+    return None if row is None else str(row.envelope_digest)

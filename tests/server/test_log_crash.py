@@ -52,9 +52,7 @@ def test_sigkill_mid_integration_loses_no_leaf_and_stays_consistent(
     stop_server(server)
 
     engine = create_engine(db_url)
-    now = (
-        datetime.now(UTC).replace(tzinfo=None) if db_url.startswith("sqlite") else datetime.now(UTC)
-    )
+    now = datetime.now(UTC)
     with engine.begin() as conn:
         for start in range(0, LEAVES, 10_000):
             conn.execute(

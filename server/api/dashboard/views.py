@@ -24,6 +24,7 @@ from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
 from server.api.deps import Services, services
+from server.api.routes_log import bundle_of
 from server.policy import PolicySet
 from server.store import repo
 from server.store.compliance_models import HostState, SiteState
@@ -228,6 +229,7 @@ def overview(request: Request, after: str | None = Query(None, max_length=100)) 
         sites=sites,
         max_age=age,
         after=after,
+        log=svc.log.latest(),
     )
 
 
@@ -449,6 +451,26 @@ def envelope(request: Request, digest: str) -> Response:
         data,
         media_type="application/json",
         headers={"Content-Disposition": f'attachment; filename="{digest}.dsse.json"'},
+    )
+
+
+@router.get("/snapshots/{digest}/log-proof")
+def log_proof(request: Request, digest: str) -> Response:
+    """The snapshot's transparency-log bundle (leaf, index, inclusion proof, signed checkpoint)
+    as a file: what an auditor checks with ``contract.tlog.verify_bundle`` and the log key."""
+    user = _page_user(request)
+    if user is None:
+        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+    svc = services(request)
+    found = bundle_of(svc, digest) if _HEX64.match(digest) else None
+    if found is None:
+        return JSONResponse(
+            {"code": "not_found", "detail": "no such snapshot in the log (yet: about a second)"},
+            status_code=404,
+        )
+    body = {"digest": digest, "log_key": svc.log.key.verifier_key, "log": found}
+    return JSONResponse(
+        body, headers={"Content-Disposition": f'attachment; filename="{digest}.log-proof.json"'}
     )
 
 

@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column("level", sa.SmallInteger(), primary_key=True),
         sa.Column("idx", sa.BigInteger(), primary_key=True),
         sa.Column("hash", sa.LargeBinary(), nullable=False),
+        sqlite_with_rowid=False,  # SQLite: rows in the primary key's b-tree, half the pages
     )
     op.create_table(
         "log_checkpoints",

@@ -39,6 +39,7 @@ __all__ = [
     "NoteKey",
     "Signature",
     "SignedNote",
+    "cosignature_message",
     "empty_root",
     "leaf_hash",
     "node_hash",
@@ -52,6 +53,7 @@ __all__ = [
     "verify_bundle",
     "verify_checkpoint",
     "verify_consistency",
+    "verify_cosignature",
     "verify_inclusion",
 ]
 
@@ -70,6 +72,7 @@ MAX_LINE = 1024
 _LEAF = b"\x00"
 _NODE = b"\x01"
 _ED25519 = 0x01  # the C2SP signed-note signature type of Ed25519
+_COSIGNATURE = 0x04  # C2SP tlog-cosignature/v1 (Ed25519 over a timestamped checkpoint)
 
 
 class LogProofError(EvidenceError):
@@ -233,10 +236,11 @@ def verify_consistency(
 # --------------------------------------------------------------------------- signed notes
 
 
-def note_key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
-    """C2SP signed-note: the 4-byte key id of an Ed25519 key named ``name``."""
+def note_key_id(name: str, public_key: Ed25519PublicKey, *, kind: int = _ED25519) -> bytes:
+    """C2SP signed-note: the 4-byte key id of an Ed25519 key named ``name`` (``kind`` 0x04:
+    a witness's tlog-cosignature key)."""
     raw = _raw(public_key)
-    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([_ED25519]) + raw).digest()[:4]
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([kind]) + raw).digest()[:4]
 
 
 def _raw(public_key: Ed25519PublicKey) -> bytes:
@@ -245,27 +249,31 @@ def _raw(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def verifier_key(name: str, public_key: Ed25519PublicKey) -> str:
-    """The note verifier key string ``<name>+<hex key id>+<base64(0x01 ‖ key)>`` (the format of
+def verifier_key(name: str, public_key: Ed25519PublicKey, *, kind: int = _ED25519) -> str:
+    """The note verifier key string ``<name>+<hex key id>+<base64(type ‖ key)>`` (the format of
     Go's ``golang.org/x/mod/sumdb/note``), which a relying party pins."""
-    raw = bytes([_ED25519]) + _raw(public_key)
-    return f"{name}+{note_key_id(name, public_key).hex()}+{base64.b64encode(raw).decode()}"
+    raw = bytes([kind]) + _raw(public_key)
+    kid = note_key_id(name, public_key, kind=kind).hex()
+    return f"{name}+{kid}+{base64.b64encode(raw).decode()}"
 
 
 @dataclass(frozen=True)
 class NoteKey:
-    """A pinned note key: its name, 4-byte id and Ed25519 public key."""
+    """A pinned note key: its name, 4-byte id and Ed25519 public key; ``kind`` 0x01 signs
+    notes, 0x04 cosigns checkpoints (a witness)."""
 
     name: str
     key_id: bytes
     public_key: Ed25519PublicKey
+    kind: int = _ED25519
 
 
 _NAME = re.compile(r"^[^\s+]{1,256}$")
 
 
-def parse_verifier_key(text: str) -> NoteKey:
-    """Parse a verifier key string (see :func:`verifier_key`), checking its key id."""
+def parse_verifier_key(text: str, *, kind: int = _ED25519) -> NoteKey:
+    """Parse a verifier key string (see :func:`verifier_key`) of type ``kind``, checking its
+    key id."""
     parts = text.strip().split("+", 2)  # the base64 key may hold a "+"
     if len(parts) != 3 or not _NAME.match(parts[0]) or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
         raise CheckpointError("a log key is <name>+<8 hex digits>+<base64 key>", code="bad_log_key")
@@ -273,14 +281,16 @@ def parse_verifier_key(text: str) -> NoteKey:
         raw = base64.b64decode(parts[2], validate=True)
     except (binascii.Error, ValueError):
         raise CheckpointError("the log key's key part is not base64", code="bad_log_key") from None
-    if len(raw) != 33 or raw[0] != _ED25519:
-        raise CheckpointError("the log key is not an Ed25519 note key", code="bad_log_key")
+    if len(raw) != 33 or raw[0] != kind:
+        raise CheckpointError(
+            f"the key is not an Ed25519 note key of type {kind:#04x}", code="bad_log_key"
+        )
     public = Ed25519PublicKey.from_public_bytes(raw[1:])
-    if note_key_id(parts[0], public).hex() != parts[1]:
+    if note_key_id(parts[0], public, kind=kind).hex() != parts[1]:
         raise CheckpointError(
             "the log key's id does not match its name and key", code="bad_log_key"
         )
-    return NoteKey(parts[0], bytes.fromhex(parts[1]), public)
+    return NoteKey(parts[0], bytes.fromhex(parts[1]), public, kind)
 
 
 @dataclass(frozen=True)
@@ -418,6 +428,35 @@ def verify_checkpoint(note: bytes | str, key: NoteKey, *, origin: str | None = N
             code="checkpoint_wrong_origin",
         )
     return checkpoint
+
+
+def cosignature_message(checkpoint_text: str, timestamp: int) -> bytes:
+    """What a C2SP tlog-cosignature/v1 signs: a header with the time, then the checkpoint."""
+    return f"cosignature/v1\ntime {timestamp}\n{checkpoint_text}".encode()
+
+
+def verify_cosignature(note: bytes | str, witness: NoteKey) -> int:
+    """Check a witness's tlog-cosignature on a checkpoint note; answers its timestamp (Unix
+    seconds). The log's own signature is not checked here (:func:`verify_checkpoint` does)."""
+    signed = parse_note(note)
+    parse_checkpoint(signed.text)
+    if witness.kind != _COSIGNATURE:
+        raise CheckpointError("a witness key has type 0x04", code="bad_log_key")
+    for sig in signed.signatures:
+        if sig.name != witness.name or sig.key_id != witness.key_id or len(sig.signature) != 72:
+            continue
+        timestamp = int.from_bytes(sig.signature[:8], "big")
+        try:
+            witness.public_key.verify(
+                sig.signature[8:], cosignature_message(signed.text, timestamp)
+            )
+        except InvalidSignature:
+            continue
+        return timestamp
+    raise CheckpointError(
+        f"the checkpoint carries no valid cosignature of {witness.name[:80]}",
+        code="checkpoint_not_cosigned",
+    )
 
 
 def verify_bundle(

@@ -200,6 +200,25 @@ class Log:
             proof = self._inclusion(session, index, last.size)
             return Bundle(index, entry, proof, last.note)
 
+    def bundles(self, digests: list[str]) -> tuple[str | None, list[Bundle], list[str]]:
+        """Bundles of many accepted envelopes, all at ONE checkpoint (a report cites them
+        together): (that checkpoint's note, the bundles, the digests not integrated yet)."""
+        with self.db.read() as session:
+            last = store.latest_checkpoint(session)
+            if last is None:
+                return None, [], list(digests)
+            found: list[Bundle] = []
+            missing: list[str] = []
+            for digest in digests:
+                entry = store.entry_of_envelope(session, digest)
+                if entry is None or entry[0] is None or entry[0] >= last.size:
+                    missing.append(digest)
+                    continue
+                index = entry[0]
+                proof = self._inclusion(session, index, last.size)
+                found.append(Bundle(index, entry[1], proof, last.note))
+            return last.note, found, missing
+
 
 def _check(**numbers: int) -> None:
     for name, value in numbers.items():

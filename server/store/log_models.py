@@ -39,7 +39,7 @@ class LogNode(Base):
     idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
     #: SQLite: the rows live in the primary key's b-tree (no rowid table beside it).
-    __table_args__ = {"sqlite_with_rowid": False}
+    __table_args__ = ({"sqlite_with_rowid": False},)
 
 
 class LogCheckpoint(Base):

@@ -644,6 +644,7 @@ async def make_report(
         format,
         reports_dir(svc),
         svc.now(),
+        log=svc.log if format == "json" else None,
     )
     return RedirectResponse(
         f"/dashboard/orgs/{quote(org.id)}?report={quote(written.name)}#reports", status_code=303

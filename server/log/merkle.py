@@ -11,13 +11,16 @@ reaches; :func:`nodes_of` names the perfect nodes it is made of, :func:`range_ha
 So a store can fetch every node of a proof in one query (:func:`inclusion_nodes`), and an
 in-memory :class:`Tree` (tests, the benchmark) answers the same functions.
 
-Why hand-written, not a library (inspected December 2026): ``pymerkle`` 7 has its own proof
-objects, serialization and storage backends (its SQLite backend keeps its own table) and no
-C2SP checkpoint or tile support; ``merkletools`` (2018) duplicates odd nodes, which is not RFC
-6962/9162 and gives different roots; ``sigstore``'s Merkle code is private
-(``sigstore._internal``) and verifies Rekor inclusion only; ``tlog-scales`` and ``aics-tlog``
-are months old, single-author and unvetted. The algorithms are ~150 lines of ``hashlib``,
-checked against the Certificate Transparency reference vectors and Go's ``sumdb/tlog`` (tests).
+Why hand-written, not a library (December 2026, judged from their documentation and the PyPI
+index, not benchmarked): ``pymerkle`` (7.0) counts leaves from one and has its own proof objects
+and serialization behind an abstract storage class (one would adapt our tables to it and
+translate every proof), with no signed notes, checkpoints or tiles; ``merkletools`` (2018,
+unmaintained) hashes without RFC 6962's leaf and node prefixes (0x00, 0x01), so its roots
+differ; ``sigstore``'s Merkle code is private (``sigstore._internal``) and only verifies Rekor
+inclusion; ``tlog-scales`` and
+``aics-tlog`` are months old, single-author and unvetted. The algorithms are ~150 lines of
+``hashlib``, checked against the Certificate Transparency reference vectors and, as an
+independent oracle, Go's ``sumdb/tlog`` (tests/contract/).
 """
 
 from __future__ import annotations

@@ -18,3 +18,4 @@ def test_log_benchmark_runs_in_smoke_mode(capsys: pytest.CaptureFixture[str]) ->
     assert module.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "appends/s" in out and "inclusion proof verified" in out and "log on" in out
+    assert "share of ingest CPU" in out

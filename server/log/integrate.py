@@ -127,9 +127,12 @@ class Log:
                 return row
 
     # ------------------------------------------------------------------ reading
+    # Outside any transaction (Database.lookup: no BEGIN/ROLLBACK round trips on PostgreSQL):
+    # a checkpoint and the nodes and indices it covers commit together and never change, so
+    # reading the checkpoint first and then what it covers is consistent without a snapshot.
 
     def latest(self) -> CheckpointRow | None:
-        with self.db.read() as session:
+        with self.db.lookup() as session:
             return store.latest_checkpoint(session)
 
     def _size_ok(self, session: Any, size: int) -> CheckpointRow:
@@ -147,7 +150,7 @@ class Log:
         _check(index=index, size=size)
         if index >= size:
             raise Invalid("log_bad_argument", f"index {index} is not below size {size}")
-        with self.db.read() as session:
+        with self.db.lookup() as session:
             self._size_ok(session, size)
             return self._inclusion(session, index, size)
 
@@ -160,14 +163,14 @@ class Log:
         _check(size1=size1, size2=size2)
         if size1 > size2:
             raise Invalid("log_bad_argument", f"size1 {size1} is larger than size2 {size2}")
-        with self.db.read() as session:
+        with self.db.lookup() as session:
             self._size_ok(session, size2)
             got = store.nodes(session, merkle.consistency_nodes(size1, size2))
             return merkle.consistency_proof(size1, size2, got)
 
     def tile(self, ref: TileRef) -> bytes:
         """A tile's hashes, or an entry bundle, as the latest checkpoint has them."""
-        with self.db.read() as session:
+        with self.db.lookup() as session:
             last = store.latest_checkpoint(session)
             size = last.size if last is not None else 0
             start = ref.index * WIDTH
@@ -187,7 +190,7 @@ class Log:
     def bundle(self, digest: str) -> Bundle | None:
         """The leaf of an accepted envelope with its inclusion proof in the latest checkpoint;
         None before it is integrated (or if it has no leaf)."""
-        with self.db.read() as session:
+        with self.db.lookup() as session:
             found = store.entry_of_envelope(session, digest)
             if found is None:
                 return None
@@ -203,7 +206,7 @@ class Log:
     def bundles(self, digests: list[str]) -> tuple[str | None, list[Bundle], list[str]]:
         """Bundles of many accepted envelopes, all at ONE checkpoint (a report cites them
         together): (that checkpoint's note, the bundles, the digests not integrated yet)."""
-        with self.db.read() as session:
+        with self.db.lookup() as session:
             last = store.latest_checkpoint(session)
             if last is None:
                 return None, [], list(digests)

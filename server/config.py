@@ -34,6 +34,8 @@ ENV_CONNECTION_LIMITS = {
     "max_connections": ("VEU_MAX_CONNECTIONS", "a number of connections"),
     "max_requests_per_connection": ("VEU_MAX_REQUESTS_PER_CONNECTION", "a number of requests"),
 }
+ENV_LOG_ORIGIN = "VEU_LOG_ORIGIN"
+ENV_LOG_INTERVAL = "VEU_LOG_INTERVAL_MS"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -112,6 +114,21 @@ class Settings:
     max_connections: int = 1000
     #: Requests one keep-alive connection may carry before the verifier closes it.
     max_requests_per_connection: int = 10_000
+    #: The transparency log's origin (the first line of its checkpoints, its key's name);
+    #: None: ``<verifier_id>/log``.
+    log_origin: str | None = None
+    #: How often each process integrates newly committed leaves and signs a checkpoint
+    #: (server/log/integrate.py); at most 1000 ms. 0 turns the integrator off in this process
+    #: (leaves are still appended; another process or ``veu-server log integrate`` signs).
+    log_interval_ms: float = 200.0
+
+    @property
+    def effective_log_origin(self) -> str:
+        return self.log_origin or f"{self.verifier_id}/log"
+
+    @property
+    def log_key_path(self) -> Path:
+        return self.data_dir / "log.key"
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -148,6 +165,9 @@ class Settings:
             raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
         policy_check = _env_number(ENV_POLICY_CHECK, 2.0, "seconds (0: only at start)")
         limits = {name: _env_limit(cls, name) for name in ENV_CONNECTION_LIMITS}
+        log_interval = _env_number(ENV_LOG_INTERVAL, 200.0, "milliseconds (0 turns it off)")
+        if log_interval > 1000:
+            raise ConfigError(f"{ENV_LOG_INTERVAL} is {log_interval:g}; at most 1000 ms")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -166,6 +186,8 @@ class Settings:
             keep_alive_s=limits["keep_alive_s"],
             max_connections=int(limits["max_connections"]),
             max_requests_per_connection=int(limits["max_requests_per_connection"]),
+            log_origin=os.environ.get(ENV_LOG_ORIGIN) or None,
+            log_interval_ms=log_interval,
         )
 
 

@@ -52,6 +52,14 @@ class VerifierKey:
 
 def load_or_create_key(path: Path) -> VerifierKey:
     """Load the verifier key, creating it (0600) if absent. Refuses a key others can read."""
+    key = load_or_create_private(path, kind="verifier")
+    return VerifierKey(private=key, key_id=key_id(key.public_key()))
+
+
+def load_or_create_private(path: Path, *, kind: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from a PKCS#8 PEM file, created (0600) if absent; a file others
+    can read is refused (code ``<kind>_key_permissions``). The verifier's result key and the
+    transparency log's key (server/log/) are two such files."""
     from cryptography.hazmat.primitives import serialization
 
     if not path.exists():
@@ -65,12 +73,12 @@ def load_or_create_key(path: Path) -> VerifierKey:
             pass
     if path.stat().st_mode & 0o077:
         raise ResultError(
-            f"{path} is readable by group or others; chmod 600 it", code="verifier_key_permissions"
+            f"{path} is readable by group or others; chmod 600 it", code=f"{kind}_key_permissions"
         )
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise ResultError(f"{path} is not an Ed25519 key", code="bad_verifier_key")
-    return VerifierKey(private=key, key_id=key_id(key.public_key()))
+        raise ResultError(f"{path} is not an Ed25519 key", code=f"bad_{kind}_key")
+    return key
 
 
 def sign_result(

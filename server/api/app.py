@@ -23,6 +23,7 @@ from server.api.deps import Metrics, Services
 from server.api.limits import BodyLimits, StrictTransport
 from server.api.routes_agents import router as agents_router
 from server.api.routes_compliance import router as compliance_router
+from server.api.routes_log import router as log_router
 from server.api.routes_read import router as read_router
 from server.api.routes_snapshots import IngestFastPath
 from server.api.routes_snapshots import router as snapshots_router
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
         thread = None
+        svc.start_integrator()
         if settings.refresh_interval_s > 0 or settings.settle_interval_s > 0:
             thread = threading.Thread(
                 target=judge_in_background,
@@ -129,6 +131,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(snapshots_router)
     app.include_router(read_router)
     app.include_router(compliance_router)
+    app.include_router(log_router)
     from server.api import dashboard
     from server.api.dashboard.metrics import register_compliance_metrics
 

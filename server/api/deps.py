@@ -16,6 +16,8 @@ from server.compliance.settle import ComplianceConfig, settle_pending
 from server.config import Settings
 from server.ingest import Ingest
 from server.ingest.metrics import Metrics
+from server.log.integrate import Integrator, Log
+from server.log.note import load_log_key
 from server.policy import PolicySet
 from server.results import VerifierKey
 from server.store.db import Database
@@ -39,6 +41,9 @@ class Services:
     ingest: Ingest = field(init=False, repr=False)
     #: Follows the recorded pack set (server/compliance/policy_sync.py); set by create_app.
     policy_watch: PolicyWatch | None = field(default=None, init=False, repr=False)
+    #: The transparency log (its key loaded, created 0600 on first use).
+    log: Log = field(init=False, repr=False)
+    integrator: Integrator | None = field(default=None, init=False, repr=False)
     _limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = field(
         default=None, init=False, repr=False
     )
@@ -55,6 +60,17 @@ class Services:
             batch_wait_s=self.settings.ingest_batch_wait_ms / 1000,
             now=self.now,
         )
+        self.log = Log(
+            self.db,
+            load_log_key(self.settings.log_key_path, self.settings.effective_log_origin),
+            now=self.now,
+        )
+
+    def start_integrator(self) -> None:
+        """Integrate the log in the background, every ``log_interval_ms`` (0: never here)."""
+        if self.settings.log_interval_ms > 0 and self.integrator is None:
+            self.integrator = Integrator(self.log, self.settings.log_interval_ms / 1000)
+            self.integrator.start()
 
     def ingest_limiter(self) -> CapacityLimiter:
         """How many snapshots this process appraises at once (``ingest_concurrency``); one
@@ -65,8 +81,12 @@ class Services:
         return self._limiter[1]
 
     def close(self) -> None:
-        """Stop the group committer once it has written what is queued."""
+        """Stop the group committer once it has written what is queued, then the log's
+        integrator (after one last round)."""
         self.ingest.close()
+        if self.integrator is not None:
+            self.integrator.stop()
+            self.integrator = None
 
     def now(self) -> datetime:
         return datetime.now(UTC)

@@ -24,6 +24,7 @@ from server.api import auth
 from server.api.deps import Services, SvcDep, services
 from server.api.errors import APIError, known_error_response
 from server.api.limits import client_went_away
+from server.api.routes_log import bundle_of
 from server.ingest import Outcome
 from server.store import repo
 
@@ -44,6 +45,9 @@ class ResultResponse(BaseModel):
     digest: str
     status: str
     result: str
+    #: The transparency log's bundle once the snapshot is integrated (about a second after it
+    #: was accepted): its leaf, index, inclusion proof and the signed checkpoint; else null.
+    log: dict[str, Any] | None = None
 
 
 async def read_capped(request: Request, cap: int) -> bytes:
@@ -170,4 +174,6 @@ def result(svc: SvcDep, request: Request, digest: str = DIGEST) -> Any:
         row = repo.snapshot_by_digest(session, digest)
         if row is None:
             raise APIError(404, "not_found", "no accepted snapshot with that digest")
-        return ResultResponse(digest=row.digest, status=row.status, result=row.result)
+        found = ResultResponse(digest=row.digest, status=row.status, result=row.result)
+    found.log = bundle_of(svc, digest)
+    return found

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from server.cli import admin, devtools, retention, serve
     from server.cli import compliance as compliance_cli
     from server.cli import licence as licence_cli
+    from server.cli import log as log_cli
     from server.cli import policy as policy_cli
     from server.cli import report as report_cli
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     devtools.register_demo(sub)
     devtools.register_simulate(sub)
     retention.register(sub)
+    log_cli.register(sub, common)
     return parser
 
 

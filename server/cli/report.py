@@ -3,8 +3,10 @@
 - ``report --org ORG --period 2026H1 --format pdf|csv|json [--out FILE]`` writes the report and
   ``FILE.sig`` (a detached Ed25519 signature by the verifier over the file's SHA-256 digest) and
   prints both paths, the report last.
-- ``report verify FILE SIG [--pubkey PEM]`` checks a report against the verifier's public key
-  (``--pubkey``, e.g. saved from ``GET /v1/verifier-key``; default: this data directory's key).
+- ``report verify FILE SIG [--pubkey PEM] [--log-key KEY]`` checks a report against the
+  verifier's public key (``--pubkey``, e.g. saved from ``GET /v1/verifier-key``; default: this
+  data directory's key); with ``--log-key`` (the pinned log key, ``veu-server log key``) also the
+  JSON report's transparency-log checkpoint and the inclusion proof of every snapshot it counts.
 
 Exit codes: 0 written / signature valid; 1 signature invalid; otherwise server/cli/errors.py.
 """
@@ -46,6 +48,7 @@ def register(subparsers: Any) -> None:
     v.add_argument("file", type=Path)
     v.add_argument("sig", type=Path)
     v.add_argument("--pubkey", type=Path, help="the verifier's public key (PEM)")
+    v.add_argument("--log-key", help="the log's note key: also check the JSON report's log proofs")
 
 
 def _storage_flags(p: argparse.ArgumentParser) -> None:
@@ -85,6 +88,12 @@ def _create(args: argparse.Namespace) -> int:
         out_dir = settings.data_dir / "reports"
         if args.out is None:
             out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = None
+        if args.format == "json":  # the machine-checkable format carries the log's proofs
+            from server.log.integrate import Log
+            from server.log.note import load_log_key
+
+            log = Log(db, load_log_key(settings.log_key_path, settings.effective_log_origin))
         written = reports.write_signed(
             db,
             policy,
@@ -95,6 +104,7 @@ def _create(args: argparse.Namespace) -> int:
             out_dir,
             datetime.now(UTC),
             out=args.out,
+            log=log,
         )
     finally:
         db.dispose()
@@ -125,8 +135,24 @@ def _verify(args: argparse.Namespace) -> int:
         from server.results import load_or_create_key
 
         public = load_or_create_key(settings.verifier_key_path).public
-    if verify_report(args.file.read_bytes(), args.sig.read_bytes(), public):
-        print(f"valid: {args.file} is signed by the verifier key")
+    if not verify_report(args.file.read_bytes(), args.sig.read_bytes(), public):
+        print(f"INVALID: the signature does not match {args.file}", file=sys.stderr)
+        return EXIT_BROKEN
+    print(f"valid: {args.file} is signed by the verifier key")
+    if args.log_key is None:
         return EXIT_OK
-    print(f"INVALID: the signature does not match {args.file}", file=sys.stderr)
-    return EXIT_BROKEN
+    from contract.errors import EvidenceError
+    from contract.tlog import parse_verifier_key
+    from server.reports import verify_report_log
+
+    try:
+        pinned = parse_verifier_key(args.log_key)
+    except EvidenceError as exc:
+        raise Invalid(exc.code, f"--log-key: {exc.detail}") from None
+    try:
+        proven, size = verify_report_log(args.file.read_bytes(), pinned)
+    except EvidenceError as exc:
+        print(f"INVALID: the report's log evidence: {exc.detail} ({exc.code})", file=sys.stderr)
+        return EXIT_BROKEN
+    print(f"valid: {proven} cited snapshots are in the log's signed checkpoint of size {size}")
+    return EXIT_OK

@@ -73,6 +73,7 @@ def _reload_on_hup(record: Callable[..., None]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from contract.jsonlog import dict_config
+    from server.log.note import load_log_key
     from server.results import load_or_create_key
     from server.store.migrate import upgrade
 
@@ -97,6 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.resolved_database_url())
     load_or_create_key(settings.verifier_key_path)  # before workers race to create it
+    load_log_key(settings.log_key_path, settings.effective_log_origin)  # the same
     if settings.database_url is None and args.workers > 1:
         raise Invalid(
             "usage", "--workers > 1 needs PostgreSQL (--database-url); SQLite has one writer"

@@ -50,6 +50,7 @@ from server.compliance.registry import RegistryCache
 from server.findings import Finding, condensed, status_of
 from server.ingest._groupcommit import GroupCommitter
 from server.ingest.metrics import Metrics
+from server.log.entries import LOGGED_REJECTIONS, accepted_entry, entry_row, rejected_entry
 from server.policy import PolicySet
 from server.results import VerifierKey, sign_result
 from server.store import audit, repo
@@ -218,6 +219,14 @@ class Ingest:
             nonce=verdict.nonce,
             policy_digest=policy.digest,
         )
+        leaf = accepted_entry(
+            digest=verdict.digest,
+            key_id=verdict.key_id,
+            site_id=judged.site_id,
+            seq=verdict.seq,
+            result=result,
+            at=now,
+        )
         return Pending(
             accepted=verdict,
             raw=data,
@@ -233,6 +242,7 @@ class Ingest:
                 result=result,
                 now=now,
                 inventory_digest=state.inventory_digest,
+                log_row=entry_row("accepted", verdict.digest, leaf, now),
             ),
             host=hosts.host_update(
                 key_id=verdict.key_id,
@@ -278,6 +288,11 @@ class Ingest:
             digest = None
             with contextlib.suppress(Rejected):
                 digest = preparse(data, self.verify).digest
+            now = self.now()
+            log_row = None
+            if digest is not None and exc.code in LOGGED_REJECTIONS:
+                leaf = rejected_entry(code=exc.code, digest=digest, key_id=exc.key_id, at=now)
+                log_row = entry_row("rejected", digest, leaf, now)
             with self.db.write() as session:
                 audit_rejection(
                     session,
@@ -285,7 +300,8 @@ class Ingest:
                     code=exc.code,
                     detail=exc.detail,
                     digest=digest,
-                    now=self.now(),
+                    now=now,
+                    log_row=log_row,
                 )
             log.warning(
                 "security event: rejected signed evidence code=%s key=%s", exc.code, exc.key_id

@@ -38,8 +38,16 @@ from sqlalchemy.orm import Session
 from contract import SnapshotV1, parse_statement
 from contract.display import visible, visible_json
 from contract.fsutil import atomic_write
+from contract.tlog import (
+    CheckpointError,
+    LogProofError,
+    NoteKey,
+    verify_bundle,
+    verify_checkpoint,
+)
 from server.errors import Invalid, NotFound
 from server.findings import counts_in_headline
+from server.log.integrate import Log
 from server.policy import PolicySet, load_policy_set
 from server.policy.distribution import distribution
 from server.results import VerifierKey
@@ -104,11 +112,12 @@ class ChipLine:
 
 def installed_as_of(
     session: Session, policy: PolicySet, org_id: str, as_of: datetime
-) -> tuple[list[ChipLine], dict[str, int], int]:
+) -> tuple[list[ChipLine], dict[str, int], int, list[str]]:
     """Chips per site and model from each host's latest accepted snapshot up to ``as_of``.
 
     Hosts revoked before ``as_of`` do not count. Returns the lines, the 3A090 TPP per country
-    (the distribution's input) and how many hosts contributed.
+    (the distribution's input), how many hosts contributed, and the digests of the snapshots
+    counted (the evidence the report cites).
     """
     latest = (
         select(Snapshot.key_id, func.max(Snapshot.seq).label("seq"))
@@ -118,7 +127,7 @@ def installed_as_of(
         .subquery()
     )
     rows = session.execute(
-        select(Snapshot.envelope, Site.id, Site.name, Site.country)
+        select(Snapshot.envelope, Site.id, Site.name, Site.country, Snapshot.digest)
         .join(latest, (latest.c.key_id == Snapshot.key_id) & (latest.c.seq == Snapshot.seq))
         .join(Host, Host.key_id == Snapshot.key_id)
         .join(Site, Site.id == Snapshot.site_id)
@@ -127,7 +136,7 @@ def installed_as_of(
     ).all()
     totals: dict[tuple[str, str], list[Any]] = {}
     by_country: dict[str, int] = {}
-    for envelope, site_id, site_name, country in rows:
+    for envelope, site_id, site_name, country, _digest in rows:
         snapshot = _snapshot_of(bytes(envelope))
         contrib = policy.contribution(snapshot, as_of.date(), country=country)
         by_country[country] = by_country.get(country, 0) + contrib.tpp_3a090
@@ -146,7 +155,8 @@ def installed_as_of(
         ChipLine(site_id, v[0], v[1], chip, v[2], int(v[3]), int(v[4]))
         for (site_id, chip), v in sorted(totals.items())
     ]
-    return lines, {k: v for k, v in by_country.items() if v}, len(rows)
+    cited = [row[4] for row in rows]
+    return lines, {k: v for k, v in by_country.items() if v}, len(rows), cited
 
 
 def _snapshot_of(envelope: bytes) -> SnapshotV1:
@@ -200,6 +210,7 @@ def build_report(
     now: datetime,
     *,
     max_findings: int = MAX_REPORT_FINDINGS,
+    log: Log | None = None,
 ) -> dict[str, Any]:
     """Everything the report says, as plain JSON-ready data (the JSON format is this dict)."""
     org = session.get(Organization, org_id)
@@ -211,8 +222,8 @@ def build_report(
         raise Invalid("future_period", f"period {period.label} has not started yet")
     as_of = min(period.end_moment(), now)
     prev = period.previous()
-    lines, by_country, hosts = installed_as_of(session, policy, org.id, as_of)
-    prev_lines, _, _ = installed_as_of(session, policy, org.id, prev.end_moment())
+    lines, by_country, hosts, cited = installed_as_of(session, policy, org.id, as_of)
+    prev_lines, _, _, _ = installed_as_of(session, policy, org.id, prev.end_moment())
     dist = distribution(
         policy, by_country, veu=org.veu, hq_country=org.hq_country, on=as_of.date(), org_id=org.id
     )
@@ -336,6 +347,7 @@ def build_report(
         "findings": findings,
         "findings_total": findings_total,
         "findings_by_condition": by_condition,
+        **({"transparency_log": transparency_section(log, cited)} if log is not None else {}),
         "findings_on_unconfirmed_figures": sum(1 for f in findings if f["unconfirmed_figures"]),
         "findings_by_pack": _by_pack(findings),
         "notes": [
@@ -346,6 +358,53 @@ def build_report(
             "text.",
         ],
     }
+
+
+def transparency_section(log: Log, digests: list[str]) -> dict[str, Any]:
+    """The log checkpoint the report was built at, and an inclusion proof in it for every
+    snapshot the report counts: a relying party checks them with the log's key alone
+    (:func:`verify_report_log`, ``veu-server report verify --log-key``)."""
+    note, bundles, missing = log.bundles(sorted(digests))
+    return {
+        "log_key": log.key.verifier_key,
+        "checkpoint": note,
+        "evidence": [
+            {
+                "index": b.index,
+                "entry": base64.b64encode(b.entry).decode(),
+                "proof": [base64.b64encode(h).decode() for h in b.proof],
+            }
+            for b in bundles
+        ],
+        "not_yet_logged": missing,
+    }
+
+
+def verify_report_log(file_bytes: bytes, key: NoteKey) -> tuple[int, int]:
+    """Check a JSON report's transparency-log section with the pinned log ``key``: the
+    checkpoint's signature, and each cited snapshot's inclusion in it. Answers (snapshots proven,
+    checkpoint size); raises :class:`~contract.errors.EvidenceError` (a stable ``code``) when a
+    check fails, :class:`~server.errors.Invalid` when the file has no such section."""
+    try:
+        section = json.loads(file_bytes)["transparency_log"]
+        evidence = section["evidence"]
+        note = section["checkpoint"]
+    except (ValueError, KeyError, TypeError):
+        raise Invalid(
+            "no_log_section", "the file is not a JSON report with a transparency_log section"
+        ) from None
+    if note is None:
+        raise CheckpointError("the report was built before the log signed a checkpoint")
+    size = verify_checkpoint(note, key).size
+    for item in evidence:
+        try:
+            entry = base64.b64decode(item["entry"], validate=True)
+            proof = [base64.b64decode(h, validate=True) for h in item["proof"]]
+            index = int(item["index"])
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise LogProofError("a cited snapshot's log evidence is malformed") from None
+        verify_bundle(entry, index, proof, note, key)
+    return len(evidence), size
 
 
 # --------------------------------------------------------------------------- formats
@@ -774,12 +833,19 @@ class Written:
 
 
 def generate(
-    db: Database, policy: PolicySet, org_id: str, period: str, fmt: str, now: datetime
+    db: Database,
+    policy: PolicySet,
+    org_id: str,
+    period: str,
+    fmt: str,
+    now: datetime,
+    *,
+    log: Log | None = None,
 ) -> tuple[dict[str, Any], bytes]:
     if fmt not in RENDERERS:
         raise Invalid("bad_format", f"format must be one of {', '.join(RENDERERS)}")
     with db.read() as session:
-        data = build_report(session, policy, org_id, Period.parse(period), now)
+        data = build_report(session, policy, org_id, Period.parse(period), now, log=log)
     return data, RENDERERS[fmt](data)
 
 
@@ -794,9 +860,11 @@ def write_signed(
     now: datetime,
     *,
     out: Path | None = None,
+    log: Log | None = None,
 ) -> Written:
-    """Build, render, sign; write the file and ``<file>.sig`` (atomically, 0600)."""
-    data, body = generate(db, policy, org_id, period, fmt, now)
+    """Build, render, sign; write the file and ``<file>.sig`` (atomically, 0600). ``log``: the
+    JSON format carries the log's checkpoint and a proof for each snapshot it counts."""
+    data, body = generate(db, policy, org_id, period, fmt, now, log=log)
     if out is None:
         stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         out = out_dir / f"{data['organization']['id']}-{data['period']['label']}-{stamp}.{fmt}"

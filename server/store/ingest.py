@@ -34,6 +34,7 @@ from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding
 from server.store import audit
+from server.store import log as log_store
 from server.store.compliance_models import RegistryState, SiteAuthorization
 from server.store.models import (
     ChainHead,
@@ -353,6 +354,8 @@ class Write:
     inventory: _Rows | None
     inventory_digest: str
     now: datetime
+    #: The snapshot's transparency-log leaf row (server/log/entries.py), appended with it.
+    log_row: dict[str, Any] | None = None
 
 
 def prepare_write(
@@ -366,6 +369,7 @@ def prepare_write(
     result: str,
     now: datetime,
     inventory_digest: str | None = None,
+    log_row: dict[str, Any] | None = None,
 ) -> Write:
     """The rows of one accepted snapshot (``head``: the head appraisal saw;
     ``inventory_digest``: the stored inventory's)."""
@@ -393,6 +397,7 @@ def prepare_write(
         inventory=rows if new_inventory != inventory_digest else None,
         inventory_digest=new_inventory,
         now=now,
+        log_row=log_row,
     )
 
 
@@ -427,6 +432,8 @@ def send_accepted(pipe: Pipeline, writes: Sequence[Write]) -> Sent:
     each alone to learn it.
     """
     pipe.executemany(_SNAPSHOT_INSERT, [w.snapshot_row for w in writes])
+    # The leaves of the transparency log, in the same transaction: no snapshot without its leaf.
+    log_store.send_entries(pipe, [w.log_row for w in writes if w.log_row is not None])
     advances: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
     for w in writes:
         old_digest = w.head.digest if w.head is not None else None
@@ -558,14 +565,18 @@ def audit_rejection(
     detail: str,
     digest: str | None,
     now: datetime,
+    log_row: dict[str, Any] | None = None,
 ) -> None:
-    """A security event: evidence that a valid signature of an enrolled key vouched for.
+    """A security event: evidence that a valid signature of an enrolled key vouched for (and,
+    for a fork or a replay, its transparency-log leaf, in the same transaction).
 
     Written once per envelope digest (a resent fork or replay only counts in
     ``repeated_rejections``, with its last-seen time), and once per hour per revoked key."""
     key = f"revoked:{key_id}" if code == "revoked_key" else digest
     if key is not None and not _first_rejection(session, key, key_id, code, now):
         return
+    if log_row is not None:
+        log_store.append_entries(session, [log_row])
     audit.append(
         session,
         at=now,

@@ -30,6 +30,7 @@ from server import reports
 from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
 from server.api.deps import Services, services
+from server.api.routes_log import bundle_of
 from server.findings import PACK_STATUSES
 from server.policy import PolicySet
 from server.policy.distribution import Distribution, distribution
@@ -306,6 +307,7 @@ def overview(
         max_age=age,
         after=after,
         proposed=proposed,
+        log=svc.log.latest(),
     )
 
 
@@ -568,6 +570,26 @@ def envelope(request: Request, digest: str) -> Response:
     )
 
 
+@router.get("/snapshots/{digest}/log-proof")
+def log_proof(request: Request, digest: str) -> Response:
+    """The snapshot's transparency-log bundle (leaf, index, inclusion proof, signed checkpoint)
+    as a file: what an auditor checks with ``contract.tlog.verify_bundle`` and the log key."""
+    user = _page_user(request)
+    if user is None:
+        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+    svc = services(request)
+    found = bundle_of(svc, digest) if _HEX64.match(digest) else None
+    if found is None:
+        return JSONResponse(
+            {"code": "not_found", "detail": "no such snapshot in the log (yet: about a second)"},
+            status_code=404,
+        )
+    body = {"digest": digest, "log_key": svc.log.key.verifier_key, "log": found}
+    return JSONResponse(
+        body, headers={"Content-Disposition": f'attachment; filename="{digest}.log-proof.json"'}
+    )
+
+
 @router.get("/findings", response_class=HTMLResponse)
 def findings_page(
     request: Request,
@@ -812,6 +834,7 @@ async def make_report(
             format,
             directory,
             svc.now(),
+            log=svc.log if format == "json" else None,
         )
     return RedirectResponse(
         f"/dashboard/orgs/{quote(org.id)}?report={quote(written.name)}#reports", status_code=303

@@ -16,7 +16,7 @@ from contract._model import Strict as _Strict
 from contract._model import summarize as _summarize
 from contract.errors import MalformedError, SchemaError
 from contract.jsonstrict import StrictJSON, canonical_bytes, parse_strict
-from contract.snapshot import PREDICATE_MODELS, PREDICATE_TYPE_V1, SnapshotV1
+from contract.snapshot import PREDICATE_MODELS, SnapshotV1
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
@@ -50,7 +50,7 @@ def build_statement(snapshot: SnapshotV1) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
-        "predicateType": PREDICATE_TYPE_V1,
+        "predicateType": snapshot.predicate_type(),
         "predicate": snapshot.model_dump(mode="json"),
     }
 

@@ -1,7 +1,9 @@
 """Findings and attestation status: the vocabulary every stage of appraisal speaks.
 
 A finding always says which condition demanded what, what was expected and what was seen, on which
-subject, under which citation, and how firm the figures behind it are (RULES.md confidence tags).
+subject, under which citation, how firm the figures behind it are (RULES.md confidence tags), and
+the assurance level of the claim it rests on (``level``, contract.assurance; ``assurance`` in
+JSON).
 
 Status follows the EAR tiers (EAT Attestation Results). Precedence, worst last:
 affirming < warning < none (cannot attest) < contraindicated. "Unknown is not compliant": a failed
@@ -13,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from contract.assurance import Level, is_level
 
 Severity = Literal["info", "warning", "cannot_attest", "violation"]
 Status = Literal["affirming", "warning", "none", "contraindicated"]
@@ -37,6 +41,9 @@ class Finding:
     seen: str | None = None
     citation: str | None = None
     confidence: tuple[str, ...] = field(default_factory=tuple)  # tags of figures used: P E S C U
+    #: The assurance level of the evidence the finding rests on (None: evidence of no level, as
+    #: for a finding about evidence that is missing altogether).
+    level: Level | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +55,7 @@ class Finding:
             "seen": self.seen,
             "citation": self.citation,
             "confidence": list(self.confidence),
+            "assurance": self.level,
         }
 
     @classmethod
@@ -61,6 +69,7 @@ class Finding:
             seen=data.get("seen"),
             citation=data.get("citation"),
             confidence=tuple(data.get("confidence") or ()),
+            level=data["assurance"] if is_level(data.get("assurance")) else None,
         )
 
 
@@ -103,6 +112,7 @@ def condensed(findings: Sequence[Finding], *, per_condition: int = 25) -> tuple[
                 ),
                 citation=worst.citation,
                 confidence=worst.confidence,
+                level=worst.level,
             )
         )
     return tuple(kept)

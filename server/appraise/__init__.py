@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -84,10 +84,13 @@ from contract import (
     payload_digest,
     verify_envelope,
 )
+from contract.assurance import Level
+from server.appraise.assurance import Assessment, assess
 from server.findings import Finding
 
 __all__ = [
     "Accepted",
+    "Assessment",
     "BadBase64",
     "BadEncoding",
     "BadEnvelope",
@@ -565,6 +568,9 @@ class HostRecord:
     status: Literal["pending", "active", "revoked"]
     #: Recorded at enrollment; None = not bound to a machine.
     machine_id: str | None
+    #: The level the host key lets claims reach: a key in a file is ``self-reported`` (the only
+    #: kind enrolled so far).
+    key_level: Level = "self-reported"
 
 
 @dataclass(frozen=True)
@@ -602,6 +608,8 @@ class Accepted:
     #: ``chain.gap`` (warning), ``chain.late-delivery`` (info).
     findings: tuple[Finding, ...]
     collected_at: datetime
+    #: The level each claim reached and each evidence source's result.
+    assessment: Assessment
 
 
 @dataclass(frozen=True)
@@ -654,8 +662,14 @@ def appraise(
 
     _check_binding(snapshot, host, reject)
     collected_at = snapshot.collected_at_datetime()
-    findings = list(_check_freshness(snapshot, collected_at, host, nonce, now, config, reject))
-    findings.extend(_check_chain(snapshot, head, key_id, reject))
+    assessment = assess(snapshot, host.key_level)
+    findings = [
+        replace(f, level=assessment.key_level)
+        for f in _check_freshness(snapshot, collected_at, host, nonce, now, config, reject)
+    ]
+    findings.extend(
+        replace(f, level=assessment.key_level) for f in _check_chain(snapshot, head, key_id, reject)
+    )
     return Accepted(
         digest=parsed.digest,
         key_id=key_id,
@@ -666,6 +680,7 @@ def appraise(
         nonce=snapshot.nonce,
         findings=tuple(findings),
         collected_at=collected_at,
+        assessment=assessment,
     )
 
 

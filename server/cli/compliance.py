@@ -156,6 +156,7 @@ def cmd_site_authorize(args: argparse.Namespace) -> int:
             {
                 "allowed_models": args.allow_model or None,
                 "may_store_controlled_weights": args.may_store_controlled_weights,
+                "minimum_assurance": args.minimum_assurance,
             },
             now=_now(),
             actor=ACTOR,
@@ -190,6 +191,7 @@ def _site_text(s: dict[str, Any]) -> str:
         f"site {s['name']} ({s['site_id']}, {s['country']}): {s['status'].upper()}",
         f"  installed {s['installed_tpp']:,} TPP of {s['authorized_tpp']:,} authorized "
         f"({s['accelerators']} accelerators, {s['hosts_reporting']} hosts reporting)",
+        f"  assurance {s['assurance'] or 'unknown'} (its weakest host's)",
     ]
     if s["stale_hosts"]:
         lines.append(f"  stale hosts: {', '.join(h[:16] for h in s['stale_hosts'])}")
@@ -351,6 +353,12 @@ def register(
         help="chip catalog id the authorization allows (repeatable; none: any)",
     )
     p.add_argument("--may-store-controlled-weights", action="store_true")
+    p.add_argument(
+        "--minimum-assurance",
+        metavar="LEVEL",
+        default=None,
+        help="the weakest assurance level a host at the site must reach (e.g. tpm-quoted)",
+    )
     p = add(site_group, "status", cmd_site_status, "a site's status and open findings")
     p.add_argument("site")
     p.add_argument("--json", action="store_true")

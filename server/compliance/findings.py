@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
+from contract.assurance import is_level, parse_level
 from server.findings import Finding
 from server.store.compliance_models import (
     FindingRow,
@@ -68,9 +69,15 @@ def sync_findings(
         seen.add(key)
         row.last_seen_at = now
         message, seen_text = db_text(f.message, 4000) or "", db_text(f.seen, 4000)
-        if (row.severity, row.message, row.seen) != (f.severity, message, seen_text):
+        if (row.severity, row.message, row.seen, row.assurance) != (
+            f.severity,
+            message,
+            seen_text,
+            f.level,
+        ):
             row.severity, row.message, row.seen = f.severity, message, seen_text
             row.expected = db_text(f.expected, 4000)
+            row.assurance = f.level
     for key, f in current.items():
         if key in seen:
             continue
@@ -92,6 +99,7 @@ def sync_findings(
                 last_seen_at=now,
                 closed_at=None,
                 is_open=True,
+                assurance=f.level,
             )
         )
 
@@ -106,6 +114,7 @@ def finding_of(row: FindingRow) -> Finding:
         seen=row.seen,
         citation=row.citation,
         confidence=tuple(c for c in row.confidence.split(",") if c),
+        level=parse_level(row.assurance) if is_level(row.assurance) else None,
     )
 
 
@@ -118,6 +127,7 @@ def findings_key(findings: Sequence[Finding]) -> str:
             db_text(f.message, 4000) or "",
             db_text(f.seen, 4000) or "",
             db_text(f.expected, 4000) or "",
+            f.level or "",
         )
         for f in findings
         if f.severity != "info"

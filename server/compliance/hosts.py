@@ -24,6 +24,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from contract import SnapshotV1
+from contract.assurance import Level
 from server.compliance.findings import findings_key, sync_findings
 from server.compliance.registry import RegistryCache, model_registry
 from server.findings import Finding, status_of
@@ -141,6 +142,7 @@ def judge_host(
     models: RegistryCache | None = None,
     registry_generation: int | None = None,
     memo: JudgementMemo | None = None,
+    key_assurance: Level = "self-reported",
 ) -> HostJudgement:
     """Host-scope findings and contribution. ``terms``: the site's facts if the caller already
     read them (ingest reads them with the host in one query); otherwise one query here.
@@ -154,7 +156,10 @@ def judge_host(
     on = snapshot.collected_at_datetime().date()
     key = None
     if memo is not None and registry_generation is not None:
-        key = JudgementMemo.key(policy, snapshot, site_id, terms, registry_generation, on)
+        key = (
+            *JudgementMemo.key(policy, snapshot, site_id, terms, registry_generation, on),
+            key_assurance,
+        )
         known = memo.get(key_id, key)
         if known is not None:
             return known
@@ -170,6 +175,8 @@ def judge_host(
             else model_registry(session, digests)
         ),
         host_id=key_id,
+        key_assurance=key_assurance,
+        site_minimum_assurance=terms.minimum_assurance,
     )
     findings = tuple(policy.evaluate_host(snapshot, ctx, on))
     judged = HostJudgement(
@@ -200,6 +207,7 @@ _HOST_STATE_UPDATE = (
         accelerators=bindparam("accelerators"),
         tpp=bindparam("tpp"),
         findings_key=bindparam("findings_key"),
+        assurance=bindparam("assurance"),
         pending=True,
     )
 )
@@ -236,6 +244,7 @@ def host_update(
     judgement: HostJudgement,
     findings: Sequence[Finding],
     now: datetime,
+    assurance: Level | None = None,
 ) -> HostUpdate:
     """The host's new contribution (pending until its site settles) and findings key."""
     new = judgement.contribution
@@ -253,6 +262,7 @@ def host_update(
             "accelerators": len(snapshot.accelerators),
             "tpp": sum(m.tpp for m in new.models.values()),
             "findings_key": findings_key(findings),
+            "assurance": assurance,
         },
     )
 

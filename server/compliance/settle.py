@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import Table, bindparam, delete, select, true, update
 from sqlalchemy.orm import Session
 
+from server.compliance.assurance import site_level
 from server.compliance.findings import sync_findings
 from server.compliance.ledger_facts import ledger_facts
 from server.findings import Finding, status_of
@@ -372,6 +373,7 @@ def _judge_site(
         has_ledger=ledger.has_ledger,
         ledger_unseen=list(ledger.unseen),
         ledger_reported=list(ledger.reported),
+        assurance=site_level(session, site.id),
     )
     findings = policy.evaluate_site(facts, now.date())
     state.status = status_of(findings)

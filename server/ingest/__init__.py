@@ -199,6 +199,7 @@ class Ingest:
                     models=self.models,
                     registry_generation=state.registry_generation,
                     memo=self.judgements,
+                    key_assurance=verdict.assessment.key_level,
                 )
         except Rejected as exc:
             self.record_rejection(exc, data)
@@ -217,6 +218,8 @@ class Ingest:
             seq=verdict.seq,
             nonce=verdict.nonce,
             policy_digest=policy.digest,
+            assurance=verdict.assessment.level,
+            sources={src.name: src.to_json() for src in verdict.assessment.sources},
         )
         return Pending(
             accepted=verdict,
@@ -241,6 +244,7 @@ class Ingest:
                 judgement=judged,
                 findings=findings,
                 now=now,
+                assurance=verdict.assessment.level,
             ),
             event=accepted_event(verdict, status=status, findings=findings, now=now),
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import Accelerator, SnapshotV1
+from contract.assurance import Level, accelerator_level, is_level, parse_level, rank, weakest
 from server.findings import Finding
 from server.policy.aggregate import HostContribution, ModelTotal
 from server.policy.catalog import ChipMatch, norm_hex
@@ -177,7 +178,22 @@ def _finding(
         seen=fill(cond.seen),
         citation=cond.citation,
         confidence=tuple(sorted(tags)),
+        level=_level_of(cond, variables, item),
     )
+
+
+_SCOPE_ENTITY = {"host": "host", "site": "site", "organization": "org"}
+
+
+def _level_of(
+    cond: Condition, variables: dict[str, Any], item: dict[str, Any] | None
+) -> Level | None:
+    """The level of the claim a finding rests on: the item's own (an accelerator, a file), else
+    its scope's as a whole (a host's weakest claim, a site's weakest host)."""
+    for source in (item, variables.get(_SCOPE_ENTITY.get(cond.scope, ""))):
+        if isinstance(source, dict) and is_level(source.get("assurance")):
+            return parse_level(source["assurance"])
+    return None
 
 
 def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -> Finding:
@@ -194,6 +210,7 @@ def _error_finding(cond: Condition, variables: dict[str, Any], exc: Exception) -
         seen=str(exc),
         citation=cond.citation,
         confidence=cond.confidence,
+        level=_level_of(cond, variables, None),
     )
 
 
@@ -302,9 +319,11 @@ def host_variables(
         for a in snapshot.accelerators
         if a.source == "nvml" and a.pci_bus_id
     }
+    key_level = ctx.key_assurance
     accs: list[dict[str, Any]] = []
     for i, acc in enumerate(snapshot.accelerators):
         match = pack.catalog.identify(acc)
+        level = accelerator_level(acc.source, acc.assurance, key_level)
         bus = (acc.pci_bus_id or "").lower()
         vendor_id = norm_hex(acc.pci_vendor_id) or ""
         accs.append(
@@ -318,7 +337,8 @@ def host_variables(
                 "pci_device_id": norm_hex(acc.pci_device_id) or "",
                 "pci_bus_id": acc.pci_bus_id or "",
                 "source": acc.source,
-                "assurance": acc.assurance,
+                "assurance": level,
+                "assurance_rank": rank(level),
                 "identified": match is not None,
                 "chip": match.chip_id if match else "",
                 "matched_by": match.matched_by if match else "",
@@ -363,8 +383,10 @@ def host_variables(
                     "reason": cls.reason if record else "not in the model registry",
                     "error": f.error.code if f.error else "",
                     "confidence": list(cls.confidence) if record else [],
+                    "assurance": key_level,
                 }
             )
+    host_level = weakest([key_level, *(a["assurance"] for a in accs)]) or key_level
     site = _site_country_facts(pack, ctx.site_country, on)
     site.update(
         {
@@ -384,6 +406,7 @@ def host_variables(
             "accelerator_count": len(accs),
             "file_count": len(files),
             "unidentified_count": sum(1 for a in accs if not a["identified"]),
+            **_assurance_facts(pack, ctx, host_level),
         },
         "site": site,
         "accelerators": accs,
@@ -392,6 +415,29 @@ def host_variables(
             {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
         ],
         "params": pack.param_values(),
+    }
+
+
+def minimum_assurance(pack: Pack, site_term: Level | None) -> tuple[Level, str]:
+    """The level demanded of a host, and by whom: the stronger of the pack's parameter
+    ``minimum_assurance`` (absent: ``declared``, which every host meets) and the site's
+    authorization term."""
+    fig = pack.params.get("minimum_assurance")
+    demanded: Level = parse_level(fig.value) if fig is not None else "declared"
+    if site_term is not None and rank(site_term) > rank(demanded):
+        return site_term, "site authorization"
+    return demanded, f"pack {pack.id}"
+
+
+def _assurance_facts(pack: Pack, ctx: HostContext, host_level: Level) -> dict[str, Any]:
+    demanded, by = minimum_assurance(pack, ctx.site_minimum_assurance)
+    return {
+        "assurance": host_level,
+        "assurance_rank": rank(host_level),
+        "key_assurance": ctx.key_assurance,
+        "minimum_assurance": demanded,
+        "minimum_assurance_rank": rank(demanded),
+        "minimum_assurance_by": by,
     }
 
 
@@ -413,6 +459,7 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "any_model_allowed": facts.allowed_models is None,
             "allowed_models": list(facts.allowed_models or ()),
             "has_ledger": facts.has_ledger,
+            "assurance": facts.assurance or "",
         }
     )
     models: list[dict[str, Any]] = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.assurance import Level
 from server.policy.aggregate import OrgAggregate, SiteAggregate
 from server.policy.models import ModelRegistry
 
@@ -51,6 +52,10 @@ class HostContext:
     site_may_store_controlled_weights: bool = False
     models: ModelRegistry = field(default_factory=ModelRegistry)
     host_id: str = ""  # the store's id for the host (defaults to the agent key id)
+    #: The level the appraisal gave the host's own evidence (its key's): contract.assurance.
+    key_assurance: Level = "self-reported"
+    #: The level a site authorization term demands of every host at the site (None: none).
+    site_minimum_assurance: Level | None = None
 
 
 @dataclass
@@ -71,6 +76,8 @@ class SiteFacts:
     ledger_unseen: list[UnseenShipment] = field(default_factory=list)
     #: Chips the judged hosts report, each with whether any shipment lists it.
     ledger_reported: list[ReportedChip] = field(default_factory=list)
+    #: The site's assurance level: its weakest host's (None: no host has reported).
+    assurance: Level | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ _ACC = {
     "pci_bus_id": "0000:18:00.0",
     "source": "nvml",
     "assurance": "self-reported",
+    "assurance_rank": 1,
     "identified": True,
     "chip": "nvidia-h100-sxm",
     "matched_by": "pci",
@@ -154,6 +162,7 @@ _FILE = {
     "controlled": True,
     "reason": "",
     "error": "",
+    "assurance": "self-reported",
 }
 _ERR = {"collector": "nvml", "code": "x", "detail": "x"}
 _PARAMS_PLACEHOLDER: dict[str, Any] = {}
@@ -171,6 +180,12 @@ def host_sample(params: dict[str, Any]) -> dict[str, Any]:
             "accelerator_count": 1,
             "file_count": 1,
             "unidentified_count": 0,
+            "assurance": "self-reported",
+            "assurance_rank": 1,
+            "key_assurance": "self-reported",
+            "minimum_assurance": "declared",
+            "minimum_assurance_rank": 0,
+            "minimum_assurance_by": "pack",
         },
         "site": dict(_SITE_HOST),
         "accelerators": [dict(_ACC)],
@@ -213,6 +228,7 @@ def site_sample(params: dict[str, Any]) -> dict[str, Any]:
             "any_model_allowed": True,
             "allowed_models": ["nvidia-h100-sxm"],
             "has_ledger": True,
+            "assurance": "self-reported",
         },
         "models": [dict(_MODEL)],
         "duplicates": [dict(_DUP)],

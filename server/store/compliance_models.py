@@ -60,6 +60,8 @@ class HostState(Base):
     pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     findings_key: Mapped[str | None] = mapped_column(String(64))  # digest of open host findings
+    #: The level its latest snapshot reached (contract.assurance; null before migration 0008).
+    assurance: Mapped[str | None] = mapped_column(String(24))
 
 
 class SiteState(Base):
@@ -90,6 +92,8 @@ class SiteAuthorization(Base):
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
     allowed_models: Mapped[str | None] = mapped_column(Text)  # JSON list of chip ids, null = any
     may_store_controlled_weights: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The weakest assurance level a host at the site must reach (null: the pack's alone).
+    minimum_assurance: Mapped[str | None] = mapped_column(String(24))
 
 
 class FindingRow(Base):
@@ -118,6 +122,8 @@ class FindingRow(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     is_open: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The level of the claim the finding rests on (null: none, or before migration 0008).
+    assurance: Mapped[str | None] = mapped_column(String(24))
 
 
 class Shipment(Base):

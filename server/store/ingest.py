@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
+from contract.assurance import Level, is_level, parse_level
 from contract.keys import public_from_raw
 from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
@@ -86,6 +87,8 @@ class SiteTerms:
     test_site: bool
     org_id: str
     may_store_controlled_weights: bool
+    #: The authorization's demanded assurance level (None: none beyond the pack's).
+    minimum_assurance: Level | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ _SITE_TERMS_OF = (
         _SITES.c.test_site,
         _SITES.c.org_id,
         _AUTHS.c.may_store_controlled_weights,
+        _AUTHS.c.minimum_assurance,
     )
     .select_from(_SITES.outerjoin(_AUTHS, _AUTHS.c.site_id == _SITES.c.id))
     .where(_SITES.c.id == bindparam("site"))
@@ -146,6 +150,7 @@ _LOOKUP = (
         _SITES.c.test_site,
         _SITES.c.org_id,
         _AUTHS.c.may_store_controlled_weights,
+        _AUTHS.c.minimum_assurance,
         _HEAD_SNAPSHOT.c.digest,
         _HEAD_SNAPSHOT.c.prev,
         # The model registry's generation (server.compliance.registry.RegistryCache).
@@ -185,8 +190,16 @@ def site_terms(session: Session, site_id: str) -> SiteTerms | None:
     if row is None:
         return None
     return SiteTerms(
-        row.country, bool(row.test_site), row.org_id, bool(row.may_store_controlled_weights)
+        row.country,
+        bool(row.test_site),
+        row.org_id,
+        bool(row.may_store_controlled_weights),
+        _level_or_none(row.minimum_assurance),
     )
+
+
+def _level_or_none(value: object) -> Level | None:
+    return parse_level(value) if is_level(value) else None
 
 
 _HEAD_VALUES: dict[str, Any] = {
@@ -289,6 +302,7 @@ def lookup(
                     test_site,
                     org_id,
                     may_store_controlled_weights,
+                    minimum_assurance,
                     head_snapshot_digest,
                     head_snapshot_prev,
                     registry_generation,
@@ -306,7 +320,11 @@ def lookup(
                     stored = StoredResult(stored_digest, key_id, stored_status, stored_result)
                 if country is not None:
                     site = SiteTerms(
-                        country, bool(test_site), org_id, bool(may_store_controlled_weights)
+                        country,
+                        bool(test_site),
+                        org_id,
+                        bool(may_store_controlled_weights),
+                        _level_or_none(minimum_assurance),
                     )
                 generation = None if registry_generation is None else int(registry_generation)
                 break

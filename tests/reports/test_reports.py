@@ -124,6 +124,7 @@ def test_each_format_is_signed_and_verifies_and_tampering_fails(
             "# changes_since_previous_period",
             "# distribution",
             "# findings",
+            "# assurance",
         ]
         assert any(r[:1] == ["denominator"] for r in rows)
     else:

@@ -1,0 +1,35 @@
+"""Assurance levels: the level each host's latest snapshot reached (host_state.assurance), the
+level of the claim each finding rests on (findings.assurance), and the level a site's
+authorization demands of its hosts (site_authorizations.minimum_assurance). Null: not known
+(rows written before this migration) or, for the authorization, no demand.
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("host_state", sa.Column("assurance", sa.String(24), nullable=True))
+    op.add_column("findings", sa.Column("assurance", sa.String(24), nullable=True))
+    op.add_column(
+        "site_authorizations", sa.Column("minimum_assurance", sa.String(24), nullable=True)
+    )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("site_authorizations") as batch:
+        batch.drop_column("minimum_assurance")
+    with op.batch_alter_table("findings") as batch:
+        batch.drop_column("assurance")
+    with op.batch_alter_table("host_state") as batch:
+        batch.drop_column("assurance")

@@ -34,12 +34,12 @@ def enroll(
 ) -> Enrollment:
     check_server_url(server, allow_insecure_http or config.allow_insecure_http)
     try:
-        key = keys.load(config.state_dir)
+        key = keys.load_signer(config.state_dir)
     except keys.KeyFileError as exc:
         if exc.code != "no_key":
             raise
-        key = keys.create(config.state_dir)
-        log.warning("no host key in %s: created one", config.state_dir)
+        key, said = keys.initialize(config.state_dir, tpm=None)
+        log.warning("no host key in %s: created one. %s", config.state_dir, said)
     kid = compute_key_id(key.public_key())
     head = Chain(config.state_dir, key).head()
     host = collect_host(proc_root=config.proc_root, sys_root=config.sys_root)

@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from agent.chain import Chain, Outbox, Taken
 from agent.collect import run_collector
 from agent.config import AgentConfig
@@ -38,6 +36,7 @@ from contract import (
     __version__,
     format_timestamp,
 )
+from contract.keys import Signer
 from contract.keys import key_id as compute_key_id
 
 log = logging.getLogger(__name__)
@@ -143,7 +142,7 @@ def collect_storage(
 
 def take_snapshot(
     config: AgentConfig,
-    key: Ed25519PrivateKey,
+    key: Signer,
     *,
     nonce: str | None = None,
     outbox: Outbox | None = None,

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from contract import HostInfo, format_timestamp
 from contract.errors import KeyFormatError
-from contract.keys import key_id, public_from_raw
+from contract.keys import key_id, public_from_raw, verify_signature
 from contract.reqsign import enroll_message
 from server.api import auth
 from server.api.deps import Services, SvcDep
@@ -37,10 +37,14 @@ class ChainHeadIn(BaseModel):
 class EnrollRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: str = Field(min_length=1, max_length=200)
-    public_key: str = Field(min_length=1, max_length=100, description="base64 raw 32-byte Ed25519")
+    public_key: str = Field(
+        min_length=1,
+        max_length=100,
+        description="base64 raw 32-byte Ed25519 or 65-byte uncompressed P-256",
+    )
     host: HostInfo = Field(default_factory=HostInfo)
     proof: str = Field(
-        min_length=1, max_length=200, description="base64 Ed25519 signature over enroll_message"
+        min_length=1, max_length=200, description="base64 signature over enroll_message by that key"
     )
     chain_head: ChainHeadIn | None = None
 
@@ -87,7 +91,7 @@ def enroll(svc: SvcDep, body: EnrollRequest) -> EnrollResponse:
         raise APIError(400, "bad_public_key", exc.detail) from None
     kid = key_id(public)
     try:
-        public.verify(_b64(body.proof, "proof"), enroll_message(body.token, kid))
+        verify_signature(public, _b64(body.proof, "proof"), enroll_message(body.token, kid))
     except InvalidSignature:
         raise APIError(
             401, "bad_proof", "proof is not a signature of the enrollment message by this key"

@@ -60,7 +60,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from contract import (
@@ -85,6 +84,7 @@ from contract import (
     verify_envelope,
 )
 from contract.assurance import Level
+from contract.keys import PublicKey
 from server.appraise.assurance import Assessment, assess
 from server.findings import Finding
 
@@ -563,7 +563,7 @@ def _peek_nonce(value: Any) -> str | None:
 @dataclass(frozen=True)
 class HostRecord:
     key_id: str
-    public_key: Ed25519PublicKey
+    public_key: PublicKey
     site_id: str
     status: Literal["pending", "active", "revoked"]
     #: Recorded at enrollment; None = not bound to a machine.

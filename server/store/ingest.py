@@ -24,12 +24,11 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from contract.assurance import Level, is_level, parse_level
-from contract.keys import public_from_raw
+from contract.keys import PublicKey, public_from_raw
 from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding
@@ -244,7 +243,7 @@ _SPEND_NONCE = (
 
 
 @lru_cache(maxsize=65536)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
+def _public_key(raw: bytes) -> PublicKey:
     """A host's public key never changes for its key id; parse it once."""
     return public_from_raw(raw)
 

@@ -49,3 +49,7 @@ def make_swtpm(
 @pytest.fixture
 def swtpm(make_swtpm: Callable[..., Swtpm]) -> Swtpm:
     return make_swtpm()
+
+
+# The verifier in process (real app, SQLite and PostgreSQL) for tests that enroll a TPM host.
+from tests.server.conftest import api, db_url, pg_database_factory  # noqa: E402, F401

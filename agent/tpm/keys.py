@@ -280,3 +280,32 @@ class TpmSigner:
             int.from_bytes(bytes(ecdsa.signatureR), "big"),
             int.from_bytes(bytes(ecdsa.signatureS), "big"),
         )
+
+
+def activate_credential(
+    keys: TpmKeys, blob: bytes, secret: bytes, tcti: str | None = None
+) -> bytes:
+    """TPM2_ActivateCredential: the credential the verifier wrapped for this TPM's EK and this
+    AK (TPM2B_ID_OBJECT ``blob``, TPM2B_ENCRYPTED_SECRET ``secret``). Only the TPM that holds
+    the EK, with this AK loaded, recovers it; anything else is ``activation_failed``."""
+    _require_pytss()
+    from tpm2_pytss import ESYS_TR, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TSS2_Exception
+
+    try:
+        id_object, _ = TPM2B_ID_OBJECT.unmarshal(blob)
+        encrypted, _ = TPM2B_ENCRYPTED_SECRET.unmarshal(secret)
+    except Exception as exc:  # the TSS's unmarshal raises several kinds
+        raise TpmError("activation_failed", f"the credential is malformed: {exc}") from exc
+    try:
+        with _Session(tcti or keys.tcti) as tpm:
+            ak = tpm.load(keys.ak_public, keys.ak_private)
+            credential = tpm.under_ek(
+                lambda s: tpm.ectx.activate_credential(
+                    ak, tpm.ek, id_object, encrypted, session1=ESYS_TR.PASSWORD, session2=s
+                )
+            )
+    except TSS2_Exception as exc:
+        raise TpmError(
+            "activation_failed", f"the TPM could not activate the credential: {exc}"
+        ) from exc
+    return bytes(credential)

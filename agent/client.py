@@ -484,17 +484,26 @@ class VerifierClient:
         key: Signer,
         host: dict[str, Any] | None = None,
         chain_head: dict[str, Any] | None = None,
+        tpm: dict[str, str] | None = None,
+        activation: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Register this host's key with a one-time token; returns site and verifier key."""
+        """Register this host's key with a one-time token; returns site and verifier key. A TPM
+        host sends ``tpm`` (its EK certificate, EK and AK public areas, the certification);
+        a verifier that checks TPMs answers ``{"code": "activation_required", ...}`` first,
+        and the host sends the enrollment again with ``activation``."""
         kid = compute_key_id(key.public_key())
         proof = key.sign(enroll_message(token, kid))
-        body = {
+        body: dict[str, Any] = {
             "token": token,
             "public_key": base64.b64encode(raw_public(key.public_key())).decode("ascii"),
             "host": host or {},
             "proof": base64.b64encode(proof).decode("ascii"),
             "chain_head": chain_head,
         }
+        if tpm is not None:
+            body["tpm"] = tpm
+        if activation is not None:
+            body["activation"] = activation
         answer = self._send(
             "enroll",
             "POST",

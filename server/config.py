@@ -24,6 +24,7 @@ ENV_INGEST_CONCURRENCY = "VEU_INGEST_CONCURRENCY"
 ENV_INGEST_BATCH = "VEU_INGEST_BATCH_MAX"
 ENV_INGEST_BATCH_WAIT = "VEU_INGEST_BATCH_WAIT_MS"
 ENV_POLICY_CHECK = "VEU_POLICY_CHECK_INTERVAL"
+ENV_TPM_VENDOR_CAS = "VEU_TPM_VENDOR_CA_DIR"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -87,6 +88,10 @@ class Settings:
     #: another process changed it (server/compliance/policy_sync.py); 0: only when the
     #: process starts.
     policy_check_interval_s: float = 2.0
+    #: A directory of PEM files: the TPM makers' CAs an EK certificate must chain to for a host
+    #: to enroll with its TPM (credential activation). None: TPM evidence is not checked at
+    #: enrollment, and TPM hosts enroll as self-reported. None ships with the verifier.
+    tpm_vendor_ca_dir: Path | None = None
 
     @property
     def effective_ingest_concurrency(self) -> int:
@@ -122,6 +127,9 @@ class Settings:
         if wait_ms > 1000:
             raise ConfigError(f"{ENV_INGEST_BATCH_WAIT} is {wait_ms:g}; at most 1000 ms")
         policy_check = _env_number(ENV_POLICY_CHECK, 2.0, "seconds (0: only at start)")
+        vendor_cas = os.environ.get(ENV_TPM_VENDOR_CAS, "").strip()
+        if vendor_cas and not Path(vendor_cas).is_dir():
+            raise ConfigError(f"{ENV_TPM_VENDOR_CAS} is {vendor_cas[:200]!r}, not a directory")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -133,6 +141,7 @@ class Settings:
             ingest_batch_max=int(batch),
             ingest_batch_wait_ms=wait_ms,
             policy_check_interval_s=policy_check,
+            tpm_vendor_ca_dir=Path(vendor_cas) if vendor_cas else None,
         )
 
 

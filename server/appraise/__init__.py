@@ -568,8 +568,8 @@ class HostRecord:
     status: Literal["pending", "active", "revoked"]
     #: Recorded at enrollment; None = not bound to a machine.
     machine_id: str | None
-    #: The level the host key lets claims reach: a key in a file is ``self-reported`` (the only
-    #: kind enrolled so far).
+    #: The level the host key lets claims reach: ``self-reported`` for a key in a file,
+    #: ``tpm-bound-key`` for one enrolled by credential activation.
     key_level: Level = "self-reported"
 
 

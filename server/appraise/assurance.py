@@ -3,8 +3,9 @@ each claim (contract.assurance). Pure: an accepted snapshot and its host's recor
 
 Sources, each an EAR submodule of the signed result:
 
-- ``veu-host-key``: the signature by the enrolled host key. A key in a file reaches
-  ``self-reported`` (the only kind this verifier enrolls so far).
+- ``veu-host-key``: the signature by the enrolled host key. A key in a file (or a TPM key whose
+  residency enrollment did not prove) reaches ``self-reported``; a key enrolled by credential
+  activation ``tpm-bound-key``.
 - ``veu-inventory-file``: present when accelerators come from an inventory file; they reach
   ``declared``.
 - ``veu-tpm``: present when a v2 snapshot carries a TPM evidence section. This verifier does not

@@ -474,3 +474,47 @@ def make_credential(ek: TpmPublic, ak_name: bytes, credential: bytes) -> Credent
         blob=struct.pack(">H", len(id_object)) + id_object,
         secret=struct.pack(">H", len(encrypted_seed)) + encrypted_seed,
     )
+
+
+# --------------------------------------------------------------------------- enrollment
+
+
+@dataclass(frozen=True)
+class TpmIdentity:
+    """What enrollment proved about a host's TPM (kept with the host)."""
+
+    ek_public: bytes
+    ak_public: bytes
+    ak_name: bytes
+    #: SHA-256 of the EK certificate (DER).
+    ek_certificate_sha256: str
+
+    def digest_of(self) -> str:
+        """Names this identity in an activation ticket."""
+        return hashlib.sha256(self.ek_public + b"|" + self.ak_public).hexdigest()
+
+
+def check_tpm_enrollment(
+    *,
+    host_public_raw: bytes,
+    ek_certificate: bytes,
+    ek_public: bytes,
+    ak_public: bytes,
+    key_public: bytes,
+    certify_info: bytes,
+    certify_signature: bytes,
+    cas: list[x509.Certificate],
+) -> TpmIdentity:
+    """Everything enrollment checks before it asks the TPM to activate a credential: the EK
+    certificate chains to a vendor CA and names the EK, the AK certified the signing key, and
+    the signing key is the host key being enrolled (``tpm_key_mismatch`` otherwise)."""
+    ek = parse_public(ek_public, "EK")
+    verify_ek_certificate(ek_certificate, ek, cas)
+    ak, key = verify_certification(ak_public, key_public, certify_info, certify_signature)
+    point = key.ecc_public_key().public_numbers()
+    raw = b"\x04" + point.x.to_bytes(32, "big") + point.y.to_bytes(32, "big")
+    if not hmac.compare_digest(raw, host_public_raw):
+        raise TpmFormatError(
+            "tpm_key_mismatch", "the certified TPM key is not the host key being enrolled"
+        )
+    return TpmIdentity(ek_public, ak_public, ak.name, hashlib.sha256(ek_certificate).hexdigest())

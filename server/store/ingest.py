@@ -139,6 +139,7 @@ _LOOKUP = (
         _HOSTS.c.site_id,
         _HOSTS.c.status,
         _HOSTS.c.machine_id,
+        _HOSTS.c.key_level,
         _HEADS.c.seq,
         _HEADS.c.digest,
         _HEADS.c.inventory_digest,
@@ -249,7 +250,12 @@ def _public_key(raw: bytes) -> PublicKey:
 
 
 def _host_record(
-    key_id: str, public_key: bytes, site_id: str, status: str, machine_id: str | None
+    key_id: str,
+    public_key: bytes,
+    site_id: str,
+    status: str,
+    machine_id: str | None,
+    key_level: str | None = None,
 ) -> HostRecord:
     known = status if status in ("pending", "active", "revoked") else "pending"
     return HostRecord(
@@ -258,6 +264,8 @@ def _host_record(
         site_id=site_id,
         status=known,  # type: ignore[arg-type]
         machine_id=machine_id,
+        # Only the two levels a host key can reach; anything else read as the weaker.
+        key_level="tpm-bound-key" if key_level == "tpm-bound-key" else "self-reported",
     )
 
 
@@ -265,7 +273,9 @@ def host_record(session: Session, key_id: str) -> HostRecord | None:
     row = session.get(Host, key_id)
     if row is None:
         return None
-    return _host_record(row.key_id, row.public_key, row.site_id, row.status, row.machine_id)
+    return _host_record(
+        row.key_id, row.public_key, row.site_id, row.status, row.machine_id, row.key_level
+    )
 
 
 def lookup(
@@ -291,6 +301,7 @@ def lookup(
                     site_id,
                     status,
                     machine_id,
+                    key_level,
                     head_seq,
                     head_digest,
                     inventory_digest,
@@ -306,7 +317,7 @@ def lookup(
                     head_snapshot_prev,
                     registry_generation,
                 ) = rows[key_id]
-                host = _host_record(key_id, public_key, site_id, status, machine_id)
+                host = _host_record(key_id, public_key, site_id, status, machine_id, key_level)
                 if head_seq is not None and not (head_seq == 0 and head_digest is None):
                     known = head_snapshot_digest is not None
                     head = HeadRecord(

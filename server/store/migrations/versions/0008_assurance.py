@@ -1,7 +1,9 @@
 """Assurance levels: the level each host's latest snapshot reached (host_state.assurance), the
-level of the claim each finding rests on (findings.assurance), and the level a site's
-authorization demands of its hosts (site_authorizations.minimum_assurance). Null: not known
-(rows written before this migration) or, for the authorization, no demand.
+level of the claim each finding rests on (findings.assurance), the level a site's
+authorization demands of its hosts (site_authorizations.minimum_assurance; null: no demand), and
+what the host key proves (hosts.key_level, ``self-reported`` for every host enrolled before;
+hosts.tpm, the TPM identity credential activation proved). Null: not known (rows written before
+this migration).
 
 Revision ID: 0008
 Revises: 0007
@@ -19,6 +21,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column(
+        "hosts",
+        sa.Column("key_level", sa.String(24), nullable=False, server_default="self-reported"),
+    )
+    op.add_column("hosts", sa.Column("tpm", sa.Text(), nullable=True))
     op.add_column("host_state", sa.Column("assurance", sa.String(24), nullable=True))
     op.add_column("findings", sa.Column("assurance", sa.String(24), nullable=True))
     op.add_column(
@@ -33,3 +40,6 @@ def downgrade() -> None:
         batch.drop_column("assurance")
     with op.batch_alter_table("host_state") as batch:
         batch.drop_column("assurance")
+    with op.batch_alter_table("hosts") as batch:
+        batch.drop_column("tpm")
+        batch.drop_column("key_level")

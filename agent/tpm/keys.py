@@ -309,3 +309,58 @@ def activate_credential(
             "activation_failed", f"the TPM could not activate the credential: {exc}"
         ) from exc
     return bytes(credential)
+
+
+#: PCRs quoted by default: the firmware and boot loader (0-7) and the agent's own data PCR.
+DATA_PCR = 16
+DEFAULT_PCRS = (0, 1, 2, 3, 4, 5, 6, 7, DATA_PCR)
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A TPM2_Quote by the AK, as snapshot v2 carries it (contract.TpmQuote)."""
+
+    quoted: str  # TPM2B_ATTEST, base64
+    signature: str  # TPMT_SIGNATURE, base64
+    bank: str
+    pcrs: dict[str, str]  # index -> lowercase hex
+
+
+def quote(
+    keys: TpmKeys,
+    qualifying_data: bytes,
+    pcrs: tuple[int, ...] = DEFAULT_PCRS,
+    tcti: str | None = None,
+) -> Quote:
+    """Quote ``pcrs`` of the SHA-256 bank with the AK over ``qualifying_data``, and read their
+    values (the verifier recomputes the quote's PCR digest from them)."""
+    _require_pytss()
+    from tpm2_pytss import TPM2_ALG, TPML_PCR_SELECTION, TPMT_SIG_SCHEME, TSS2_Exception
+
+    selection = TPML_PCR_SELECTION.parse("sha256:" + ",".join(str(i) for i in sorted(pcrs)))
+    try:
+        with _Session(tcti or keys.tcti) as tpm:
+            ak = tpm.load(keys.ak_public, keys.ak_private)
+            quoted, signature = tpm.ectx.quote(
+                ak, selection, qualifying_data, TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
+            )
+            values: dict[str, str] = {}
+            wanted = sorted(pcrs)
+            while len(values) < len(wanted):  # a TPM answers at most 8 PCRs a read
+                rest = [i for i in wanted if str(i) not in values]
+                _, read, digests = tpm.ectx.pcr_read(
+                    TPML_PCR_SELECTION.parse("sha256:" + ",".join(str(i) for i in rest[:8]))
+                )
+                got = [
+                    i
+                    for sel in read.pcrSelections[: read.count]
+                    for i in range(sel.sizeofSelect * 8)
+                    if sel.pcrSelect[i // 8] >> (i % 8) & 1
+                ]
+                if not got:
+                    raise TpmError("tpm_error", "the TPM read no PCR values")
+                for index, digest in zip(got, list(digests), strict=True):
+                    values[str(index)] = bytes(digest).hex()
+    except TSS2_Exception as exc:
+        raise TpmError("tpm_error", f"the TPM refused to quote: {exc}") from exc
+    return Quote(_b64(quoted.marshal()), _b64(signature.marshal()), "sha256", values)

@@ -48,7 +48,7 @@ def tpm_host(
     monkeypatch.setenv("VEU_TPM_TCTI", swtpm.tcti)
     signer, _ = initialize(tmp_path / "agent", tpm=True)
     assert isinstance(signer, TpmSigner)
-    return HostKit(api.site_id, key=signer), signer  # type: ignore[arg-type]
+    return HostKit(api.site_id, key=signer), signer
 
 
 def _configure(api: Any, cas: Path | None) -> None:
@@ -102,7 +102,7 @@ def test_a_ticket_for_another_tpm_does_not_enroll_this_one(
     finally:
         del os.environ["VEU_TPM_TCTI"]
     assert isinstance(other, TpmSigner)
-    other_kit = HostKit(api.site_id, key=other)  # type: ignore[arg-type]
+    other_kit = HostKit(api.site_id, key=other)
     theirs = api.client.post(
         "/v1/enroll",
         json={**other_kit.enroll_body(api.token(site_id=api.site_id)), "tpm": _tpm_section(other)},

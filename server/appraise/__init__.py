@@ -43,6 +43,16 @@ Rules, in the order they are checked; the first that fails decides:
    With no head at all, ``seq = 1`` and ``prev = null`` is accepted as the start of the chain;
    anything else is accepted with ``chain.gap``: earlier snapshots of this key were never seen.
 
+10. TPM evidence (snapshot v2, ``evidence.tpm``), for a host whose key enrollment bound to its TPM
+   (credential activation recorded its attestation key): the quote is signed by that AK
+   (``quote_bad_signature``), its qualifying data is SHA-256(nonce || inventory digest)
+   (``quote_wrong_data``: a quote over another snapshot, or a replayed one), it selects exactly
+   the PCR values sent and its PCR digest is theirs (``quote_pcr_mismatch``); the AK sent is the
+   enrolled one (``quote_wrong_ak``); an event log parses with bounds (``event_log_*``) and
+   replays to the quoted PCRs it measures (``event_log_mismatch``). All are
+   :class:`TpmEvidenceRejected` (``tpm_evidence_invalid``, 422, each with its own code). Reference values and clock rules are not applied yet:
+   a verified quote leaves the host at ``tpm-bound-key`` (server/appraise/assurance.py).
+
 Every :class:`Rejected` is permanent: the same bytes fail the same way again, so the agent must not
 resend them. Failures worth retrying (the database is down) are the shell's 5xx, never raised
 here. ``authenticated`` is true when a valid signature of an enrolled key came with the bad
@@ -73,6 +83,7 @@ from contract import (
     SchemaError,
     SignatureError,
     SnapshotV1,
+    SnapshotV2,
     Statement,
     StrictJSON,
     b64decode_strict,
@@ -85,7 +96,10 @@ from contract import (
 )
 from contract.assurance import Level
 from contract.keys import PublicKey
+from contract.statement import inventory_digest, quote_qualifying_data
 from server.appraise.assurance import Assessment, assess
+from server.appraise.eventlog import EventLogError, parse_event_log, replay_mismatches, verify_quote
+from server.appraise.tpm import TpmFormatError, parse_public
 from server.findings import Finding
 
 __all__ = [
@@ -130,6 +144,7 @@ __all__ = [
     "SiteMismatch",
     "SubjectMismatch",
     "TooLarge",
+    "TpmEvidenceRejected",
     "Unauthenticated",
     "UnknownKey",
     "UnsupportedPredicate",
@@ -381,6 +396,14 @@ class EvidenceTooOld(FreshnessRejected):
     hint = "it no longer describes the host; take a new snapshot"
 
 
+class TpmEvidenceRejected(Rejected):
+    """Signed TPM evidence that does not hold: a bad quote or an event log that does not
+    replay to it. ``code`` is the specific check's (server/appraise/tpm.py, eventlog.py)."""
+
+    code = "tpm_evidence_invalid"
+    hint = "the quote and event log must come from this host's TPM, for this very snapshot"
+
+
 class ChainRejected(Rejected):
     """Evidence that does not continue this host's hash chain."""
 
@@ -571,6 +594,8 @@ class HostRecord:
     #: The level the host key lets claims reach: ``self-reported`` for a key in a file,
     #: ``tpm-bound-key`` for one enrolled by credential activation.
     key_level: Level = "self-reported"
+    #: The attestation key's TPM2B_PUBLIC recorded by credential activation (None: none).
+    ak_public: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -662,7 +687,8 @@ def appraise(
 
     _check_binding(snapshot, host, reject)
     collected_at = snapshot.collected_at_datetime()
-    assessment = assess(snapshot, host.key_level)
+    quote = _check_tpm_evidence(snapshot, host)
+    assessment = assess(snapshot, host.key_level, quote_verified=quote)
     findings = [
         replace(f, level=assessment.key_level)
         for f in _check_freshness(snapshot, collected_at, host, nonce, now, config, reject)
@@ -685,6 +711,42 @@ def appraise(
 
 
 _Reject = Callable[[type[Rejected], str], Rejected]
+
+
+def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> bool:
+    """Rule 10. True when a quote was verified against the enrolled AK."""
+    if not isinstance(snapshot, SnapshotV2) or snapshot.evidence is None:
+        return False
+    tpm = snapshot.evidence.tpm
+    if tpm is None or tpm.quote is None or host.ak_public is None:
+        return False
+
+    def fail(code: str, message: str) -> Rejected:
+        return TpmEvidenceRejected(message, authenticated=True, key_id=host.key_id, code=code)
+
+    try:
+        if b64decode_strict(tpm.ak_public, "evidence.tpm.ak_public") != host.ak_public:
+            raise fail("quote_wrong_ak", "the snapshot's attestation key is not the enrolled one")
+        quoted = b64decode_strict(tpm.quote.quoted, "evidence.tpm.quote.quoted")
+        signature = b64decode_strict(tpm.quote.signature, "evidence.tpm.quote.signature")
+        pcrs = {int(i): bytes.fromhex(v) for i, v in tpm.quote.pcrs.items()}
+        expected = quote_qualifying_data(snapshot.nonce, inventory_digest(snapshot))
+        verify_quote(
+            parse_public(host.ak_public), quoted, signature, tpm.quote.bank, pcrs, expected
+        )
+        if tpm.event_log is not None:
+            replay = parse_event_log(b64decode_strict(tpm.event_log, "evidence.tpm.event_log"))
+            wrong = replay_mismatches(replay, tpm.quote.bank, pcrs)
+            if wrong:
+                raise fail(
+                    "event_log_mismatch",
+                    f"the event log does not replay to quoted PCR(s) {wrong[:8]}",
+                )
+    except (TpmFormatError, EventLogError) as exc:
+        raise fail(exc.code, exc.detail) from None
+    except MalformedError as exc:
+        raise fail("tpm_evidence_malformed", exc.detail) from None
+    return True
 
 
 def _check_signature(

@@ -8,9 +8,12 @@ Sources, each an EAR submodule of the signed result:
   activation ``tpm-bound-key``.
 - ``veu-inventory-file``: present when accelerators come from an inventory file; they reach
   ``declared``.
-- ``veu-tpm``: present when a v2 snapshot carries a TPM evidence section. This verifier does not
-  appraise TPM evidence yet, so the section earns no level (status ``none``) and every claim
-  stays at the host key's level: evidence is credited only for what was checked.
+- ``veu-tpm``: present when a v2 snapshot carries a TPM evidence section. A quote verified
+  against the enrolled attestation key (and its event log replayed to it: rule 10 of
+  server/appraise) is ``affirming``; without reference values to compare the PCRs with, it
+  keeps the host at ``tpm-bound-key`` (``tpm-quoted`` needs them). TPM evidence of a host not
+  enrolled by credential activation earns nothing (status ``none``): evidence is credited
+  only for what was checked.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class Assessment:
         return weakest((self.key_level, *self.accelerators)) or self.key_level
 
 
-def assess(snapshot: SnapshotV1, key_level: Level) -> Assessment:
-    """The levels an accepted snapshot's claims reach, signed by a key of ``key_level``."""
+def assess(snapshot: SnapshotV1, key_level: Level, *, quote_verified: bool = False) -> Assessment:
+    """The levels an accepted snapshot's claims reach, signed by a key of ``key_level``;
+    ``quote_verified``: rule 10 verified its quote."""
     accelerators = tuple(
         accelerator_level(a.source, a.assurance, key_level) for a in snapshot.accelerators
     )
@@ -83,13 +87,24 @@ def assess(snapshot: SnapshotV1, key_level: Level) -> Assessment:
                 f"{declared} accelerator(s) typed into an inventory file, not probed",
             )
         )
-    if isinstance(snapshot, SnapshotV2) and snapshot.evidence and snapshot.evidence.tpm:
+    if quote_verified:
+        sources.append(
+            SourceResult(
+                SOURCE_TPM,
+                "affirming",
+                key_level,
+                "quote verified with the enrolled attestation key over this snapshot and nonce; "
+                "no reference values to compare its PCRs with, so tpm-quoted is not reached",
+            )
+        )
+    elif isinstance(snapshot, SnapshotV2) and snapshot.evidence and snapshot.evidence.tpm:
         sources.append(
             SourceResult(
                 SOURCE_TPM,
                 "none",
                 None,
-                "TPM evidence is not appraised by this verifier yet; it earns no level",
+                "TPM evidence from a host whose attestation key was not enrolled by credential "
+                "activation is not appraised; it earns no level",
             )
         )
     return Assessment(key_level, accelerators, tuple(sources))

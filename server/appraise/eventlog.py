@@ -23,6 +23,7 @@ import hmac
 import struct
 from dataclasses import dataclass, field
 
+from contract.statement import quote_qualifying_data
 from server.appraise.tpm import (
     ALG_SHA1,
     ALG_SHA256,
@@ -189,8 +190,9 @@ class QuoteFacts:
 
 
 def qualifying_data(nonce: str | None, inventory_digest: str) -> bytes:
-    """SHA-256(nonce || inventory digest): binds a quote to one snapshot and one challenge."""
-    return hashlib.sha256((nonce or "").encode("ascii") + bytes.fromhex(inventory_digest)).digest()
+    """SHA-256(nonce || inventory digest): binds a quote to one snapshot and one challenge
+    (contract.statement.quote_qualifying_data)."""
+    return quote_qualifying_data(nonce, inventory_digest)
 
 
 def verify_quote(

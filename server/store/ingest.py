@@ -14,6 +14,7 @@ its statements pipelined (server.store.pipeline), and races are settled in the d
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -140,6 +141,7 @@ _LOOKUP = (
         _HOSTS.c.status,
         _HOSTS.c.machine_id,
         _HOSTS.c.key_level,
+        _HOSTS.c.tpm,
         _HEADS.c.seq,
         _HEADS.c.digest,
         _HEADS.c.inventory_digest,
@@ -256,6 +258,7 @@ def _host_record(
     status: str,
     machine_id: str | None,
     key_level: str | None = None,
+    tpm: str | None = None,
 ) -> HostRecord:
     known = status if status in ("pending", "active", "revoked") else "pending"
     return HostRecord(
@@ -266,7 +269,20 @@ def _host_record(
         machine_id=machine_id,
         # Only the two levels a host key can reach; anything else read as the weaker.
         key_level="tpm-bound-key" if key_level == "tpm-bound-key" else "self-reported",
+        ak_public=_ak_public(tpm),
     )
+
+
+@lru_cache(maxsize=65536)
+def _ak_public(tpm: str | None) -> bytes | None:
+    """The attestation key credential activation recorded (hosts.tpm JSON), parsed once."""
+    if not tpm:
+        return None
+    try:
+        value = json.loads(tpm).get("ak_public")
+        return base64.b64decode(value, validate=True) if isinstance(value, str) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def host_record(session: Session, key_id: str) -> HostRecord | None:
@@ -274,7 +290,7 @@ def host_record(session: Session, key_id: str) -> HostRecord | None:
     if row is None:
         return None
     return _host_record(
-        row.key_id, row.public_key, row.site_id, row.status, row.machine_id, row.key_level
+        row.key_id, row.public_key, row.site_id, row.status, row.machine_id, row.key_level, row.tpm
     )
 
 
@@ -302,6 +318,7 @@ def lookup(
                     status,
                     machine_id,
                     key_level,
+                    tpm,
                     head_seq,
                     head_digest,
                     inventory_digest,
@@ -317,7 +334,7 @@ def lookup(
                     head_snapshot_prev,
                     registry_generation,
                 ) = rows[key_id]
-                host = _host_record(key_id, public_key, site_id, status, machine_id, key_level)
+                host = _host_record(key_id, public_key, site_id, status, machine_id, key_level, tpm)
                 if head_seq is not None and not (head_seq == 0 and head_digest is None):
                     known = head_snapshot_digest is not None
                     head = HeadRecord(

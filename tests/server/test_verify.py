@@ -227,12 +227,13 @@ STATUS = {
     "replay": 409,
     "rollback": 409,
     "fork": 409,
+    "tpm_evidence_invalid": 422,
 }
 
 
 def test_every_rejection_has_a_unique_code_documented_in_the_rules() -> None:
     codes = [cls.code for cls in LEAVES]
-    assert len(codes) == len(set(codes)) == 30
+    assert len(codes) == len(set(codes)) == 31
     for code in codes:
         assert f"``{code}``" in (verify.__doc__ or ""), code
 

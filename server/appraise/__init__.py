@@ -49,9 +49,14 @@ Rules, in the order they are checked; the first that fails decides:
    (``quote_wrong_data``: a quote over another snapshot, or a replayed one), it selects exactly
    the PCR values sent and its PCR digest is theirs (``quote_pcr_mismatch``); the AK sent is the
    enrolled one (``quote_wrong_ak``); an event log parses with bounds (``event_log_*``) and
-   replays to the quoted PCRs it measures (``event_log_mismatch``). All are
-   :class:`TpmEvidenceRejected` (``tpm_evidence_invalid``, 422, each with its own code). Reference values and clock rules are not applied yet:
-   a verified quote leaves the host at ``tpm-bound-key`` (server/appraise/assurance.py).
+   replays to the quoted PCRs it measures (``event_log_mismatch``); against the host's last
+   verified quote, the reset count does not go back (``quote_reset_backwards``), nor the
+   restart count within one reset (``quote_restart_backwards``), and the clock advances within
+   one boot (``quote_clock_stalled``); a TPM reset without orderly shutdown (``safe`` not set)
+   is the warning ``tpm.clock-not-safe``, a reboot the info ``tpm.rebooted``. All are
+   :class:`TpmEvidenceRejected` (``tpm_evidence_invalid``, 422, each with its own code).
+   Reference values are not compared yet: a verified quote leaves the host at
+   ``tpm-bound-key`` (server/appraise/assurance.py).
 
 Every :class:`Rejected` is permanent: the same bytes fail the same way again, so the agent must not
 resend them. Failures worth retrying (the database is down) are the shell's 5xx, never raised
@@ -98,7 +103,13 @@ from contract.assurance import Level
 from contract.keys import PublicKey
 from contract.statement import inventory_digest, quote_qualifying_data
 from server.appraise.assurance import Assessment, assess
-from server.appraise.eventlog import EventLogError, parse_event_log, replay_mismatches, verify_quote
+from server.appraise.eventlog import (
+    EventLogError,
+    QuoteFacts,
+    parse_event_log,
+    replay_mismatches,
+    verify_quote,
+)
 from server.appraise.tpm import TpmFormatError, parse_public
 from server.findings import Finding
 
@@ -596,6 +607,8 @@ class HostRecord:
     key_level: Level = "self-reported"
     #: The attestation key's TPM2B_PUBLIC recorded by credential activation (None: none).
     ak_public: bytes | None = None
+    #: The reset count, restart count and clock of the host's last verified quote.
+    last_quote: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -635,6 +648,8 @@ class Accepted:
     collected_at: datetime
     #: The level each claim reached and each evidence source's result.
     assessment: Assessment
+    #: A verified quote's reset count, restart count and clock (None: no quote verified).
+    quote_counters: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -688,7 +703,7 @@ def appraise(
     _check_binding(snapshot, host, reject)
     collected_at = snapshot.collected_at_datetime()
     quote = _check_tpm_evidence(snapshot, host)
-    assessment = assess(snapshot, host.key_level, quote_verified=quote)
+    assessment = assess(snapshot, host.key_level, quote_verified=quote is not None)
     findings = [
         replace(f, level=assessment.key_level)
         for f in _check_freshness(snapshot, collected_at, host, nonce, now, config, reject)
@@ -704,22 +719,25 @@ def appraise(
         seq=snapshot.seq,
         prev=snapshot.prev,
         nonce=snapshot.nonce,
-        findings=tuple(findings),
+        findings=tuple(findings) + _clock_findings(quote, host, assessment.key_level),
         collected_at=collected_at,
         assessment=assessment,
+        quote_counters=(
+            None if quote is None else (quote.reset_count, quote.restart_count, quote.clock)
+        ),
     )
 
 
 _Reject = Callable[[type[Rejected], str], Rejected]
 
 
-def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> bool:
-    """Rule 10. True when a quote was verified against the enrolled AK."""
+def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> QuoteFacts | None:
+    """Rule 10. The verified quote's facts (None: no quote to verify)."""
     if not isinstance(snapshot, SnapshotV2) or snapshot.evidence is None:
-        return False
+        return None
     tpm = snapshot.evidence.tpm
     if tpm is None or tpm.quote is None or host.ak_public is None:
-        return False
+        return None
 
     def fail(code: str, message: str) -> Rejected:
         return TpmEvidenceRejected(message, authenticated=True, key_id=host.key_id, code=code)
@@ -731,9 +749,8 @@ def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> bool:
         signature = b64decode_strict(tpm.quote.signature, "evidence.tpm.quote.signature")
         pcrs = {int(i): bytes.fromhex(v) for i, v in tpm.quote.pcrs.items()}
         expected = quote_qualifying_data(snapshot.nonce, inventory_digest(snapshot))
-        verify_quote(
-            parse_public(host.ak_public), quoted, signature, tpm.quote.bank, pcrs, expected
-        )
+        ak = parse_public(host.ak_public)
+        facts = verify_quote(ak, quoted, signature, tpm.quote.bank, pcrs, expected)
         if tpm.event_log is not None:
             replay = parse_event_log(b64decode_strict(tpm.event_log, "evidence.tpm.event_log"))
             wrong = replay_mismatches(replay, tpm.quote.bank, pcrs)
@@ -746,7 +763,71 @@ def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> bool:
         raise fail(exc.code, exc.detail) from None
     except MalformedError as exc:
         raise fail("tpm_evidence_malformed", exc.detail) from None
-    return True
+    _check_clock(facts, host, fail)
+    return facts
+
+
+def _check_clock(facts: QuoteFacts, host: HostRecord, fail: Callable[[str, str], Rejected]) -> None:
+    """Rule 10's clock rules against the host's last verified quote: the reset counter never
+    goes back (``quote_reset_backwards``), nor, within one reset, the restart counter
+    (``quote_restart_backwards``), and within one boot the clock advances
+    (``quote_clock_stalled``)."""
+    if host.last_quote is None:
+        return
+    reset, restart, clock = host.last_quote
+    if facts.reset_count < reset:
+        raise fail(
+            "quote_reset_backwards",
+            f"the TPM's reset count went back from {reset} to {facts.reset_count}",
+        )
+    if facts.reset_count == reset and facts.restart_count < restart:
+        raise fail(
+            "quote_restart_backwards",
+            f"the TPM's restart count went back from {restart} to {facts.restart_count}",
+        )
+    if (facts.reset_count, facts.restart_count) == (reset, restart) and facts.clock <= clock:
+        raise fail(
+            "quote_clock_stalled",
+            f"the TPM's clock did not advance since the last quote ({facts.clock} <= {clock})",
+        )
+
+
+def _clock_findings(
+    facts: QuoteFacts | None, host: HostRecord, level: Level
+) -> tuple[Finding, ...]:
+    """``tpm.clock-not-safe`` (warning): the TPM cannot vouch that its clock never ran back
+    (it was reset without an orderly shutdown); ``tpm.rebooted`` (info): the reset count grew."""
+    if facts is None:
+        return ()
+    subject = f"host:{host.key_id}"
+    out: list[Finding] = []
+    if not facts.safe:
+        out.append(
+            Finding(
+                condition_id="tpm.clock-not-safe",
+                severity="warning",
+                subject=subject,
+                message=(
+                    "the TPM was reset without an orderly shutdown; its clock may have run back"
+                ),
+                expected="safe = YES",
+                seen="safe = NO",
+                level=level,
+            )
+        )
+    if host.last_quote is not None and facts.reset_count > host.last_quote[0]:
+        out.append(
+            Finding(
+                condition_id="tpm.rebooted",
+                severity="info",
+                subject=subject,
+                message="the host rebooted since its last quote (the TPM's reset count grew)",
+                expected=f"reset count {host.last_quote[0]}",
+                seen=f"reset count {facts.reset_count}",
+                level=level,
+            )
+        )
+    return tuple(out)
 
 
 def _check_signature(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from contract import SnapshotV1
@@ -208,6 +208,10 @@ _HOST_STATE_UPDATE = (
         tpp=bindparam("tpp"),
         findings_key=bindparam("findings_key"),
         assurance=bindparam("assurance"),
+        # A snapshot without a quote keeps the last quote's counters as the bar to clear.
+        quote_reset=func.coalesce(bindparam("quote_reset"), _HOST_STATE.c.quote_reset),
+        quote_restart=func.coalesce(bindparam("quote_restart"), _HOST_STATE.c.quote_restart),
+        quote_clock=func.coalesce(bindparam("quote_clock"), _HOST_STATE.c.quote_clock),
         pending=True,
     )
 )
@@ -245,6 +249,7 @@ def host_update(
     findings: Sequence[Finding],
     now: datetime,
     assurance: Level | None = None,
+    quote_counters: tuple[int, int, int] | None = None,
 ) -> HostUpdate:
     """The host's new contribution (pending until its site settles) and findings key."""
     new = judgement.contribution
@@ -263,6 +268,15 @@ def host_update(
             "tpp": sum(m.tpp for m in new.models.values()),
             "findings_key": findings_key(findings),
             "assurance": assurance,
+            **(
+                dict(
+                    zip(
+                        ("quote_reset", "quote_restart", "quote_clock"), quote_counters, strict=True
+                    )
+                )
+                if quote_counters is not None
+                else {"quote_reset": None, "quote_restart": None, "quote_clock": None}
+            ),
         },
     )
 

@@ -245,6 +245,7 @@ class Ingest:
                 findings=findings,
                 now=now,
                 assurance=verdict.assessment.level,
+                quote_counters=verdict.quote_counters,
             ),
             event=accepted_event(verdict, status=status, findings=findings, now=now),
         )

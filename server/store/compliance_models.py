@@ -62,6 +62,10 @@ class HostState(Base):
     findings_key: Mapped[str | None] = mapped_column(String(64))  # digest of open host findings
     #: The level its latest snapshot reached (contract.assurance; null before migration 0008).
     assurance: Mapped[str | None] = mapped_column(String(24))
+    #: The TPM reset and restart counters and clock of its last verified quote (null: none).
+    quote_reset: Mapped[int | None] = mapped_column(BigInteger)
+    quote_restart: Mapped[int | None] = mapped_column(BigInteger)
+    quote_clock: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SiteState(Base):

@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, cast
@@ -34,7 +34,7 @@ from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding
 from server.store import audit
-from server.store.compliance_models import RegistryState, SiteAuthorization
+from server.store.compliance_models import HostState, RegistryState, SiteAuthorization
 from server.store.models import (
     ChainHead,
     Host,
@@ -114,6 +114,7 @@ _SITES = cast(Table, Site.__table__)
 _HEAD_SNAPSHOT = _SNAPSHOTS.alias("head_snapshot")
 _AUTHS = cast(Table, SiteAuthorization.__table__)
 _REGISTRY_STATE = cast(Table, RegistryState.__table__)
+_HOST_STATE = cast(Table, HostState.__table__)
 
 
 #: A site's terms alone, for callers that do not come through :func:`lookup`.
@@ -142,6 +143,9 @@ _LOOKUP = (
         _HOSTS.c.machine_id,
         _HOSTS.c.key_level,
         _HOSTS.c.tpm,
+        _HOST_STATE.c.quote_reset,
+        _HOST_STATE.c.quote_restart,
+        _HOST_STATE.c.quote_clock,
         _HEADS.c.seq,
         _HEADS.c.digest,
         _HEADS.c.inventory_digest,
@@ -173,6 +177,7 @@ _LOOKUP = (
         .outerjoin(_SITES, _SITES.c.id == _HOSTS.c.site_id)
         .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
         .outerjoin(_HEAD_SNAPSHOT, _HEAD_SNAPSHOT.c.digest == _HEADS.c.digest)
+        .outerjoin(_HOST_STATE, _HOST_STATE.c.key_id == _HOSTS.c.key_id)
     )
     .where(values_in(_HOSTS.c.key_id, "keys"))
 )
@@ -319,6 +324,9 @@ def lookup(
                     machine_id,
                     key_level,
                     tpm,
+                    quote_reset,
+                    quote_restart,
+                    quote_clock,
                     head_seq,
                     head_digest,
                     inventory_digest,
@@ -335,6 +343,9 @@ def lookup(
                     registry_generation,
                 ) = rows[key_id]
                 host = _host_record(key_id, public_key, site_id, status, machine_id, key_level, tpm)
+                if None not in (quote_reset, quote_restart, quote_clock):
+                    last = (int(quote_reset), int(quote_restart), int(quote_clock))
+                    host = replace(host, last_quote=last)
                 if head_seq is not None and not (head_seq == 0 and head_digest is None):
                     known = head_snapshot_digest is not None
                     head = HeadRecord(

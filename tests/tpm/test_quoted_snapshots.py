@@ -157,3 +157,48 @@ def test_an_event_log_that_does_not_replay_to_the_quote_is_refused(
     )
     # swtpm's PCRs hold none of these measurements
     _refused(api, kit, _quoted(kit, signer, tmp_path / "sys"), "event_log_mismatch")
+
+
+def test_a_reboot_without_orderly_shutdown_is_accepted_with_its_findings(
+    enrolled: tuple[HostKit, TpmSigner], api: Any, swtpm: Swtpm
+) -> None:
+    kit, signer = enrolled
+    assert _send(api, kit, _quoted(kit, signer)).status_code == 200
+    swtpm.reboot(orderly=False)  # swtpm_ioctl -i: a power cut
+    response = _send(api, kit, _quoted(kit, signer))
+    assert response.status_code == 200, response.text
+    findings = verify_result(response.json()["result"], api.services.key.public_pem())["submods"][
+        "veu-snapshot"
+    ]["findings"]
+    found = {f["condition_id"]: f for f in findings}
+    assert found["tpm.clock-not-safe"]["severity"] == "warning"
+    assert found["tpm.rebooted"]["severity"] == "info"
+    assert found["tpm.clock-not-safe"]["assurance"] == "tpm-bound-key"
+    assert response.json()["status"] == "warning"
+
+
+@pytest.mark.parametrize(
+    ("bump", "code"),
+    [
+        ({"quote_reset": 1}, "quote_reset_backwards"),
+        ({"quote_restart": 1}, "quote_restart_backwards"),
+        ({"quote_clock": 10**12}, "quote_clock_stalled"),
+    ],
+)
+def test_tpm_counters_and_clock_must_not_go_back(
+    enrolled: tuple[HostKit, TpmSigner], api: Any, bump: dict[str, int], code: str
+) -> None:
+    """The verifier remembers the last verified quote's counters (host_state); a TPM whose
+    counters or clock are behind them (a restored TPM state, a replayed boot) is refused."""
+    from sqlalchemy import update
+
+    from server.store.compliance_models import HostState
+
+    kit, signer = enrolled
+    assert _send(api, kit, _quoted(kit, signer)).status_code == 200
+    with api.services.db.write() as session:
+        row = session.get(HostState, kit.key_id)
+        assert row is not None and row.quote_reset is not None
+        values = {name: getattr(row, name) + step for name, step in bump.items()}
+        session.execute(update(HostState).where(HostState.key_id == kit.key_id).values(**values))
+    _refused(api, kit, _quoted(kit, signer), code)

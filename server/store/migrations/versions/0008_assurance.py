@@ -3,7 +3,8 @@ level of the claim each finding rests on (findings.assurance), the level a site'
 authorization demands of its hosts (site_authorizations.minimum_assurance; null: no demand), and
 what the host key proves (hosts.key_level, ``self-reported`` for every host enrolled before;
 hosts.tpm, the TPM identity credential activation proved). Null: not known (rows written before
-this migration).
+this migration). host_state.quote_reset / quote_restart / quote_clock: the TPM counters and clock
+of the host's last verified quote, which the next must not go back on (null: no quote yet).
 
 Revision ID: 0008
 Revises: 0007
@@ -27,6 +28,8 @@ def upgrade() -> None:
     )
     op.add_column("hosts", sa.Column("tpm", sa.Text(), nullable=True))
     op.add_column("host_state", sa.Column("assurance", sa.String(24), nullable=True))
+    for name in ("quote_reset", "quote_restart", "quote_clock"):
+        op.add_column("host_state", sa.Column(name, sa.BigInteger(), nullable=True))
     op.add_column("findings", sa.Column("assurance", sa.String(24), nullable=True))
     op.add_column(
         "site_authorizations", sa.Column("minimum_assurance", sa.String(24), nullable=True)
@@ -40,6 +43,8 @@ def downgrade() -> None:
         batch.drop_column("assurance")
     with op.batch_alter_table("host_state") as batch:
         batch.drop_column("assurance")
+        for name in ("quote_reset", "quote_restart", "quote_clock"):
+            batch.drop_column(name)
     with op.batch_alter_table("hosts") as batch:
         batch.drop_column("tpm")
         batch.drop_column("key_level")

@@ -55,8 +55,9 @@ Rules, in the order they are checked; the first that fails decides:
    one boot (``quote_clock_stalled``); a TPM reset without orderly shutdown (``safe`` not set)
    is the warning ``tpm.clock-not-safe``, a reboot the info ``tpm.rebooted``. All are
    :class:`TpmEvidenceRejected` (``tpm_evidence_invalid``, 422, each with its own code).
-   Reference values are not compared yet: a verified quote leaves the host at
-   ``tpm-bound-key`` (server/appraise/assurance.py).
+   With the site's reference values, a verified quote whose PCRs 0-7 are each known-good
+   raises the host's claims to ``tpm-quoted``; each PCR that is not is the finding
+   ``tpm.pcr-unknown`` (cannot attest) naming the PCR and the event (server/appraise/assurance.py).
 
 Every :class:`Rejected` is permanent: the same bytes fail the same way again, so the agent must not
 resend them. Failures worth retrying (the database is down) are the shell's 5xx, never raised
@@ -70,7 +71,7 @@ Naive datetimes (as SQLite returns them) are taken to be UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
@@ -110,6 +111,7 @@ from server.appraise.eventlog import (
     replay_mismatches,
     verify_quote,
 )
+from server.appraise.eventlog import Replay as LogReplay
 from server.appraise.tpm import TpmFormatError, parse_public
 from server.findings import Finding
 
@@ -669,8 +671,10 @@ def appraise(
     already_accepted: bool,
     now: datetime,
     config: VerifyConfig = VerifyConfig(),
+    references: Mapping[int, frozenset[bytes]] | None = None,
 ) -> Accepted | Duplicate:
-    """Rules 4-9 for one preparsed envelope against the trusted state the shell looked up.
+    """Rules 4-10 for one preparsed envelope against the trusted state the shell looked up.
+    ``references``: the site's known-good SHA-256 PCR values (server.compliance.references).
 
     ``host`` is the enrolled record of one of ``parsed.key_ids`` (None if none is enrolled);
     ``head`` is that host's chain head, ``nonce`` the record of ``parsed.nonce`` (None if not
@@ -702,8 +706,12 @@ def appraise(
 
     _check_binding(snapshot, host, reject)
     collected_at = snapshot.collected_at_datetime()
-    quote = _check_tpm_evidence(snapshot, host)
-    assessment = assess(snapshot, host.key_level, quote_verified=quote is not None)
+    checked = _check_tpm_evidence(snapshot, host)
+    quote = None if checked is None else checked[0]
+    matched, pcr_findings = _compare_references(checked, references, key_id)
+    assessment = assess(
+        snapshot, host.key_level, quote_verified=quote is not None, reference_match=matched
+    )
     findings = [
         replace(f, level=assessment.key_level)
         for f in _check_freshness(snapshot, collected_at, host, nonce, now, config, reject)
@@ -719,7 +727,9 @@ def appraise(
         seq=snapshot.seq,
         prev=snapshot.prev,
         nonce=snapshot.nonce,
-        findings=tuple(findings) + _clock_findings(quote, host, assessment.key_level),
+        findings=tuple(findings)
+        + _clock_findings(quote, host, assessment.key_level)
+        + tuple(replace(f, level=assessment.key_level) for f in pcr_findings),
         collected_at=collected_at,
         assessment=assessment,
         quote_counters=(
@@ -731,8 +741,10 @@ def appraise(
 _Reject = Callable[[type[Rejected], str], Rejected]
 
 
-def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> QuoteFacts | None:
-    """Rule 10. The verified quote's facts (None: no quote to verify)."""
+def _check_tpm_evidence(
+    snapshot: SnapshotV1, host: HostRecord
+) -> tuple[QuoteFacts, LogReplay | None] | None:
+    """Rule 10. The verified quote's facts and the event log's replay (None: no quote)."""
     if not isinstance(snapshot, SnapshotV2) or snapshot.evidence is None:
         return None
     tpm = snapshot.evidence.tpm
@@ -751,6 +763,7 @@ def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> QuoteFacts | 
         expected = quote_qualifying_data(snapshot.nonce, inventory_digest(snapshot))
         ak = parse_public(host.ak_public)
         facts = verify_quote(ak, quoted, signature, tpm.quote.bank, pcrs, expected)
+        replay = None
         if tpm.event_log is not None:
             replay = parse_event_log(b64decode_strict(tpm.event_log, "evidence.tpm.event_log"))
             wrong = replay_mismatches(replay, tpm.quote.bank, pcrs)
@@ -764,7 +777,43 @@ def _check_tpm_evidence(snapshot: SnapshotV1, host: HostRecord) -> QuoteFacts | 
     except MalformedError as exc:
         raise fail("tpm_evidence_malformed", exc.detail) from None
     _check_clock(facts, host, fail)
-    return facts
+    return facts, replay
+
+
+def _compare_references(
+    checked: tuple[QuoteFacts, LogReplay | None] | None,
+    references: Mapping[int, frozenset[bytes]] | None,
+    key_id: str,
+) -> tuple[bool, list[Finding]]:
+    """Whether the verified quote's PCRs 0-7 are each one of the site's known-good values
+    (``tpm-quoted``); a ``tpm.pcr-unknown`` finding (cannot attest) for each that is not,
+    naming the PCR and the last event the log extended into it."""
+    if checked is None or not references:
+        return False, []
+    facts, replay = checked
+    findings = []
+    for pcr in range(8):
+        value = facts.pcrs.get(pcr)
+        if value is not None and value in references.get(pcr, frozenset()):
+            continue
+        events = [e for e in replay.events if e.pcr == pcr] if replay is not None else []
+        if events:
+            last = events[-1]
+            digest = last.digests.get("sha256", b"").hex()[:16]
+            event = f"event {len(events)} of PCR {pcr}: type 0x{last.type:08x}, sha256 {digest}…"
+        else:
+            event = "no event log names the event"
+        findings.append(
+            Finding(
+                condition_id="tpm.pcr-unknown",
+                severity="cannot_attest",
+                subject=f"host:{key_id}",
+                message=f"PCR {pcr} is not a known-good value for this site ({event})",
+                expected="one of the site's reference values (veu-server reference add)",
+                seen="none" if value is None else value.hex(),
+            )
+        )
+    return not findings, findings
 
 
 def _check_clock(facts: QuoteFacts, host: HostRecord, fail: Callable[[str, str], Rejected]) -> None:

@@ -49,7 +49,7 @@ class SourceResult:
 
 @dataclass(frozen=True)
 class Assessment:
-    #: The level of the host's own claims (the key that signed them).
+    #: The level of the host's own claims (the key that signed them, or ``tpm-quoted``).
     key_level: Level
     #: Per accelerator, in snapshot order.
     accelerators: tuple[Level, ...]
@@ -61,11 +61,19 @@ class Assessment:
         return weakest((self.key_level, *self.accelerators)) or self.key_level
 
 
-def assess(snapshot: SnapshotV1, key_level: Level, *, quote_verified: bool = False) -> Assessment:
+def assess(
+    snapshot: SnapshotV1,
+    key_level: Level,
+    *,
+    quote_verified: bool = False,
+    reference_match: bool = False,
+) -> Assessment:
     """The levels an accepted snapshot's claims reach, signed by a key of ``key_level``;
-    ``quote_verified``: rule 10 verified its quote."""
+    ``quote_verified``: rule 10 verified its quote; ``reference_match``: and its PCRs 0-7 are
+    the site's known-good values (the claims reach ``tpm-quoted``)."""
+    claims: Level = "tpm-quoted" if quote_verified and reference_match else key_level
     accelerators = tuple(
-        accelerator_level(a.source, a.assurance, key_level) for a in snapshot.accelerators
+        accelerator_level(a.source, a.assurance, claims) for a in snapshot.accelerators
     )
     sources = [
         SourceResult(
@@ -91,10 +99,15 @@ def assess(snapshot: SnapshotV1, key_level: Level, *, quote_verified: bool = Fal
         sources.append(
             SourceResult(
                 SOURCE_TPM,
-                "affirming",
-                key_level,
+                "affirming" if reference_match else "warning",
+                claims,
                 "quote verified with the enrolled attestation key over this snapshot and nonce; "
-                "no reference values to compare its PCRs with, so tpm-quoted is not reached",
+                + (
+                    "PCRs 0-7 are the site's reference values"
+                    if reference_match
+                    else "its PCRs are not all the site's reference values (or it has none), "
+                    "so tpm-quoted is not reached"
+                ),
             )
         )
     elif isinstance(snapshot, SnapshotV2) and snapshot.evidence and snapshot.evidence.tpm:
@@ -107,4 +120,4 @@ def assess(snapshot: SnapshotV1, key_level: Level, *, quote_verified: bool = Fal
                 "activation is not appraised; it earns no level",
             )
         )
-    return Assessment(key_level, accelerators, tuple(sources))
+    return Assessment(claims, accelerators, tuple(sources))

@@ -143,6 +143,31 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference_add(args: argparse.Namespace) -> int:
+    from server.compliance import references
+    from server.store import repo
+
+    db = open_services(args).db
+    with db.write() as session:
+        site = repo.find_site(session, args.site)
+        added = references.add_from_host(session, site.id, args.from_host, now=_now(), actor=ACTOR)
+    print(json.dumps({"site_id": site.id, "added": added}))
+    return 0
+
+
+def cmd_reference_list(args: argparse.Namespace) -> int:
+    from server.compliance import references
+    from server.store import repo
+
+    db = open_services(args).db
+    with db.read() as session:
+        site = repo.find_site(session, args.site)
+        known = references.site_references(session, site.id)
+    out = {str(pcr): sorted(v.hex() for v in values) for pcr, values in sorted(known.items())}
+    print(json.dumps({"site_id": site.id, "sha256": out}))
+    return 0
+
+
 def cmd_site_authorize(args: argparse.Namespace) -> int:
     from server.compliance import ledger
     from server.store import repo
@@ -359,6 +384,19 @@ def register(
         default=None,
         help="the weakest assurance level a host at the site must reach (e.g. tpm-quoted)",
     )
+    reference = sub.add_parser(
+        "reference", help="known-good TPM PCR values per site (tpm-quoted)"
+    ).add_subparsers(dest="reference", required=True)
+    p = add(
+        reference,
+        "add",
+        cmd_reference_add,
+        "record PCRs 0-7 of a known-good host's latest verified quote for its site",
+    )
+    p.add_argument("site")
+    p.add_argument("--from-host", required=True, metavar="KEY_ID", help="a TPM-enrolled host")
+    p = add(reference, "list", cmd_reference_list, "a site's known-good PCR values")
+    p.add_argument("site")
     p = add(site_group, "status", cmd_site_status, "a site's status and open findings")
     p.add_argument("site")
     p.add_argument("--json", action="store_true")

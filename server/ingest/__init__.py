@@ -46,6 +46,7 @@ from server.appraise import (
     preparse,
 )
 from server.compliance import hosts
+from server.compliance.references import site_references
 from server.compliance.registry import RegistryCache
 from server.findings import Finding, condensed, status_of
 from server.ingest._groupcommit import GroupCommitter
@@ -174,6 +175,11 @@ class Ingest:
                     else None
                 )
                 now = self.now()
+                references = (
+                    site_references(session, state.host.site_id)
+                    if state.host is not None and state.host.ak_public is not None
+                    else None
+                )
                 verdict = appraise(
                     parsed,
                     host=state.host,
@@ -182,6 +188,7 @@ class Ingest:
                     already_accepted=stored is not None,
                     now=now,
                     config=self.verify,
+                    references=references,
                 )
                 if not isinstance(verdict, Accepted):
                     assert stored is not None

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false, text
@@ -210,3 +211,20 @@ class PolicyState(Base):
     files: Mapped[str] = mapped_column(Text, nullable=False)
     recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+class TpmReference(Base):
+    """A known-good PCR value for the hosts of a site (``veu-server reference add``): a quote
+    whose PCRs 0-7 each match one of the site's values reaches ``tpm-quoted``."""
+
+    __tablename__ = "tpm_references"
+    __table_args__ = (UniqueConstraint("site_id", "bank", "pcr", "value"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    bank: Mapped[str] = mapped_column(String(8))
+    pcr: Mapped[int] = mapped_column(Integer)
+    value: Mapped[str] = mapped_column(String(128))  # lowercase hex
+    #: The host whose verified quote it was recorded from.
+    source_host: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -84,8 +84,10 @@ def test_a_quote_bound_snapshot_is_verified_against_the_enrolled_ak(
     response = _send(api, kit, _quoted(kit, signer))
     assert response.status_code == 200, response.text
     submods = verify_result(response.json()["result"], api.services.key.public_pem())["submods"]
-    assert submods["veu-tpm"]["ear.status"] == "affirming"
+    # Verified, but the site has no reference values yet: tpm-quoted is not reached.
+    assert submods["veu-tpm"]["ear.status"] == "warning"
     assert "quote verified" in submods["veu-tpm"]["detail"]
+    assert submods["veu-tpm"]["veu.assurance"] == "tpm-bound-key"
     assert submods["veu-snapshot"]["veu.assurance"] == "tpm-bound-key"
 
 
@@ -202,3 +204,86 @@ def test_tpm_counters_and_clock_must_not_go_back(
         values = {name: getattr(row, name) + step for name, step in bump.items()}
         session.execute(update(HostState).where(HostState.key_id == kit.key_id).values(**values))
     _refused(api, kit, _quoted(kit, signer), code)
+
+
+def _result(api: Any, response: Any) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    claims: dict[str, Any] = verify_result(response.json()["result"], api.services.key.public_pem())
+    return claims["submods"]
+
+
+def test_reference_values_raise_a_quoted_host_to_tpm_quoted_and_a_change_is_named(
+    enrolled: tuple[HostKit, TpmSigner], api: Any, swtpm: Swtpm, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main as server_main
+
+    kit, signer = enrolled
+    _result(api, _send(api, kit, _quoted(kit, signer)))
+    settings = api.services.settings
+    storage = ["--data-dir", str(settings.data_dir)]
+    if settings.database_url:
+        storage += ["--database-url", settings.database_url]
+    assert server_main(["reference", "add", api.site_id, "--from-host", kit.key_id, *storage]) == 0
+    added = __import__("json").loads(capsys.readouterr().out)["added"]
+    assert [a["pcr"] for a in added] == list(range(8))
+    put = api.client.put(
+        f"/v1/sites/{api.site_id}/authorization",
+        headers=api.as_admin(),
+        json={"minimum_assurance": "tpm-quoted"},
+    )
+    assert put.status_code == 200
+    quoted = _send(api, kit, _quoted(kit, signer))
+    submods = _result(api, quoted)
+    assert submods["veu-snapshot"]["veu.assurance"] == "tpm-quoted"
+    assert submods["veu-tpm"] == {
+        "ear.status": "affirming",
+        "veu.assurance": "tpm-quoted",
+        "detail": submods["veu-tpm"]["detail"],
+    }
+    assert submods["veu-host-key"]["veu.assurance"] == "tpm-bound-key"
+    assert quoted.json()["status"] == "affirming"  # the site demands tpm-quoted: met
+
+    # The boot chain changes (something new is measured into PCR 7): no longer known-good.
+    from tpm2_pytss import ESAPI, ESYS_TR, TPM2_ALG, TPML_DIGEST_VALUES
+    from tpm2_pytss.types import TPMT_HA, TPMU_HA
+
+    with ESAPI(swtpm.tcti) as ectx:
+        digest = TPMU_HA(sha256=b"\x07" * 32)
+        ectx.pcr_extend(
+            ESYS_TR.PCR7, TPML_DIGEST_VALUES([TPMT_HA(hashAlg=TPM2_ALG.SHA256, digest=digest)])
+        )
+    changed = _send(api, kit, _quoted(kit, signer))
+    submods = _result(api, changed)
+    assert submods["veu-snapshot"]["veu.assurance"] == "tpm-bound-key"
+    unknown = [
+        f for f in submods["veu-snapshot"]["findings"] if f["condition_id"] == "tpm.pcr-unknown"
+    ]
+    assert len(unknown) == 1 and "PCR 7" in unknown[0]["message"]
+    below = [
+        f
+        for f in submods["veu-snapshot"]["findings"]
+        if f["condition_id"].endswith("host.minimum-assurance")
+    ]
+    assert below and below[0]["seen"] == "tpm-bound-key"
+    assert changed.json()["status"] == "none"
+
+
+def test_only_a_tpm_enrolled_host_with_a_quote_can_be_a_reference(
+    api: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server.cli import main as server_main
+
+    kit = HostKit(api.site_id, index=9)
+    assert (
+        api.client.post(
+            "/v1/enroll", json=kit.enroll_body(api.token(site_id=api.site_id))
+        ).status_code
+        == 200
+    )
+    settings = api.services.settings
+    storage = ["--data-dir", str(settings.data_dir)]
+    if settings.database_url:
+        storage += ["--database-url", settings.database_url]
+    code = server_main(["reference", "add", api.site_id, "--from-host", kit.key_id, *storage])
+    err = capsys.readouterr().err
+    assert code != 0 and "not_tpm_host" in err and "Traceback" not in err

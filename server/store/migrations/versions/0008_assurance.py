@@ -5,6 +5,7 @@ what the host key proves (hosts.key_level, ``self-reported`` for every host enro
 hosts.tpm, the TPM identity credential activation proved). Null: not known (rows written before
 this migration). host_state.quote_reset / quote_restart / quote_clock: the TPM counters and clock
 of the host's last verified quote, which the next must not go back on (null: no quote yet).
+tpm_references: known-good PCR values per site (veu-server reference add).
 
 Revision ID: 0008
 Revises: 0007
@@ -22,6 +23,18 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "tpm_references",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("site_id", sa.String(40), sa.ForeignKey("sites.id"), nullable=False),
+        sa.Column("bank", sa.String(8), nullable=False),
+        sa.Column("pcr", sa.Integer(), nullable=False),
+        sa.Column("value", sa.String(128), nullable=False),
+        sa.Column("source_host", sa.String(64), nullable=False),
+        sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("site_id", "bank", "pcr", "value"),
+    )
+    op.create_index("ix_tpm_references_site_id", "tpm_references", ["site_id"])
     op.add_column(
         "hosts",
         sa.Column("key_level", sa.String(24), nullable=False, server_default="self-reported"),
@@ -37,6 +50,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_tpm_references_site_id", "tpm_references")
+    op.drop_table("tpm_references")
     with op.batch_alter_table("site_authorizations") as batch:
         batch.drop_column("minimum_assurance")
     with op.batch_alter_table("findings") as batch:

@@ -85,7 +85,7 @@ def attest(config: AgentConfig, *, as_json: bool, timeout: float) -> int:
             "not_enrolled",
             f"no enrollment in {config.state_dir}; run `veu-agent enroll --server URL --token T`",
         )
-    key = keys.load(config.state_dir)
+    key = keys.load_signer(config.state_dir)
     kid = compute_key_id(key.public_key())
     verify: bool | str = str(config.ca_file) if config.ca_file else True
     config.scan_timeout = min(config.scan_timeout, max(1.0, timeout * 0.8))

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from contract import (
     Envelope,
     EvidenceError,
@@ -39,6 +37,7 @@ from contract import (
     statement_bytes,
 )
 from contract.fsutil import atomic_write
+from contract.keys import Signer
 from contract.keys import key_id as compute_key_id
 
 log = logging.getLogger(__name__)
@@ -88,9 +87,7 @@ class Taken:
 
 
 class Chain:
-    def __init__(
-        self, state_dir: Path, key: Ed25519PrivateKey, *, outbox: Outbox | None = None
-    ) -> None:
+    def __init__(self, state_dir: Path, key: Signer, *, outbox: Outbox | None = None) -> None:
         self.state_dir = state_dir
         self.key = key
         self.key_id = compute_key_id(key.public_key())

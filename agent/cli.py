@@ -28,7 +28,7 @@ from contract import __version__
 from contract.display import visible_streams
 from contract.errors import EXIT_USAGE, error_line
 from contract.keys import key_id as compute_key_id
-from contract.keys import load_public_pem
+from contract.keys import load_host_public_pem
 
 
 class UsageError(Exception):
@@ -94,9 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("init", help="create the host key")
+    p = sub.add_parser("init", help="create the host key (in the TPM when there is one)")
     _add_common(p)
     p.add_argument("--force", action="store_true", help="replace an existing key")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--tpm",
+        dest="tpm",
+        action="store_const",
+        const=True,
+        default=None,
+        help="keep the host key in the TPM; fail if there is none (default: when one is present)",
+    )
+    g.add_argument(
+        "--no-tpm", dest="tpm", action="store_const", const=False, help="keep the key in a file"
+    )
 
     p = sub.add_parser("snapshot", help="collect, sign and chain one snapshot")
     _add_common(p)
@@ -187,10 +199,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 
 def cmd_init(args: argparse.Namespace) -> int:
     config = _config(args)
-    key = keys.create(config.state_dir, force=args.force)
-    print(
-        f"Host key written to {config.state_dir / keys.PRIVATE_NAME} (mode 0600).", file=sys.stderr
-    )
+    key, said = keys.initialize(config.state_dir, tpm=args.tpm, force=args.force)
+    print(said, file=sys.stderr)
     print(compute_key_id(key.public_key()))
     return 0
 
@@ -322,7 +332,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
     config = _config(args)
     check_weight_roots(args.weight_roots)
-    key = keys.load(config.state_dir)
+    key = keys.load_signer(config.state_dir)
     enrolled = enrollment_mod.load(config.state_dir)
     site_id = config.site_id
     outbox = None
@@ -404,7 +414,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise AgentCommandError(
                 "no_pubkey", f"no {keys.PUBLIC_NAME} in {state_dir}; pass --pubkey FILE", 2
             ) from exc
-    public = load_public_pem(pem)
+    public = load_host_public_pem(pem)
     try:
         envelope, _, statement, snapshot = open_envelope(
             data.strip(), {compute_key_id(public): public}

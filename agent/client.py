@@ -40,12 +40,11 @@ from urllib.parse import urlsplit
 
 import httpcore
 import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract import format_timestamp
 from contract.errors import ResultError
+from contract.keys import Signer, raw_public
 from contract.keys import key_id as compute_key_id
-from contract.keys import raw_public
 from contract.reqsign import enroll_message, sign_request
 from contract.results import SUBMOD, verify_result
 
@@ -469,7 +468,7 @@ class VerifierClient:
         return data
 
     def _signed(
-        self, call: str, key: Ed25519PrivateKey, key_id: str, method: str, path: str, body: bytes
+        self, call: str, key: Signer, key_id: str, method: str, path: str, body: bytes
     ) -> _Answer:
         stamp = format_timestamp(datetime.now(UTC))
         headers = sign_request(key, key_id, method, path, stamp, body)
@@ -482,20 +481,29 @@ class VerifierClient:
     def enroll(
         self,
         token: str,
-        key: Ed25519PrivateKey,
+        key: Signer,
         host: dict[str, Any] | None = None,
         chain_head: dict[str, Any] | None = None,
+        tpm: dict[str, str] | None = None,
+        activation: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Register this host's key with a one-time token; returns site and verifier key."""
+        """Register this host's key with a one-time token; returns site and verifier key. A TPM
+        host sends ``tpm`` (its EK certificate, EK and AK public areas, the certification);
+        a verifier that checks TPMs answers ``{"code": "activation_required", ...}`` first,
+        and the host sends the enrollment again with ``activation``."""
         kid = compute_key_id(key.public_key())
         proof = key.sign(enroll_message(token, kid))
-        body = {
+        body: dict[str, Any] = {
             "token": token,
             "public_key": base64.b64encode(raw_public(key.public_key())).decode("ascii"),
             "host": host or {},
             "proof": base64.b64encode(proof).decode("ascii"),
             "chain_head": chain_head,
         }
+        if tpm is not None:
+            body["tpm"] = tpm
+        if activation is not None:
+            body["activation"] = activation
         answer = self._send(
             "enroll",
             "POST",
@@ -505,13 +513,13 @@ class VerifierClient:
         )
         return self._json(answer)
 
-    def challenge(self, key: Ed25519PrivateKey, key_id: str) -> dict[str, Any]:
+    def challenge(self, key: Signer, key_id: str) -> dict[str, Any]:
         """A fresh nonce for this host: ``{"nonce", "expires_at"}``; the nonce's form checked."""
         answer = self._json(self._signed("challenge", key, key_id, "POST", "/v1/challenges", b""))
         answer["nonce"] = check_nonce(answer.get("nonce"))
         return answer
 
-    def checkin(self, key: Ed25519PrivateKey, key_id: str) -> dict[str, Any]:
+    def checkin(self, key: Signer, key_id: str) -> dict[str, Any]:
         """``{"server_time", "pending_challenge": {"nonce", "expires_at"} | None}``; a pending
         challenge's nonce is checked (:class:`ClientError` ``bad_nonce``)."""
         answer = self._json(self._signed("checkin", key, key_id, "GET", "/v1/checkin", b""))

@@ -54,12 +54,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from agent.config import AgentConfig
 from agent.spool import CORRUPT, REJECTED, Spool, SpoolCorrupt, SpoolFull
 from contract.fsutil import atomic_write
 from contract.jsonlog import JsonFormatter
+from contract.keys import Signer
 from contract.keys import key_id as compute_key_id
 
 log = logging.getLogger("agent.daemon")
@@ -789,7 +788,7 @@ class HttpVerifier:
     def __init__(
         self,
         config: AgentConfig,
-        key: Ed25519PrivateKey,
+        key: Signer,
         key_id: str,
         server_url: str,
         *,
@@ -925,7 +924,7 @@ def _run_locked(
     from agent.snapshot import accelerator_fingerprint, take_snapshot
 
     try:
-        key = keys.load(config.state_dir)
+        key = keys.load_signer(config.state_dir)
         enrolled = enrollment_mod.load(config.state_dir)
     except (keys.KeyFileError, enrollment_mod.EnrollmentError) as exc:
         raise StartupError(exc.code, exc.detail) from exc

@@ -1,4 +1,5 @@
-"""The host key file: create, store (PKCS#8 PEM, mode 0600) and load.
+"""The host key: a file (Ed25519, PKCS#8 PEM, mode 0600) or, when the host has a TPM, a key
+held in it (agent.tpm.keys); :func:`initialize` picks, :func:`load_signer` loads either.
 
 Key ids and encodings come from :mod:`contract.keys` (the key id is the SHA-256 of the raw public
 key). The private key is never logged or printed.
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from contract.fsutil import atomic_write
-from contract.keys import private_pem, public_pem
+from contract.keys import Signer, private_pem, public_pem
 
 PRIVATE_NAME = "agent.key"
 PUBLIC_NAME = "agent.pub"
@@ -67,3 +68,71 @@ def load(state_dir: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError("bad_key", f"{path} is not an Ed25519 key")
     return key
+
+
+def load_signer(state_dir: Path) -> Signer:
+    """What signs for this host: its TPM-resident key when ``init`` made one (``tpm-keys.json``;
+    ``VEU_TPM_TCTI`` overrides the TPM it names), else the key file."""
+    from agent.tpm import TCTI_ENV, TpmError
+    from agent.tpm import keys as tpm_keys
+
+    try:
+        stored = tpm_keys.stored(state_dir)
+    except TpmError as exc:
+        raise KeyFileError(exc.code, exc.detail) from exc
+    if stored is None:
+        return load(state_dir)
+    try:
+        return tpm_keys.TpmSigner(stored, os.environ.get(TCTI_ENV, "").strip() or None)
+    except TpmError as exc:
+        raise KeyFileError(exc.code, exc.detail) from exc
+
+
+def initialize(state_dir: Path, *, tpm: bool | None, force: bool = False) -> tuple[Signer, str]:
+    """Create this host's key: in its TPM when ``tpm`` is true (refusing when there is none),
+    in a file when false, and when None in the TPM if one is present and usable, else in a file.
+    Returns the signer and a sentence saying which, and why."""
+    from agent.tpm import TpmError, detect, pytss_missing
+    from agent.tpm import keys as tpm_keys
+
+    for name in (PRIVATE_NAME, tpm_keys.KEYS_NAME):
+        if (state_dir / name).exists() and not force:
+            raise KeyFileError(
+                "key_exists",
+                f"{state_dir / name} already exists; pass --force to replace it (the host will "
+                "need to enroll again, and its evidence chain starts over)",
+            )
+    tcti = detect() if tpm is not False else None
+    missing = pytss_missing() if tcti is not None else None
+    if tpm is True and tcti is None:
+        raise KeyFileError(
+            "no_tpm",
+            "no TPM found (no /dev/tpmrm0 and VEU_TPM_TCTI is not set); run without --tpm to "
+            "keep the host key in a file",
+        )
+    if tpm is True and missing is not None:
+        raise KeyFileError("tpm_unavailable", missing)
+    if tcti is not None and missing is None:
+        try:
+            made = tpm_keys.create(state_dir, tcti, force=True)
+        except TpmError as exc:
+            raise KeyFileError(exc.code, exc.detail) from exc
+        (state_dir / PRIVATE_NAME).unlink(missing_ok=True)
+        signer = tpm_keys.TpmSigner(made)
+        atomic_write(state_dir / PUBLIC_NAME, public_pem(signer.public_key()), mode=0o644)
+        return signer, (
+            f"Host key created in the TPM ({tcti}): ECDSA P-256, certified by a restricted "
+            f"attestation key under the endorsement key; kept in {state_dir / tpm_keys.KEYS_NAME}."
+        )
+    key = create(state_dir, force=True)
+    (state_dir / tpm_keys.KEYS_NAME).unlink(missing_ok=True)
+    if tpm is False:
+        why = "--no-tpm given"
+    elif tcti is None:
+        why = "no TPM found"
+    else:
+        why = f"a TPM is present but {missing}"
+    return key, (
+        f"Host key written to {state_dir / PRIVATE_NAME} (mode 0600); {why}: evidence is "
+        "self-reported (root on this host can read the key)."
+    )

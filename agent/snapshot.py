@@ -16,29 +16,36 @@ Every failure becomes an entry in ``errors``; the verifier turns those into "can
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from agent.chain import Chain, Outbox, Taken
 from agent.collect import run_collector
 from agent.config import AgentConfig
+from agent.tpm.keys import TpmSigner, quote
 from contract import (
     Accelerator,
     AgentInfo,
     CollectorError,
+    Evidence,
     HostInfo,
     Posture,
     SnapshotV1,
+    SnapshotV2,
     StorageRoot,
+    TpmCertifiedKey,
+    TpmEvidence,
+    TpmQuote,
     __version__,
     format_timestamp,
 )
+from contract.keys import Signer
 from contract.keys import key_id as compute_key_id
+from contract.statement import inventory_digest, quote_qualifying_data
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +151,7 @@ def collect_storage(
 
 def take_snapshot(
     config: AgentConfig,
-    key: Ed25519PrivateKey,
+    key: Signer,
     *,
     nonce: str | None = None,
     outbox: Outbox | None = None,
@@ -166,7 +173,7 @@ def take_snapshot(
     key_id = compute_key_id(key.public_key())
 
     def build(seq: int, prev: str | None) -> SnapshotV1:
-        return SnapshotV1(
+        snapshot = SnapshotV1(
             agent=AgentInfo(key_id=key_id, version=__version__),
             site_id=site_id if site_id is not None else config.site_id,
             host=host,
@@ -180,6 +187,9 @@ def take_snapshot(
             errors=acc_errors + host_errors + storage_errors,
             extensions={**_recorded_fixtures(config), **({"dry_run": True} if dry_run else {})},
         )
+        if isinstance(key, TpmSigner):
+            return with_tpm_evidence(snapshot, key, config)
+        return snapshot
 
     chain = Chain(config.state_dir, key, outbox=outbox)
     return chain.sign_unchained(build) if dry_run else chain.advance(build)
@@ -199,3 +209,45 @@ def _recorded_fixtures(config: AgentConfig) -> dict[str, Any]:
 
 def default_cache_path(state_dir: Path) -> Path:
     return state_dir / HASH_CACHE_NAME
+
+
+#: Where Linux exposes the firmware's measured-boot log and IMA's measurement list.
+EVENT_LOG = Path("security/tpm0/binary_bios_measurements")
+IMA_LOG = Path("security/ima/ascii_runtime_measurements")
+#: Largest log carried (the verifier refuses larger ones).
+_MAX_LOG = 8 * 1024 * 1024
+
+
+def _read_log(path: Path) -> str | None:
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_LOG + 1)
+    except OSError:
+        return None  # absent, or not readable by this user
+    if not data or len(data) > _MAX_LOG:
+        return None
+    return base64.b64encode(data).decode("ascii")
+
+
+def with_tpm_evidence(snapshot: SnapshotV1, key: TpmSigner, config: AgentConfig) -> SnapshotV2:
+    """The snapshot as v2 with its TPM evidence: the AK, the certified key, a quote over
+    SHA-256(nonce || inventory digest), and the event and IMA logs where the kernel shows them."""
+    k = key.keys
+    made = quote(
+        k, quote_qualifying_data(snapshot.nonce, inventory_digest(snapshot)), tcti=key.tcti
+    )
+    kernel = config.sys_root / "kernel"
+    evidence = Evidence(
+        tpm=TpmEvidence(
+            ak_public=k.ak_public,
+            certified_key=TpmCertifiedKey(
+                public=k.key_public, certify_info=k.certify_info, signature=k.certify_signature
+            ),
+            quote=TpmQuote(
+                quoted=made.quoted, signature=made.signature, bank="sha256", pcrs=made.pcrs
+            ),
+            event_log=_read_log(kernel / EVENT_LOG),
+            ima_log=_read_log(kernel / IMA_LOG),
+        )
+    )
+    return SnapshotV2(**dict(snapshot), evidence=evidence)

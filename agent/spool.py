@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from contract import (
     EvidenceError,
     MalformedError,
@@ -47,6 +45,7 @@ from contract import (
     verify_envelope,
 )
 from contract.fsutil import atomic_write, fsync_dir
+from contract.keys import PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class Spool:
         directory: Path,
         max_bytes: int,
         *,
-        public_key: Ed25519PublicKey | None = None,
+        public_key: PublicKey | None = None,
         key_id: str | None = None,
     ) -> None:
         if max_bytes <= 0:

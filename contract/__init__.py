@@ -2,7 +2,8 @@
 byte. Imported by both sides; imports neither (an import-linter contract keeps it so).
 
 - :mod:`contract.jsonstrict`: strict JSON parsing and RFC 8785 (JCS) canonical bytes.
-- :mod:`contract.snapshot`: the snapshot predicate v1 (pydantic models) and the predicate registry.
+- :mod:`contract.snapshot`: the snapshot predicates v1 and v2 (pydantic models) and their registry.
+- :mod:`contract.assurance`: the assurance ladder (levels, their order, the EAR evidence sources).
 - :mod:`contract.statement`: the in-toto Statement v1 around it, built and parsed.
 - :mod:`contract.dsse`: the DSSE envelope (PAE, sign, parse, verify, open) and THE snapshot digest.
 - :mod:`contract.keys`: Ed25519 key encodings and key ids.
@@ -15,6 +16,13 @@ byte. Imported by both sides; imports neither (an import-linter contract keeps i
 
 from __future__ import annotations
 
+from contract.assurance import (
+    LADDER,
+    Level,
+    at_least,
+    parse_level,
+    weakest,
+)
 from contract.digests import (
     file_sha256,
 )
@@ -76,18 +84,24 @@ from contract.results import (
 from contract.snapshot import (
     PREDICATE_MODELS,
     PREDICATE_TYPE_V1,
+    PREDICATE_TYPE_V2,
     Accelerator,
     AgentInfo,
     Assurance,
     CollectorError,
     Encryption,
+    Evidence,
     FileError,
     HeaderFacts,
     HostInfo,
     Posture,
     SnapshotV1,
+    SnapshotV2,
     Socket,
     StorageRoot,
+    TpmCertifiedKey,
+    TpmEvidence,
+    TpmQuote,
     UnidentifiedFile,
     WeightFile,
     WeightFormat,
@@ -115,11 +129,13 @@ __all__ = [
     "HEADER_KEY_ID",
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
+    "LADDER",
     "MAX_ENVELOPE_BYTES",
     "MAX_JSON_DEPTH",
     "PAYLOAD_TYPE",
     "PREDICATE_MODELS",
     "PREDICATE_TYPE_V1",
+    "PREDICATE_TYPE_V2",
     "STATEMENT_TYPE",
     "SUBMOD",
     "TYP",
@@ -129,11 +145,13 @@ __all__ = [
     "CollectorError",
     "Encryption",
     "Envelope",
+    "Evidence",
     "EvidenceError",
     "FileError",
     "HeaderFacts",
     "HostInfo",
     "KeyFormatError",
+    "Level",
     "MalformedError",
     "Posture",
     "ResourceDescriptor",
@@ -142,14 +160,19 @@ __all__ = [
     "Signature",
     "SignatureError",
     "SnapshotV1",
+    "SnapshotV2",
     "Socket",
     "Statement",
     "StorageRoot",
     "StrictJSON",
+    "TpmCertifiedKey",
+    "TpmEvidence",
+    "TpmQuote",
     "UnidentifiedFile",
     "WeightFile",
     "WeightFormat",
     "__version__",
+    "at_least",
     "b64decode_strict",
     "build_statement",
     "canonical_bytes",
@@ -163,6 +186,7 @@ __all__ = [
     "pae",
     "parse_envelope",
     "parse_json_strict",
+    "parse_level",
     "parse_statement",
     "parse_strict",
     "parse_timestamp",
@@ -179,4 +203,5 @@ __all__ = [
     "verify_envelope",
     "verify_request",
     "verify_result",
+    "weakest",
 ]

@@ -14,13 +14,14 @@ import hashlib
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
 from contract._model import Strict as _Strict
 from contract._model import summarize as _summarize
 from contract.errors import MalformedError, SchemaError, SignatureError
 from contract.jsonstrict import canonical_bytes, parse_json_strict
+from contract.keys import PublicKey, Signer, verify_signature
 from contract.snapshot import SnapshotV1
 from contract.statement import Statement, parse_statement
 
@@ -61,7 +62,7 @@ def b64decode_strict(text: str, what: str) -> bytes:
         raise MalformedError(f"{what} is not valid standard base64", code="bad_base64") from exc
 
 
-def sign_envelope(payload: bytes, key: Ed25519PrivateKey, keyid: str) -> Envelope:
+def sign_envelope(payload: bytes, key: Ed25519PrivateKey | Signer, keyid: str) -> Envelope:
     sig = key.sign(pae(PAYLOAD_TYPE, payload))
     return Envelope(
         payloadType=PAYLOAD_TYPE,
@@ -96,12 +97,13 @@ def parse_envelope(data: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envel
 
 
 def verify_envelope(
-    envelope: Envelope, keys: Mapping[str, Ed25519PublicKey], *, payload: bytes | None = None
+    envelope: Envelope, keys: Mapping[str, PublicKey], *, payload: bytes | None = None
 ) -> tuple[bytes, str]:
     """Return (payload, keyid) for the first signature made by a key in ``keys``.
 
     Signatures by unknown key ids are skipped (DSSE allows several signers); at least one known
-    signature must verify, and any known-key signature that fails is an error. ``payload``:
+    signature must verify, and any known-key signature that fails is an error. Both kinds of
+    host key verify (Ed25519; ECDSA P-256 over SHA-256, DER). ``payload``:
     ``envelope.payload_bytes()``, if the caller already decoded it.
     """
     if payload is None:
@@ -114,7 +116,7 @@ def verify_envelope(
             continue
         raw = b64decode_strict(signature.sig, "signature")
         try:
-            key.verify(raw, message)
+            verify_signature(key, raw, message)
         except InvalidSignature as exc:
             raise SignatureError(
                 f"signature by key {signature.keyid[:16]}… does not verify over this payload"
@@ -140,7 +142,7 @@ def payload_digest(payload: bytes) -> str:
 
 
 def open_envelope(
-    data: bytes, keys: Mapping[str, Ed25519PublicKey]
+    data: bytes, keys: Mapping[str, PublicKey]
 ) -> tuple[Envelope, str, Statement, SnapshotV1]:
     """Everything a reader does offline: shape, signature, canonical form, schema."""
     envelope = parse_envelope(data)

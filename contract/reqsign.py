@@ -5,7 +5,8 @@ the agent signs a request line. Both ends import this module, so the string sign
 
     veu-attest-request-v1 \\n METHOD \\n PATH \\n TIMESTAMP \\n KEY_ID \\n hex(sha256(BODY))
 
-Headers: ``X-VEU-Key-Id``, ``X-VEU-Timestamp`` (RFC 3339 UTC), ``X-VEU-Signature`` (base64 Ed25519).
+Headers: ``X-VEU-Key-Id``, ``X-VEU-Timestamp`` (RFC 3339 UTC), ``X-VEU-Signature`` (base64; see
+contract.keys.verify_signature for the two kinds of host key).
 The verifier checks the key is enrolled and active and the timestamp is within its skew. A replayed
 request inside that window can only obtain another nonce or read its own pending challenge, which
 is harmless; evidence itself is protected by the envelope's chain and nonce.
@@ -18,7 +19,9 @@ import binascii
 import hashlib
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from contract.keys import PublicKey, Signer, verify_signature
 
 HEADER_KEY_ID = "X-VEU-Key-Id"
 HEADER_TIMESTAMP = "X-VEU-Timestamp"
@@ -41,7 +44,12 @@ def request_message(method: str, path: str, timestamp: str, key_id: str, body: b
 
 
 def sign_request(
-    key: Ed25519PrivateKey, key_id: str, method: str, path: str, timestamp: str, body: bytes
+    key: Ed25519PrivateKey | Signer,
+    key_id: str,
+    method: str,
+    path: str,
+    timestamp: str,
+    body: bytes,
 ) -> dict[str, str]:
     sig = key.sign(request_message(method, path, timestamp, key_id, body))
     return {
@@ -52,7 +60,7 @@ def sign_request(
 
 
 def verify_request(
-    public_key: Ed25519PublicKey,
+    public_key: PublicKey,
     key_id: str,
     method: str,
     path: str,
@@ -62,7 +70,7 @@ def verify_request(
 ) -> bool:
     try:
         sig = base64.b64decode(signature_b64.encode("ascii"), validate=True)
-        public_key.verify(sig, request_message(method, path, timestamp, key_id, body))
+        verify_signature(public_key, sig, request_message(method, path, timestamp, key_id, body))
     except (InvalidSignature, binascii.Error, UnicodeEncodeError, ValueError):
         return False
     return True

@@ -1,8 +1,18 @@
-"""The snapshot predicate, version 1 (pydantic models, ``extra="forbid"``): what one host says
-about itself.
+"""The snapshot predicate (pydantic models, ``extra="forbid"``): what one host says about itself.
 
 Versioning: the predicate type is a versioned URI. :data:`PREDICATE_MODELS` maps each known type to
-its model; a v2 adds an entry and v1 envelopes stay verifiable forever.
+its model, and envelopes of every listed version stay verifiable with their meaning.
+
+- v1 (:class:`SnapshotV1`): the inventory, signed by the host key.
+- v2 (:class:`SnapshotV2`): v1 plus an optional ``evidence`` section carrying what hardware
+  vouches for (TPM: the attestation key's public area, the certified snapshot key, a quote with
+  its PCR values, the measured-boot event log and the IMA log). A v2 without ``evidence`` means
+  exactly what a v1 means. Every v1 field keeps its meaning in v2.
+
+Each model's ``predicate_type()`` names its URI, so the statement of a snapshot is built with the
+type it was made as. The ``assurance`` field of an accelerator is the agent's own statement; only
+``declared`` is taken from it (a downgrade). The level a claim reaches is the verifier's
+(:mod:`contract.assurance`).
 """
 
 from __future__ import annotations
@@ -17,16 +27,21 @@ from contract._model import Strict as _Strict
 from contract.timestamps import parse_timestamp
 
 PREDICATE_TYPE_V1 = "https://veu-attest.dev/snapshot/v1"
+PREDICATE_TYPE_V2 = "https://veu-attest.dev/snapshot/v2"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
 _RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 
 
+#: An accelerator's own statement of its evidence (v1's vocabulary, kept as it was). The verifier
+#: reads only ``declared`` from it; the ladder of levels reached is contract.assurance.Level.
 Assurance = Literal[
     "declared",  # typed in by a person (inventory file): not probed at all
     "self-reported",  # probed by the host and signed with a key on its disk
-    "tpm-bound",  # key held in a TPM and the claim covered by a quote (not provided yet)
-    "hardware-attested",  # the device's own attestation report (not provided yet)
+    "tpm-bound",  # v1 reserved it; the verifier never credits an agent's claim of it
+    "hardware-attested",  # v1 reserved it; the verifier never credits an agent's claim of it
 ]
 
 
@@ -167,6 +182,10 @@ class CollectorError(_Strict):
 class SnapshotV1(_Strict):
     """The predicate of a snapshot statement, version 1."""
 
+    @classmethod
+    def predicate_type(cls) -> str:
+        return PREDICATE_TYPE_V1
+
     agent: AgentInfo
     site_id: str | None
     host: HostInfo
@@ -201,4 +220,89 @@ class SnapshotV1(_Strict):
         return parse_timestamp(self.collected_at)
 
 
-PREDICATE_MODELS: dict[str, type[SnapshotV1]] = {PREDICATE_TYPE_V1: SnapshotV1}
+def _b64(value: str, what: str) -> str:
+    if not _B64.match(value) or len(value) % 4:
+        raise ValueError(f"{what} must be standard base64")
+    return value
+
+
+class TpmCertifiedKey(_Strict):
+    """The snapshot-signing key and the attestation key's TPM2_Certify of it."""
+
+    #: TPM2B_PUBLIC of the key, base64.
+    public: str
+    #: TPM2B_ATTEST (TPMS_ATTEST of type certify), base64.
+    certify_info: str
+    #: TPMT_SIGNATURE by the attestation key over ``certify_info``, base64.
+    signature: str
+
+    @field_validator("public", "certify_info", "signature")
+    @classmethod
+    def _base64(cls, v: str) -> str:
+        return _b64(v, "certified key fields")
+
+
+class TpmQuote(_Strict):
+    """A TPM2_Quote and the PCR values it covers."""
+
+    #: TPM2B_ATTEST (TPMS_ATTEST of type quote), base64.
+    quoted: str
+    #: TPMT_SIGNATURE by the attestation key over ``quoted``, base64.
+    signature: str
+    #: The PCR bank the values are read from.
+    bank: Literal["sha1", "sha256", "sha384", "sha512"]
+    #: PCR index (decimal, "0".."23") to its value, lowercase hex.
+    pcrs: dict[str, str]
+
+    @field_validator("quoted", "signature")
+    @classmethod
+    def _base64(cls, v: str) -> str:
+        return _b64(v, "quote fields")
+
+    @field_validator("pcrs")
+    @classmethod
+    def _pcrs(cls, v: dict[str, str]) -> dict[str, str]:
+        for index, value in v.items():
+            if not index.isdigit() or int(index) > 23 or str(int(index)) != index:
+                raise ValueError("PCR indexes are decimal 0 to 23")
+            if not _HEX.match(value):
+                raise ValueError("PCR values are lowercase hex")
+        return v
+
+
+class TpmEvidence(_Strict):
+    #: TPM2B_PUBLIC of the attestation key, base64.
+    ak_public: str
+    certified_key: TpmCertifiedKey | None = None
+    quote: TpmQuote | None = None
+    #: The measured-boot event log (TCG PC Client binary format), base64.
+    event_log: str | None = None
+    #: The IMA measurement list (ASCII format), base64.
+    ima_log: str | None = None
+
+    @field_validator("ak_public", "event_log", "ima_log")
+    @classmethod
+    def _base64(cls, v: str | None) -> str | None:
+        return None if v is None else _b64(v, "TPM evidence fields")
+
+
+class Evidence(_Strict):
+    """What hardware vouches for. Sections a verifier does not check earn no level."""
+
+    tpm: TpmEvidence | None = None
+
+
+class SnapshotV2(SnapshotV1):
+    """The predicate of a snapshot statement, version 2: v1 and an optional evidence section."""
+
+    evidence: Evidence | None = None
+
+    @classmethod
+    def predicate_type(cls) -> str:
+        return PREDICATE_TYPE_V2
+
+
+PREDICATE_MODELS: dict[str, type[SnapshotV1]] = {
+    PREDICATE_TYPE_V1: SnapshotV1,
+    PREDICATE_TYPE_V2: SnapshotV2,
+}

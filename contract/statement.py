@@ -8,6 +8,7 @@ digest.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,7 +17,7 @@ from contract._model import Strict as _Strict
 from contract._model import summarize as _summarize
 from contract.errors import MalformedError, SchemaError
 from contract.jsonstrict import StrictJSON, canonical_bytes, parse_strict
-from contract.snapshot import PREDICATE_MODELS, PREDICATE_TYPE_V1, SnapshotV1
+from contract.snapshot import PREDICATE_MODELS, SnapshotV1
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 
@@ -50,9 +51,23 @@ def build_statement(snapshot: SnapshotV1) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
-        "predicateType": PREDICATE_TYPE_V1,
+        "predicateType": snapshot.predicate_type(),
         "predicate": snapshot.model_dump(mode="json"),
     }
+
+
+def inventory_digest(snapshot: SnapshotV1) -> str:
+    """Lowercase hex SHA-256 of the predicate's canonical form without its ``evidence``
+    section: what a TPM quote's qualifying data binds (the quote cannot sign the payload it is
+    part of; the envelope signature covers both)."""
+    facts = snapshot.model_dump(mode="json", exclude={"evidence"})
+    return hashlib.sha256(canonical_bytes(facts)).hexdigest()
+
+
+def quote_qualifying_data(nonce: str | None, digest: str) -> bytes:
+    """SHA-256(nonce || inventory digest), the qualifying data of a snapshot's quote (the nonce
+    as its ASCII text, empty without one; the digest as its 32 bytes)."""
+    return hashlib.sha256((nonce or "").encode("ascii") + bytes.fromhex(digest)).digest()
 
 
 def statement_bytes(snapshot: SnapshotV1) -> bytes:

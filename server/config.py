@@ -36,6 +36,7 @@ ENV_CONNECTION_LIMITS = {
 }
 ENV_LOG_ORIGIN = "VEU_LOG_ORIGIN"
 ENV_LOG_INTERVAL = "VEU_LOG_INTERVAL_MS"
+ENV_TPM_VENDOR_CAS = "VEU_TPM_VENDOR_CA_DIR"
 SQLITE_NAME = "veu.sqlite3"
 
 
@@ -99,6 +100,10 @@ class Settings:
     #: another process changed it (server/compliance/policy_sync.py); 0: only when the
     #: process starts.
     policy_check_interval_s: float = 2.0
+    #: A directory of PEM files: the TPM makers' CAs an EK certificate must chain to for a host
+    #: to enroll with its TPM (credential activation). None: TPM evidence is not checked at
+    #: enrollment, and TPM hosts enroll as self-reported. None ships with the verifier.
+    tpm_vendor_ca_dir: Path | None = None
     #: Most bytes of one request head (request line and headers); more is answered 431.
     max_header_bytes: int = 64 * 1024
     #: Most header fields in one request; more is answered 431.
@@ -168,6 +173,9 @@ class Settings:
         log_interval = _env_number(ENV_LOG_INTERVAL, 200.0, "milliseconds (0 turns it off)")
         if log_interval > 1000:
             raise ConfigError(f"{ENV_LOG_INTERVAL} is {log_interval:g}; at most 1000 ms")
+        vendor_cas = os.environ.get(ENV_TPM_VENDOR_CAS, "").strip()
+        if vendor_cas and not Path(vendor_cas).is_dir():
+            raise ConfigError(f"{ENV_TPM_VENDOR_CAS} is {vendor_cas[:200]!r}, not a directory")
         return cls(
             data_dir=Path(dd),
             database_url=url,
@@ -188,6 +196,7 @@ class Settings:
             max_requests_per_connection=int(limits["max_requests_per_connection"]),
             log_origin=os.environ.get(ENV_LOG_ORIGIN) or None,
             log_interval_ms=log_interval,
+            tpm_vendor_ca_dir=Path(vendor_cas) if vendor_cas else None,
         )
 
 

@@ -1,7 +1,9 @@
 """Findings and attestation status: the vocabulary every stage of appraisal speaks.
 
 A finding always says which condition demanded what, what was expected and what was seen, on which
-subject, under which citation, and how firm the figures behind it are (RULES.md confidence tags).
+subject, under which citation, how firm the figures behind it are (RULES.md confidence tags), and
+the assurance level of the claim it rests on (``level``, contract.assurance; ``assurance`` in
+JSON).
 
 Status follows the EAR tiers (EAT Attestation Results). Precedence, worst last:
 affirming < warning < none (cannot attest) < contraindicated. "Unknown is not compliant": a failed
@@ -13,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from contract.assurance import Level, is_level
 
 Severity = Literal["info", "warning", "cannot_attest", "violation"]
 Status = Literal["affirming", "warning", "none", "contraindicated"]
@@ -50,6 +54,9 @@ class Finding:
     pack_id: str = ""
     pack_version: str = ""
     pack_status: str = ""
+    #: The assurance level of the evidence the finding rests on (None: evidence of no level, as
+    #: for a finding about evidence that is missing altogether).
+    level: Level | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +68,7 @@ class Finding:
             "seen": self.seen,
             "citation": self.citation,
             "confidence": list(self.confidence),
+            "assurance": self.level,
         }
         if self.pack_id:
             out["pack"] = {
@@ -85,6 +93,7 @@ class Finding:
             pack_id=str(pack.get("id", "")),
             pack_version=str(pack.get("version", "")),
             pack_status=str(pack.get("status", "")),
+            level=data["assurance"] if is_level(data.get("assurance")) else None,
         )
 
 
@@ -148,6 +157,7 @@ def condensed(findings: Sequence[Finding], *, per_condition: int = 25) -> tuple[
                 pack_id=worst.pack_id,
                 pack_version=worst.pack_version,
                 pack_status=worst.pack_status,
+                level=worst.level,
             )
         )
     return tuple(kept)

@@ -14,6 +14,7 @@ is about naming, not strength, and is silenced for this one algorithm here.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
+from contract.assurance import ASSURANCE_CLAIM
 from contract.errors import ResultError
 from contract.fsutil import atomic_write
 from contract.keys import key_id, private_pem, public_pem
@@ -94,8 +96,13 @@ def sign_result(
     nonce: str | None,
     policy_digest: str | None = None,
     status: Status | None = None,
+    assurance: str | None = None,
+    sources: Mapping[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Sign an EAR for one appraised snapshot; ``status`` defaults to the findings' worst."""
+    """Sign an EAR for one appraised snapshot; ``status`` defaults to the findings' worst.
+
+    ``assurance``: the host's level (its weakest claim's), in ``veu-snapshot``; ``sources``: one
+    submodule per evidence source (name to its ``ear.status``, level and detail)."""
     claims: dict[str, Any] = {
         "eat_profile": EAR_PROFILE,
         "iat": int(issued_at.timestamp()),
@@ -110,7 +117,9 @@ def sign_result(
                 "seq": seq,
                 "policy_digest": policy_digest,
                 "nonce": nonce,
-            }
+                ASSURANCE_CLAIM: assurance,
+            },
+            **(sources or {}),
         },
     }
     header = {"alg": ALG, "kid": key.key_id, "typ": TYP}

@@ -63,6 +63,7 @@ FAMILY_STATUS: dict[type[Exception], int] = {
     appraise.KeyRefused: 403,
     appraise.InvalidStatement: 422,
     appraise.BindingMismatch: 403,
+    appraise.TpmEvidenceRejected: 422,
     appraise.FreshnessRejected: 409,
     appraise.ClockSkew: 422,
     appraise.EvidenceTooOld: 422,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract.assurance import Level
 from server.api import auth
 from server.api.deps import Services, SvcDep
 from server.api.errors import APIError
@@ -52,6 +53,7 @@ def _finding_json(row: Any) -> dict[str, Any]:
         "last_seen_at": row.last_seen_at.isoformat(),
         "closed_at": row.closed_at.isoformat() if row.closed_at else None,
         "open": row.is_open,
+        "assurance": row.assurance,
     }
 
 
@@ -238,13 +240,16 @@ class AuthorizationIn(BaseModel):
 
     allowed_models: list[str] | None = Field(None, max_length=200)
     may_store_controlled_weights: bool = False
+    #: The weakest assurance level a host at the site must reach (contract.assurance.LADDER).
+    minimum_assurance: Level | None = None
 
 
 @router.put("/sites/{site_id}/authorization")
 def set_authorization(
     svc: SvcDep, request: Request, site_id: str, body: AuthorizationIn
 ) -> dict[str, Any]:
-    """Terms of the site's authorization beyond its TPP: allowed chip models, weight storage."""
+    """Terms of the site's authorization beyond its TPP: allowed chip models, weight storage,
+    the assurance level its hosts must reach."""
     user = auth.admin(svc, request)
     with svc.db.write() as session:
         return ledger.set_authorization(

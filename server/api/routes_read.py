@@ -18,6 +18,7 @@ from server.api import auth
 from server.api.deps import SvcDep
 from server.api.errors import APIError
 from server.store import repo
+from server.store.compliance_models import HostState
 from server.store.models import AuditEntry, ChainHead, Host, Site, Snapshot
 
 router = APIRouter(tags=["read"])
@@ -124,6 +125,9 @@ def host(
         out = _host(h, head)
         out["facts"] = json.loads(h.facts)
         out["latest_snapshot"] = _snapshot(latest) if latest is not None else None
+        state = session.get(HostState, host_id)
+        # The level its latest accepted snapshot reached (None: none yet, or not recorded).
+        out["assurance"] = state.assurance if state is not None else None
         out["accelerators"] = [
             {
                 "uuid": a.uuid,

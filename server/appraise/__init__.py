@@ -44,6 +44,22 @@ Rules, in the order they are checked; the first that fails decides:
    With no head at all, ``seq = 1`` and ``prev = null`` is accepted as the start of the chain;
    anything else is accepted with ``chain.gap``: earlier snapshots of this key were never seen.
 
+10. TPM evidence (snapshot v2, ``evidence.tpm``), for a host whose key enrollment bound to its TPM
+   (credential activation recorded its attestation key): the quote is signed by that AK
+   (``quote_bad_signature``), its qualifying data is SHA-256(nonce || inventory digest)
+   (``quote_wrong_data``: a quote over another snapshot, or a replayed one), it selects exactly
+   the PCR values sent and its PCR digest is theirs (``quote_pcr_mismatch``); the AK sent is the
+   enrolled one (``quote_wrong_ak``); an event log parses with bounds (``event_log_*``) and
+   replays to the quoted PCRs it measures (``event_log_mismatch``); against the host's last
+   verified quote, the reset count does not go back (``quote_reset_backwards``), nor the
+   restart count within one reset (``quote_restart_backwards``), and the clock advances within
+   one boot (``quote_clock_stalled``); a TPM reset without orderly shutdown (``safe`` not set)
+   is the warning ``tpm.clock-not-safe``, a reboot the info ``tpm.rebooted``. All are
+   :class:`TpmEvidenceRejected` (``tpm_evidence_invalid``, 422, each with its own code).
+   With the site's reference values, a verified quote whose PCRs 0-7 are each known-good
+   raises the host's claims to ``tpm-quoted``; each PCR that is not is the finding
+   ``tpm.pcr-unknown`` (cannot attest) naming the PCR and the event (server/appraise/assurance.py).
+
 Every :class:`Rejected` is permanent: the same bytes fail the same way again, so the agent must not
 resend them. Failures worth retrying (the database is down) are the shell's 5xx, never raised
 here. ``authenticated`` is true when a valid signature of an enrolled key came with the bad
@@ -56,12 +72,11 @@ Naive datetimes (as SQLite returns them) are taken to be UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from contract import (
@@ -75,6 +90,7 @@ from contract import (
     SchemaError,
     SignatureError,
     SnapshotV1,
+    SnapshotV2,
     Statement,
     StrictJSON,
     b64decode_strict,
@@ -85,10 +101,24 @@ from contract import (
     payload_digest,
     verify_envelope,
 )
+from contract.assurance import Level
+from contract.keys import PublicKey
+from contract.statement import inventory_digest, quote_qualifying_data
+from server.appraise.assurance import Assessment, assess
+from server.appraise.eventlog import (
+    EventLogError,
+    QuoteFacts,
+    parse_event_log,
+    replay_mismatches,
+    verify_quote,
+)
+from server.appraise.eventlog import Replay as LogReplay
+from server.appraise.tpm import TpmFormatError, parse_public
 from server.findings import Finding
 
 __all__ = [
     "Accepted",
+    "Assessment",
     "BadBase64",
     "BadEncoding",
     "BadEnvelope",
@@ -129,6 +159,7 @@ __all__ = [
     "SiteMismatch",
     "SubjectMismatch",
     "TooLarge",
+    "TpmEvidenceRejected",
     "Unauthenticated",
     "UnknownKey",
     "UnsupportedPredicate",
@@ -388,6 +419,14 @@ class EvidenceTooOld(FreshnessRejected):
     hint = "it no longer describes the host; take a new snapshot"
 
 
+class TpmEvidenceRejected(Rejected):
+    """Signed TPM evidence that does not hold: a bad quote or an event log that does not
+    replay to it. ``code`` is the specific check's (server/appraise/tpm.py, eventlog.py)."""
+
+    code = "tpm_evidence_invalid"
+    hint = "the quote and event log must come from this host's TPM, for this very snapshot"
+
+
 class ChainRejected(Rejected):
     """Evidence that does not continue this host's hash chain."""
 
@@ -570,11 +609,18 @@ def _peek_nonce(value: Any) -> str | None:
 @dataclass(frozen=True)
 class HostRecord:
     key_id: str
-    public_key: Ed25519PublicKey
+    public_key: PublicKey
     site_id: str
     status: Literal["pending", "active", "revoked"]
     #: Recorded at enrollment; None = not bound to a machine.
     machine_id: str | None
+    #: The level the host key lets claims reach: ``self-reported`` for a key in a file,
+    #: ``tpm-bound-key`` for one enrolled by credential activation.
+    key_level: Level = "self-reported"
+    #: The attestation key's TPM2B_PUBLIC recorded by credential activation (None: none).
+    ak_public: bytes | None = None
+    #: The reset count, restart count and clock of the host's last verified quote.
+    last_quote: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -612,6 +658,10 @@ class Accepted:
     #: ``chain.gap`` (warning), ``chain.late-delivery`` (info).
     findings: tuple[Finding, ...]
     collected_at: datetime
+    #: The level each claim reached and each evidence source's result.
+    assessment: Assessment
+    #: A verified quote's reset count, restart count and clock (None: no quote verified).
+    quote_counters: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -631,8 +681,10 @@ def appraise(
     already_accepted: bool,
     now: datetime,
     config: VerifyConfig = VerifyConfig(),
+    references: Mapping[int, frozenset[bytes]] | None = None,
 ) -> Accepted | Duplicate:
-    """Rules 4-9 for one preparsed envelope against the trusted state the shell looked up.
+    """Rules 4-10 for one preparsed envelope against the trusted state the shell looked up.
+    ``references``: the site's known-good SHA-256 PCR values (server.compliance.references).
 
     ``host`` is the enrolled record of one of ``parsed.key_ids`` (None if none is enrolled);
     ``head`` is that host's chain head, ``nonce`` the record of ``parsed.nonce`` (None if not
@@ -664,8 +716,19 @@ def appraise(
 
     _check_binding(snapshot, host, reject)
     collected_at = snapshot.collected_at_datetime()
-    findings = list(_check_freshness(snapshot, collected_at, host, nonce, now, config, reject))
-    findings.extend(_check_chain(snapshot, head, key_id, reject))
+    checked = _check_tpm_evidence(snapshot, host)
+    quote = None if checked is None else checked[0]
+    matched, pcr_findings = _compare_references(checked, references, key_id)
+    assessment = assess(
+        snapshot, host.key_level, quote_verified=quote is not None, reference_match=matched
+    )
+    findings = [
+        replace(f, level=assessment.key_level)
+        for f in _check_freshness(snapshot, collected_at, host, nonce, now, config, reject)
+    ]
+    findings.extend(
+        replace(f, level=assessment.key_level) for f in _check_chain(snapshot, head, key_id, reject)
+    )
     return Accepted(
         digest=parsed.digest,
         key_id=key_id,
@@ -674,12 +737,156 @@ def appraise(
         seq=snapshot.seq,
         prev=snapshot.prev,
         nonce=snapshot.nonce,
-        findings=tuple(findings),
+        findings=tuple(findings)
+        + _clock_findings(quote, host, assessment.key_level)
+        + tuple(replace(f, level=assessment.key_level) for f in pcr_findings),
         collected_at=collected_at,
+        assessment=assessment,
+        quote_counters=(
+            None if quote is None else (quote.reset_count, quote.restart_count, quote.clock)
+        ),
     )
 
 
 _Reject = Callable[[type[Rejected], str], Rejected]
+
+
+def _check_tpm_evidence(
+    snapshot: SnapshotV1, host: HostRecord
+) -> tuple[QuoteFacts, LogReplay | None] | None:
+    """Rule 10. The verified quote's facts and the event log's replay (None: no quote)."""
+    if not isinstance(snapshot, SnapshotV2) or snapshot.evidence is None:
+        return None
+    tpm = snapshot.evidence.tpm
+    if tpm is None or tpm.quote is None or host.ak_public is None:
+        return None
+
+    def fail(code: str, message: str) -> Rejected:
+        return TpmEvidenceRejected(message, authenticated=True, key_id=host.key_id, code=code)
+
+    try:
+        if b64decode_strict(tpm.ak_public, "evidence.tpm.ak_public") != host.ak_public:
+            raise fail("quote_wrong_ak", "the snapshot's attestation key is not the enrolled one")
+        quoted = b64decode_strict(tpm.quote.quoted, "evidence.tpm.quote.quoted")
+        signature = b64decode_strict(tpm.quote.signature, "evidence.tpm.quote.signature")
+        pcrs = {int(i): bytes.fromhex(v) for i, v in tpm.quote.pcrs.items()}
+        expected = quote_qualifying_data(snapshot.nonce, inventory_digest(snapshot))
+        ak = parse_public(host.ak_public)
+        facts = verify_quote(ak, quoted, signature, tpm.quote.bank, pcrs, expected)
+        replay = None
+        if tpm.event_log is not None:
+            replay = parse_event_log(b64decode_strict(tpm.event_log, "evidence.tpm.event_log"))
+            wrong = replay_mismatches(replay, tpm.quote.bank, pcrs)
+            if wrong:
+                raise fail(
+                    "event_log_mismatch",
+                    f"the event log does not replay to quoted PCR(s) {wrong[:8]}",
+                )
+    except (TpmFormatError, EventLogError) as exc:
+        raise fail(exc.code, exc.detail) from None
+    except MalformedError as exc:
+        raise fail("tpm_evidence_malformed", exc.detail) from None
+    _check_clock(facts, host, fail)
+    return facts, replay
+
+
+def _compare_references(
+    checked: tuple[QuoteFacts, LogReplay | None] | None,
+    references: Mapping[int, frozenset[bytes]] | None,
+    key_id: str,
+) -> tuple[bool, list[Finding]]:
+    """Whether the verified quote's PCRs 0-7 are each one of the site's known-good values
+    (``tpm-quoted``); a ``tpm.pcr-unknown`` finding (cannot attest) for each that is not,
+    naming the PCR and the last event the log extended into it."""
+    if checked is None or not references:
+        return False, []
+    facts, replay = checked
+    findings = []
+    for pcr in range(8):
+        value = facts.pcrs.get(pcr)
+        if value is not None and value in references.get(pcr, frozenset()):
+            continue
+        events = [e for e in replay.events if e.pcr == pcr] if replay is not None else []
+        if events:
+            last = events[-1]
+            digest = last.digests.get("sha256", b"").hex()[:16]
+            event = f"event {len(events)} of PCR {pcr}: type 0x{last.type:08x}, sha256 {digest}…"
+        else:
+            event = "no event log names the event"
+        findings.append(
+            Finding(
+                condition_id="tpm.pcr-unknown",
+                severity="cannot_attest",
+                subject=f"host:{key_id}",
+                message=f"PCR {pcr} is not a known-good value for this site ({event})",
+                expected="one of the site's reference values (veu-server reference add)",
+                seen="none" if value is None else value.hex(),
+            )
+        )
+    return not findings, findings
+
+
+def _check_clock(facts: QuoteFacts, host: HostRecord, fail: Callable[[str, str], Rejected]) -> None:
+    """Rule 10's clock rules against the host's last verified quote: the reset counter never
+    goes back (``quote_reset_backwards``), nor, within one reset, the restart counter
+    (``quote_restart_backwards``), and within one boot the clock advances
+    (``quote_clock_stalled``)."""
+    if host.last_quote is None:
+        return
+    reset, restart, clock = host.last_quote
+    if facts.reset_count < reset:
+        raise fail(
+            "quote_reset_backwards",
+            f"the TPM's reset count went back from {reset} to {facts.reset_count}",
+        )
+    if facts.reset_count == reset and facts.restart_count < restart:
+        raise fail(
+            "quote_restart_backwards",
+            f"the TPM's restart count went back from {restart} to {facts.restart_count}",
+        )
+    if (facts.reset_count, facts.restart_count) == (reset, restart) and facts.clock <= clock:
+        raise fail(
+            "quote_clock_stalled",
+            f"the TPM's clock did not advance since the last quote ({facts.clock} <= {clock})",
+        )
+
+
+def _clock_findings(
+    facts: QuoteFacts | None, host: HostRecord, level: Level
+) -> tuple[Finding, ...]:
+    """``tpm.clock-not-safe`` (warning): the TPM cannot vouch that its clock never ran back
+    (it was reset without an orderly shutdown); ``tpm.rebooted`` (info): the reset count grew."""
+    if facts is None:
+        return ()
+    subject = f"host:{host.key_id}"
+    out: list[Finding] = []
+    if not facts.safe:
+        out.append(
+            Finding(
+                condition_id="tpm.clock-not-safe",
+                severity="warning",
+                subject=subject,
+                message=(
+                    "the TPM was reset without an orderly shutdown; its clock may have run back"
+                ),
+                expected="safe = YES",
+                seen="safe = NO",
+                level=level,
+            )
+        )
+    if host.last_quote is not None and facts.reset_count > host.last_quote[0]:
+        out.append(
+            Finding(
+                condition_id="tpm.rebooted",
+                severity="info",
+                subject=subject,
+                message="the host rebooted since its last quote (the TPM's reset count grew)",
+                expected=f"reset count {host.last_quote[0]}",
+                seen=f"reset count {facts.reset_count}",
+                level=level,
+            )
+        )
+    return tuple(out)
 
 
 def _check_signature(

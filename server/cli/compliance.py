@@ -145,6 +145,31 @@ def cmd_model_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference_add(args: argparse.Namespace) -> int:
+    from server.compliance import references
+    from server.store import repo
+
+    db = open_services(args).db
+    with db.write() as session:
+        site = repo.find_site(session, args.site)
+        added = references.add_from_host(session, site.id, args.from_host, now=_now(), actor=ACTOR)
+    print(json.dumps({"site_id": site.id, "added": added}))
+    return 0
+
+
+def cmd_reference_list(args: argparse.Namespace) -> int:
+    from server.compliance import references
+    from server.store import repo
+
+    db = open_services(args).db
+    with db.read() as session:
+        site = repo.find_site(session, args.site)
+        known = references.site_references(session, site.id)
+    out = {str(pcr): sorted(v.hex() for v in values) for pcr, values in sorted(known.items())}
+    print(json.dumps({"site_id": site.id, "sha256": out}))
+    return 0
+
+
 def cmd_site_authorize(args: argparse.Namespace) -> int:
     from server.compliance import ledger
     from server.store import repo
@@ -158,6 +183,7 @@ def cmd_site_authorize(args: argparse.Namespace) -> int:
             {
                 "allowed_models": args.allow_model or None,
                 "may_store_controlled_weights": args.may_store_controlled_weights,
+                "minimum_assurance": args.minimum_assurance,
             },
             now=_now(),
             actor=ACTOR,
@@ -192,6 +218,7 @@ def _site_text(s: dict[str, Any]) -> str:
         f"site {s['name']} ({s['site_id']}, {s['country']}): {s['status'].upper()}",
         f"  installed {s['installed_tpp']:,} TPP of {s['authorized_tpp']:,} authorized "
         f"({s['accelerators']} accelerators, {s['hosts_reporting']} hosts reporting)",
+        f"  assurance {s['assurance'] or 'unknown'} (its weakest host's)",
     ]
     if s["stale_hosts"]:
         lines.append(f"  stale hosts: {', '.join(h[:16] for h in s['stale_hosts'])}")
@@ -358,6 +385,25 @@ def register(
         help="chip catalog id the authorization allows (repeatable; none: any)",
     )
     p.add_argument("--may-store-controlled-weights", action="store_true")
+    p.add_argument(
+        "--minimum-assurance",
+        metavar="LEVEL",
+        default=None,
+        help="the weakest assurance level a host at the site must reach (e.g. tpm-quoted)",
+    )
+    reference = sub.add_parser(
+        "reference", help="known-good TPM PCR values per site (tpm-quoted)"
+    ).add_subparsers(dest="reference", required=True)
+    p = add(
+        reference,
+        "add",
+        cmd_reference_add,
+        "record PCRs 0-7 of a known-good host's latest verified quote for its site",
+    )
+    p.add_argument("site")
+    p.add_argument("--from-host", required=True, metavar="KEY_ID", help="a TPM-enrolled host")
+    p = add(reference, "list", cmd_reference_list, "a site's known-good PCR values")
+    p.add_argument("site")
     p = add(site_group, "status", cmd_site_status, "a site's status and open findings")
     p.add_argument("site")
     p.add_argument("--json", action="store_true")

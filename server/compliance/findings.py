@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.assurance import is_level, parse_level
 from server.findings import Finding
 from server.store.compliance_models import (
     FindingRow,
@@ -53,9 +54,15 @@ def sync_findings(
         message, seen_text = db_text(f.message, 4000) or "", db_text(f.seen, 4000)
         if row.pack_status != f.pack_status or row.pack_version != f.pack_version:
             row.pack_status, row.pack_version = f.pack_status, f.pack_version
-        if (row.severity, row.message, row.seen) != (f.severity, message, seen_text):
+        if (row.severity, row.message, row.seen, row.assurance) != (
+            f.severity,
+            message,
+            seen_text,
+            f.level,
+        ):
             row.severity, row.message, row.seen = f.severity, message, seen_text
             row.expected = db_text(f.expected, 4000)
+            row.assurance = f.level
     for key, f in current.items():
         if key in seen:
             continue
@@ -79,6 +86,7 @@ def sync_findings(
                 last_seen_at=now,
                 closed_at=None,
                 is_open=True,
+                assurance=f.level,
             )
         )
 
@@ -96,6 +104,7 @@ def finding_of(row: FindingRow) -> Finding:
         pack_id=row.condition_id.split("/", 1)[0] if row.pack_status else "",
         pack_version=row.pack_version,
         pack_status=row.pack_status,
+        level=parse_level(row.assurance) if is_level(row.assurance) else None,
     )
 
 
@@ -110,6 +119,7 @@ def findings_key(findings: Sequence[Finding]) -> str:
             db_text(f.expected, 4000) or "",
             f.pack_status,
             f.pack_version,
+            f.level or "",
         )
         for f in findings
         if f.severity != "info"

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from contract import SnapshotV1
+from contract.assurance import Level
 from server.compliance.findings import findings_key, sync_findings
 from server.compliance.registry import RegistryCache, model_registry
 from server.findings import Finding, status_of
@@ -130,6 +131,7 @@ def judge_host(
     models: RegistryCache | None = None,
     registry_generation: int | None = None,
     memo: JudgementMemo | None = None,
+    key_assurance: Level = "self-reported",
 ) -> HostJudgement:
     """Host-scope findings and contribution. ``terms``: the site's facts if the caller already
     read them (ingest reads them with the host in one query); otherwise one query here.
@@ -143,7 +145,10 @@ def judge_host(
     on = snapshot.collected_at_datetime().date()
     key = None
     if memo is not None and registry_generation is not None:
-        key = JudgementMemo.key(policy, snapshot, site_id, terms, registry_generation, on)
+        key = (
+            *JudgementMemo.key(policy, snapshot, site_id, terms, registry_generation, on),
+            key_assurance,
+        )
         known = memo.get(key_id, key)
         if known is not None:
             return known
@@ -160,6 +165,8 @@ def judge_host(
         ),
         host_id=key_id,
         org_id=terms.org_id,
+        key_assurance=key_assurance,
+        site_minimum_assurance=terms.minimum_assurance,
     )
     findings = tuple(policy.evaluate_host(snapshot, ctx, on))
     judged = HostJudgement(
@@ -190,6 +197,11 @@ _HOST_STATE_UPDATE = (
         accelerators=bindparam("accelerators"),
         tpp=bindparam("tpp"),
         findings_key=bindparam("findings_key"),
+        assurance=bindparam("assurance"),
+        # A snapshot without a quote keeps the last quote's counters as the bar to clear.
+        quote_reset=func.coalesce(bindparam("quote_reset"), _HOST_STATE.c.quote_reset),
+        quote_restart=func.coalesce(bindparam("quote_restart"), _HOST_STATE.c.quote_restart),
+        quote_clock=func.coalesce(bindparam("quote_clock"), _HOST_STATE.c.quote_clock),
         pending=True,
     )
 )
@@ -226,6 +238,8 @@ def host_update(
     judgement: HostJudgement,
     findings: Sequence[Finding],
     now: datetime,
+    assurance: Level | None = None,
+    quote_counters: tuple[int, int, int] | None = None,
 ) -> HostUpdate:
     """The host's new contribution (pending until its site settles) and findings key."""
     new = judgement.contribution
@@ -243,6 +257,16 @@ def host_update(
             "accelerators": len(snapshot.accelerators),
             "tpp": sum(m.tpp for m in new.models.values()),
             "findings_key": findings_key(findings),
+            "assurance": assurance,
+            **(
+                dict(
+                    zip(
+                        ("quote_reset", "quote_restart", "quote_clock"), quote_counters, strict=True
+                    )
+                )
+                if quote_counters is not None
+                else {"quote_reset": None, "quote_restart": None, "quote_clock": None}
+            ),
         },
     )
 

@@ -18,10 +18,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from contract import Accelerator
+from contract.assurance import LADDER, is_level
+from server.compliance.assurance import host_levels, level_of
 from server.compliance.ledger_facts import lpp_used
 from server.compliance.registry import bump_registry, model_record
 from server.compliance.settle import ComplianceConfig, stale_hosts
-from server.errors import Conflict, NotFound, Unprocessable
+from server.errors import Conflict, Invalid, NotFound, Unprocessable
 from server.findings import PACK_STATUSES, SEVERITY_STATUS, STATUS_RANK, counts_in_headline
 from server.policy import (
     ModelRecord,
@@ -130,6 +132,7 @@ def site_status(
     view = status_view(
         state.status if state else "none", rows, "site", include_proposed=include_proposed
     )
+    by_level = host_levels(session, site_id)
     return {
         "site_id": site.id,
         "name": site.name,
@@ -153,6 +156,8 @@ def site_status(
         "hosts_reporting": agg.hosts,
         "hosts_active": int(hosts or 0),
         "stale_hosts": stale,
+        "assurance": level_of(by_level),
+        "hosts_by_assurance": by_level,
         "finding_rows": rows,
     }
 
@@ -470,6 +475,14 @@ def set_authorization(
         session.add(row)
     row.allowed_models = encoded
     row.may_store_controlled_weights = bool(data.get("may_store_controlled_weights"))
+    demanded = data.get("minimum_assurance")
+    if demanded is not None and not is_level(demanded):
+        raise Invalid(
+            "bad_assurance",
+            f"minimum_assurance {str(demanded)[:40]!r} is not a level; the ladder is "
+            + ", ".join(LADDER),
+        )
+    row.minimum_assurance = demanded
     audit.append(
         session,
         at=now,
@@ -479,12 +492,14 @@ def set_authorization(
         details={
             "allowed_models": allowed,
             "may_store_controlled_weights": row.may_store_controlled_weights,
+            "minimum_assurance": row.minimum_assurance,
         },
     )
     return {
         "site_id": site_id,
         "allowed_models": allowed,
         "may_store_controlled_weights": row.may_store_controlled_weights,
+        "minimum_assurance": row.minimum_assurance,
     }
 
 

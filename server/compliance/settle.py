@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from sqlalchemy import Table, bindparam, delete, select, true, update
 from sqlalchemy.orm import Session
 
+from server.compliance.assurance import site_level
 from server.compliance.findings import sync_findings
 from server.compliance.ledger_facts import ledger_facts, shipped_units
 from server.findings import Finding, status_of
@@ -378,6 +379,7 @@ def _judge_site(
         org_type=org.veu if org is not None else "",
         org_hq_country=org.hq_country if org is not None else "",
         org_parent_hq_country=(org.parent_hq_country or org.hq_country) if org is not None else "",
+        assurance=site_level(session, site.id),
     )
     findings = policy.evaluate_site(facts, now.date())
     state.status = status_of(findings)

@@ -46,6 +46,7 @@ from server.appraise import (
     preparse,
 )
 from server.compliance import hosts
+from server.compliance.references import site_references
 from server.compliance.registry import RegistryCache
 from server.findings import Finding, condensed, status_of
 from server.ingest._groupcommit import GroupCommitter
@@ -175,6 +176,11 @@ class Ingest:
                     else None
                 )
                 now = self.now()
+                references = (
+                    site_references(session, state.host.site_id)
+                    if state.host is not None and state.host.ak_public is not None
+                    else None
+                )
                 verdict = appraise(
                     parsed,
                     host=state.host,
@@ -183,6 +189,7 @@ class Ingest:
                     already_accepted=stored is not None,
                     now=now,
                     config=self.verify,
+                    references=references,
                 )
                 if not isinstance(verdict, Accepted):
                     assert stored is not None
@@ -200,6 +207,7 @@ class Ingest:
                     models=self.models,
                     registry_generation=state.registry_generation,
                     memo=self.judgements,
+                    key_assurance=verdict.assessment.key_level,
                 )
         except Rejected as exc:
             self.record_rejection(exc, data)
@@ -218,6 +226,8 @@ class Ingest:
             seq=verdict.seq,
             nonce=verdict.nonce,
             policy_digest=policy.digest,
+            assurance=verdict.assessment.level,
+            sources={src.name: src.to_json() for src in verdict.assessment.sources},
         )
         leaf = accepted_entry(
             digest=verdict.digest,
@@ -251,6 +261,8 @@ class Ingest:
                 judgement=judged,
                 findings=findings,
                 now=now,
+                assurance=verdict.assessment.level,
+                quote_counters=verdict.quote_counters,
             ),
             event=accepted_event(verdict, status=status, findings=findings, now=now),
         )

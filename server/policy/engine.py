@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import Accelerator, SnapshotV1
+from contract.assurance import Level, accelerator_level, is_level, parse_level, rank, weakest
 from server.findings import Finding
 from server.policy.aggregate import HostContribution, ModelTotal
 from server.policy.catalog import ChipMatch, norm_hex
@@ -240,7 +241,22 @@ def _finding(
         pack_id=pack.id,
         pack_version=pack.version,
         pack_status=pack.status,
+        level=_level_of(cond, variables, item),
     )
+
+
+_SCOPE_ENTITY = {"host": "host", "site": "site", "organization": "org"}
+
+
+def _level_of(
+    cond: Condition, variables: dict[str, Any], item: dict[str, Any] | None
+) -> Level | None:
+    """The level of the claim a finding rests on: the item's own (an accelerator, a file), else
+    its scope's as a whole (a host's weakest claim, a site's weakest host)."""
+    for source in (item, variables.get(_SCOPE_ENTITY.get(cond.scope, ""))):
+        if isinstance(source, dict) and is_level(source.get("assurance")):
+            return parse_level(source["assurance"])
+    return None
 
 
 def _error_finding(
@@ -262,6 +278,7 @@ def _error_finding(
         pack_id=pack.id,
         pack_version=pack.version,
         pack_status=pack.status,
+        level=_level_of(cond, variables, None),
     )
 
 
@@ -399,9 +416,11 @@ def host_variables(
         for a in snapshot.accelerators
         if a.source == "nvml" and a.pci_bus_id
     }
+    key_level = ctx.key_assurance
     accs: list[dict[str, Any]] = []
     for i, acc in enumerate(snapshot.accelerators):
         match = pack.catalog.identify(acc)
+        level = accelerator_level(acc.source, acc.assurance, key_level)
         bus = (acc.pci_bus_id or "").lower()
         vendor_id = norm_hex(acc.pci_vendor_id) or ""
         accs.append(
@@ -415,7 +434,8 @@ def host_variables(
                 "pci_device_id": norm_hex(acc.pci_device_id) or "",
                 "pci_bus_id": acc.pci_bus_id or "",
                 "source": acc.source,
-                "assurance": acc.assurance,
+                "assurance": level,
+                "assurance_rank": rank(level),
                 "identified": match is not None,
                 "chip": match.chip_id if match else "",
                 "matched_by": match.matched_by if match else "",
@@ -438,6 +458,7 @@ def host_variables(
         if shared is not None:
             shared["files"], shared["errors"] = files, errors
             shared["unidentified"] = unidentified
+    host_level = weakest([key_level, *(a["assurance"] for a in accs)]) or key_level
     site = _site_country_facts(pack, ctx.site_country, on)
     site.update(
         {
@@ -459,6 +480,7 @@ def host_variables(
             "unidentified_count": sum(1 for a in accs if not a["identified"]),
             "unidentified_file_count": sum(r.unidentified_count or 0 for r in snapshot.storage),
             "unidentified_file_bytes": sum(r.unidentified_bytes or 0 for r in snapshot.storage),
+            **_assurance_facts(pack, ctx, host_level),
         },
         "site": site,
         "accelerators": accs,
@@ -474,6 +496,7 @@ def _host_files(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """The weight files (classified by the reference pack's 4E091 thresholds), the collector
     errors and the listed unidentified files of a snapshot: the same for every pack."""
+    key_level = ctx.key_assurance
     classified: dict[int, ModelClassification] = {}
     files: list[dict[str, Any]] = []
     for root in snapshot.storage:
@@ -508,6 +531,7 @@ def _host_files(
                     "reason": cls.reason if record else "not in the model registry",
                     "error": f.error.code if f.error else "",
                     "confidence": list(cls.confidence) if record else [],
+                    "assurance": key_level,
                 }
             )
     unidentified: list[dict[str, Any]] = []
@@ -529,6 +553,29 @@ def _host_files(
         {"collector": e.collector, "code": e.code, "detail": e.detail} for e in snapshot.errors
     ]
     return files, errors, unidentified
+
+
+def minimum_assurance(pack: Pack, site_term: Level | None) -> tuple[Level, str]:
+    """The level demanded of a host, and by whom: the stronger of the pack's parameter
+    ``minimum_assurance`` (absent: ``declared``, which every host meets) and the site's
+    authorization term."""
+    fig = pack.params.get("minimum_assurance")
+    demanded: Level = parse_level(fig.value) if fig is not None else "declared"
+    if site_term is not None and rank(site_term) > rank(demanded):
+        return site_term, "site authorization"
+    return demanded, f"pack {pack.id}"
+
+
+def _assurance_facts(pack: Pack, ctx: HostContext, host_level: Level) -> dict[str, Any]:
+    demanded, by = minimum_assurance(pack, ctx.site_minimum_assurance)
+    return {
+        "assurance": host_level,
+        "assurance_rank": rank(host_level),
+        "key_assurance": ctx.key_assurance,
+        "minimum_assurance": demanded,
+        "minimum_assurance_rank": rank(demanded),
+        "minimum_assurance_by": by,
+    }
 
 
 def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
@@ -580,6 +627,7 @@ def site_variables(pack: Pack, facts: SiteFacts, on: date) -> dict[str, Any]:
             "org_parent_hq_country": facts.org_parent_hq_country.upper(),
             "org_hq_embargoed": pack.countries.in_group(facts.org_hq_country, "d5", on)
             or pack.countries.in_group(facts.org_parent_hq_country, "d5", on),
+            "assurance": facts.assurance or "",
         }
     )
     return {

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract import SnapshotV1
+from contract.assurance import Level
 from server.policy.aggregate import OrgAggregate, SiteAggregate
 from server.policy.models import ModelRegistry
 
@@ -71,6 +72,10 @@ class HostContext:
     models: ModelRegistry = field(default_factory=ModelRegistry)
     host_id: str = ""  # the store's id for the host (defaults to the agent key id)
     org_id: str = ""  # the site's organization (packs attached to an organization)
+    #: The level the appraisal gave the host's own evidence (its key's): contract.assurance.
+    key_assurance: Level = "self-reported"
+    #: The level a site authorization term demands of every host at the site (None: none).
+    site_minimum_assurance: Level | None = None
 
 
 @dataclass
@@ -98,6 +103,8 @@ class SiteFacts:
     org_hq_country: str = ""
     org_parent_hq_country: str = ""
     site_name: str = ""
+    #: The site's assurance level: its weakest host's (None: no host has reported).
+    assurance: Level | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ _ACC = {
     "pci_bus_id": "0000:18:00.0",
     "source": "nvml",
     "assurance": "self-reported",
+    "assurance_rank": 1,
     "identified": True,
     "chip": "nvidia-h100-sxm",
     "matched_by": "pci",
@@ -194,6 +202,7 @@ _FILE = {
     "controlled": True,
     "reason": "",
     "error": "",
+    "assurance": "self-reported",
 }
 _ERR = {"collector": "nvml", "code": "x", "detail": "x"}
 _UFILE = {
@@ -222,6 +231,12 @@ def host_sample(params: dict[str, Any]) -> dict[str, Any]:
             "unidentified_count": 0,
             "unidentified_file_count": 0,
             "unidentified_file_bytes": 0,
+            "assurance": "self-reported",
+            "assurance_rank": 1,
+            "key_assurance": "self-reported",
+            "minimum_assurance": "declared",
+            "minimum_assurance_rank": 0,
+            "minimum_assurance_by": "pack",
         },
         "site": dict(_SITE_HOST),
         "accelerators": [dict(_ACC)],
@@ -287,6 +302,7 @@ def site_sample(params: dict[str, Any]) -> dict[str, Any]:
             "org_hq_country": "US",
             "org_parent_hq_country": "US",
             "org_hq_embargoed": False,
+            "assurance": "self-reported",
         },
         "models": [dict(_MODEL)],
         "duplicates": [dict(_DUP)],

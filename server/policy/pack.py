@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from contract.assurance import LADDER, is_level
 from server.findings import PACK_STATUSES, SEVERITY_RANK, Finding, Severity
 from server.policy._yaml import Reader, load_yaml
 from server.policy.catalog import Catalog, load_catalog
@@ -330,6 +331,15 @@ def _check_engine_parameters(pack: Pack, path: Path, top: Reader) -> None:
                 "bad_parameter",
                 f"pack {pack.id!r}: parameter {name!r} in {path.name} must be a number above 0",
             )
+    demanded = pack.params.get("minimum_assurance")
+    if demanded is not None and not is_level(demanded.value):
+        raise PackError(
+            path,
+            line,
+            "bad_parameter",
+            f"pack {pack.id!r}: parameter 'minimum_assurance' in {path.name} must be one of "
+            f"{', '.join(LADDER)}, got {str(demanded.value)[:40]!r}",
+        )
 
 
 def _load_conditions(pack: Pack, path: Path) -> None:

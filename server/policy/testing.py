@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import SnapshotV1
+from contract.assurance import parse_level
 from server.findings import Finding
 from server.policy._yaml import Reader, load_yaml
 from server.policy.aggregate import HostContribution, ModelTotal, OrgAggregate, SiteAggregate
@@ -31,6 +32,7 @@ _CASE_KEYS = {
     "site",
     "models",
     "snapshot",
+    "key_assurance",
     "site_facts",
     "org_facts",
     "holds",
@@ -200,6 +202,12 @@ def run_case(policy: PolicySet, pack: Pack, case: Reader) -> list[Finding]:
     scope = case.rstr("scope")
     if scope == "host":
         site = dict(case.raw("site") or {})
+        try:
+            demanded = site.get("minimum_assurance")
+            key_level = parse_level(case.raw("key_assurance") or "self-reported")
+            site_minimum = None if demanded is None else parse_level(demanded)
+        except ValueError as exc:
+            raise case.error("site", "bad_assurance", str(exc)) from None
         ctx = HostContext(
             site_id=str(site.get("id", "site-1")),
             site_country=str(site.get("country", "")),
@@ -207,6 +215,8 @@ def run_case(policy: PolicySet, pack: Pack, case: Reader) -> list[Finding]:
             site_may_store_controlled_weights=bool(site.get("may_store_controlled_weights", False)),
             models=_registry(case),
             org_id=str(site.get("org_id", "org-1")),
+            key_assurance=key_level,
+            site_minimum_assurance=site_minimum,
         )
         return policy.evaluate_host(_snapshot(case), ctx, on)
     if scope == "site":

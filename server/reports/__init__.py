@@ -45,6 +45,7 @@ from contract.tlog import (
     verify_bundle,
     verify_checkpoint,
 )
+from server.compliance.assurance import host_levels, level_of
 from server.errors import Invalid, NotFound
 from server.findings import counts_in_headline
 from server.log.integrate import Log
@@ -276,6 +277,20 @@ def build_report(
                 "unconfirmed_figures": bool(UNCONFIRMED_TAGS & set(tags)),
                 "opened_at": _iso(f.opened_at),
                 "closed_at": _iso(f.closed_at) if f.closed_at and f.closed_at <= as_of else None,
+                "assurance": f.assurance,
+            }
+        )
+    assurance = []
+    for site in session.scalars(
+        select(Site).where(Site.org_id == org.id).order_by(Site.name, Site.id)
+    ):
+        counts = host_levels(session, site.id)
+        assurance.append(
+            {
+                "site_id": site.id,
+                "site_name": site.name,
+                "assurance": level_of(counts),
+                "hosts_by_assurance": counts,
             }
         )
     packs = [
@@ -344,6 +359,7 @@ def build_report(
                 for c in dist.countries
             ],
         },
+        "assurance": assurance,
         "findings": findings,
         "findings_total": findings_total,
         "findings_by_condition": by_condition,
@@ -356,6 +372,9 @@ def build_report(
             "Confidence tags: P primary text, E eCFR extract, S secondary sources, C computed, "
             "U unverified. Findings tagged S or U rest on figures not confirmed in the primary "
             "text.",
+            "Assurance: the level each site's evidence reaches (its weakest host's latest "
+            "snapshot, at generation time; docs/assurance.md); each finding names the level of "
+            "the claim it rests on.",
         ],
     }
 
@@ -518,8 +537,23 @@ def render_csv(data: dict[str, Any]) -> bytes:
                 "unconfirmed_figures",
                 "opened_at",
                 "closed_at",
+                "assurance",
             ],
             data["findings"],
+        ),
+        (
+            "assurance",
+            ["site_id", "site_name", "assurance", "hosts_by_assurance"],
+            [
+                {
+                    **a,
+                    "assurance": a["assurance"] or "unknown",
+                    "hosts_by_assurance": "; ".join(
+                        f"{level} {n}" for level, n in a["hosts_by_assurance"].items()
+                    ),
+                }
+                for a in data["assurance"]
+            ],
         ),
     ]
     for name, header, rows in sections:
@@ -696,6 +730,23 @@ def render_pdf(data: dict[str, Any]) -> bytes:
             for c in d["countries"]
         ],
         [20, 15, 25, 20, 70, 15],
+    )
+    heading("Assurance of the evidence per site")
+    para(
+        "The weakest level any reporting host's latest snapshot reached (declared < "
+        "self-reported < tpm-bound-key < tpm-quoted < tpm-measured-agent), at generation time."
+    )
+    table(
+        ["Site", "Assurance", "Hosts per level"],
+        [
+            [
+                f"{a['site_name']} ({a['site_id']})",
+                a["assurance"] or "unknown",
+                ", ".join(f"{n} {level}" for level, n in a["hosts_by_assurance"].items()),
+            ]
+            for a in data["assurance"]
+        ],
+        [70, 35, 85],
     )
     heading("Findings open during the period")
     total = data.get("findings_total", len(data["findings"]))

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.expression import false, text
@@ -60,6 +61,12 @@ class HostState(Base):
     pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     findings_key: Mapped[str | None] = mapped_column(String(64))  # digest of open host findings
+    #: The level its latest snapshot reached (contract.assurance; null before migration 0011).
+    assurance: Mapped[str | None] = mapped_column(String(24))
+    #: The TPM reset and restart counters and clock of its last verified quote (null: none).
+    quote_reset: Mapped[int | None] = mapped_column(BigInteger)
+    quote_restart: Mapped[int | None] = mapped_column(BigInteger)
+    quote_clock: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SiteState(Base):
@@ -90,6 +97,8 @@ class SiteAuthorization(Base):
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), primary_key=True)
     allowed_models: Mapped[str | None] = mapped_column(Text)  # JSON list of chip ids, null = any
     may_store_controlled_weights: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The weakest assurance level a host at the site must reach (null: the pack's alone).
+    minimum_assurance: Mapped[str | None] = mapped_column(String(24))
 
 
 class FindingRow(Base):
@@ -121,6 +130,8 @@ class FindingRow(Base):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     is_open: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The level of the claim the finding rests on (null: none, or before migration 0011).
+    assurance: Mapped[str | None] = mapped_column(String(24))
 
 
 class Shipment(Base):
@@ -205,3 +216,20 @@ class PolicyState(Base):
     files: Mapped[str] = mapped_column(Text, nullable=False)
     recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
+
+
+class TpmReference(Base):
+    """A known-good PCR value for the hosts of a site (``veu-server reference add``): a quote
+    whose PCRs 0-7 each match one of the site's values reaches ``tpm-quoted``."""
+
+    __tablename__ = "tpm_references"
+    __table_args__ = (UniqueConstraint("site_id", "bank", "pcr", "value"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id"), index=True)
+    bank: Mapped[str] = mapped_column(String(8))
+    pcr: Mapped[int] = mapped_column(Integer)
+    value: Mapped[str] = mapped_column(String(128))  # lowercase hex
+    #: The host whose verified quote it was recorded from.
+    source_host: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())

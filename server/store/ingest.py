@@ -14,28 +14,29 @@ its statements pipelined (server.store.pipeline), and races are settled in the d
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Table, and_, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from contract.keys import public_from_raw
+from contract.assurance import Level, is_level, parse_level
+from contract.keys import PublicKey, public_from_raw
 from server.appraise import Accepted, HostRecord, NonceRecord, utc
 from server.appraise import ChainHead as HeadRecord
 from server.findings import Finding
 from server.store import audit
 from server.store import log as log_store
-from server.store.compliance_models import RegistryState, SiteAuthorization
+from server.store.compliance_models import HostState, RegistryState, SiteAuthorization
 from server.store.models import (
     ChainHead,
     Host,
@@ -89,6 +90,8 @@ class SiteTerms:
     test_site: bool
     org_id: str
     may_store_controlled_weights: bool
+    #: The authorization's demanded assurance level (None: none beyond the pack's).
+    minimum_assurance: Level | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ _SITES = cast(Table, Site.__table__)
 _HEAD_SNAPSHOT = _SNAPSHOTS.alias("head_snapshot")
 _AUTHS = cast(Table, SiteAuthorization.__table__)
 _REGISTRY_STATE = cast(Table, RegistryState.__table__)
+_HOST_STATE = cast(Table, HostState.__table__)
 
 
 #: A site's terms alone, for callers that do not come through :func:`lookup`.
@@ -123,6 +127,7 @@ _SITE_TERMS_OF = (
         _SITES.c.test_site,
         _SITES.c.org_id,
         _AUTHS.c.may_store_controlled_weights,
+        _AUTHS.c.minimum_assurance,
     )
     .select_from(_SITES.outerjoin(_AUTHS, _AUTHS.c.site_id == _SITES.c.id))
     .where(_SITES.c.id == bindparam("site"))
@@ -139,6 +144,11 @@ _LOOKUP = (
         _HOSTS.c.site_id,
         _HOSTS.c.status,
         _HOSTS.c.machine_id,
+        _HOSTS.c.key_level,
+        _HOSTS.c.tpm,
+        _HOST_STATE.c.quote_reset,
+        _HOST_STATE.c.quote_restart,
+        _HOST_STATE.c.quote_clock,
         _HEADS.c.seq,
         _HEADS.c.digest,
         _HEADS.c.inventory_digest,
@@ -149,6 +159,7 @@ _LOOKUP = (
         _SITES.c.test_site,
         _SITES.c.org_id,
         _AUTHS.c.may_store_controlled_weights,
+        _AUTHS.c.minimum_assurance,
         _HEAD_SNAPSHOT.c.digest,
         _HEAD_SNAPSHOT.c.prev,
         # The model registry's generation (server.compliance.registry.RegistryCache).
@@ -169,6 +180,7 @@ _LOOKUP = (
         .outerjoin(_SITES, _SITES.c.id == _HOSTS.c.site_id)
         .outerjoin(_AUTHS, _AUTHS.c.site_id == _HOSTS.c.site_id)
         .outerjoin(_HEAD_SNAPSHOT, _HEAD_SNAPSHOT.c.digest == _HEADS.c.digest)
+        .outerjoin(_HOST_STATE, _HOST_STATE.c.key_id == _HOSTS.c.key_id)
     )
     .where(values_in(_HOSTS.c.key_id, "keys"))
 )
@@ -188,8 +200,16 @@ def site_terms(session: Session, site_id: str) -> SiteTerms | None:
     if row is None:
         return None
     return SiteTerms(
-        row.country, bool(row.test_site), row.org_id, bool(row.may_store_controlled_weights)
+        row.country,
+        bool(row.test_site),
+        row.org_id,
+        bool(row.may_store_controlled_weights),
+        _level_or_none(row.minimum_assurance),
     )
+
+
+def _level_or_none(value: object) -> Level | None:
+    return parse_level(value) if is_level(value) else None
 
 
 _HEAD_VALUES: dict[str, Any] = {
@@ -234,13 +254,19 @@ _SPEND_NONCE = (
 
 
 @lru_cache(maxsize=65536)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
+def _public_key(raw: bytes) -> PublicKey:
     """A host's public key never changes for its key id; parse it once."""
     return public_from_raw(raw)
 
 
 def _host_record(
-    key_id: str, public_key: bytes, site_id: str, status: str, machine_id: str | None
+    key_id: str,
+    public_key: bytes,
+    site_id: str,
+    status: str,
+    machine_id: str | None,
+    key_level: str | None = None,
+    tpm: str | None = None,
 ) -> HostRecord:
     known = status if status in ("pending", "active", "revoked") else "pending"
     return HostRecord(
@@ -249,14 +275,31 @@ def _host_record(
         site_id=site_id,
         status=known,  # type: ignore[arg-type]
         machine_id=machine_id,
+        # Only the two levels a host key can reach; anything else read as the weaker.
+        key_level="tpm-bound-key" if key_level == "tpm-bound-key" else "self-reported",
+        ak_public=_ak_public(tpm),
     )
+
+
+@lru_cache(maxsize=65536)
+def _ak_public(tpm: str | None) -> bytes | None:
+    """The attestation key credential activation recorded (hosts.tpm JSON), parsed once."""
+    if not tpm:
+        return None
+    try:
+        value = json.loads(tpm).get("ak_public")
+        return base64.b64decode(value, validate=True) if isinstance(value, str) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def host_record(session: Session, key_id: str) -> HostRecord | None:
     row = session.get(Host, key_id)
     if row is None:
         return None
-    return _host_record(row.key_id, row.public_key, row.site_id, row.status, row.machine_id)
+    return _host_record(
+        row.key_id, row.public_key, row.site_id, row.status, row.machine_id, row.key_level, row.tpm
+    )
 
 
 def lookup(
@@ -282,6 +325,11 @@ def lookup(
                     site_id,
                     status,
                     machine_id,
+                    key_level,
+                    tpm,
+                    quote_reset,
+                    quote_restart,
+                    quote_clock,
                     head_seq,
                     head_digest,
                     inventory_digest,
@@ -292,11 +340,15 @@ def lookup(
                     test_site,
                     org_id,
                     may_store_controlled_weights,
+                    minimum_assurance,
                     head_snapshot_digest,
                     head_snapshot_prev,
                     registry_generation,
                 ) = rows[key_id]
-                host = _host_record(key_id, public_key, site_id, status, machine_id)
+                host = _host_record(key_id, public_key, site_id, status, machine_id, key_level, tpm)
+                if None not in (quote_reset, quote_restart, quote_clock):
+                    last = (int(quote_reset), int(quote_restart), int(quote_clock))
+                    host = replace(host, last_quote=last)
                 if head_seq is not None and not (head_seq == 0 and head_digest is None):
                     known = head_snapshot_digest is not None
                     head = HeadRecord(
@@ -309,7 +361,11 @@ def lookup(
                     stored = StoredResult(stored_digest, key_id, stored_status, stored_result)
                 if country is not None:
                     site = SiteTerms(
-                        country, bool(test_site), org_id, bool(may_store_controlled_weights)
+                        country,
+                        bool(test_site),
+                        org_id,
+                        bool(may_store_controlled_weights),
+                        _level_or_none(minimum_assurance),
                     )
                 generation = None if registry_generation is None else int(registry_generation)
                 break

@@ -91,6 +91,15 @@ class Host(Base):
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The level the host key lets claims reach (contract.assurance): ``self-reported`` for a
+    #: key in a file or one whose TPM residency was not proven, ``tpm-bound-key`` after
+    #: credential activation (migration 0008).
+    key_level: Mapped[str] = mapped_column(
+        String(24), default="self-reported", server_default="self-reported"
+    )
+    #: After credential activation: JSON {ek_public, ak_public (base64), ak_name (hex),
+    #: ek_certificate_sha256}; null otherwise.
+    tpm: Mapped[str | None] = mapped_column(Text)
 
 
 class ChainHead(Base):

@@ -249,8 +249,11 @@ def enroll(
     head_seq: int,
     head_digest: str | None,
     now: datetime,
+    key_level: str = "self-reported",
+    tpm: str | None = None,
 ) -> Enrolled:
-    """Consume the token (conditionally: single use under races) and register the host."""
+    """Consume the token (conditionally: single use under races) and register the host.
+    ``key_level``/``tpm``: what credential activation proved (see models.Host)."""
     digest = hash_secret(token)
     row = session.scalar(select(EnrollToken).where(EnrollToken.token_hash == digest))
     if row is None or not hmac.compare_digest(row.token_hash, digest):
@@ -278,6 +281,8 @@ def enroll(
         public_key=public_key_raw,
         site_id=site.id,
         status="active",
+        key_level=key_level,
+        tpm=tpm,
         machine_id=_short(facts.get("machine_id")),
         hostname=_short(facts.get("hostname")),
         facts=json.dumps(facts, sort_keys=True),
@@ -298,6 +303,7 @@ def enroll(
             "machine_id": host.machine_id,
             "hostname": host.hostname,
             "chain_head": {"seq": head_seq, "digest": head_digest},
+            "key_level": key_level,
         },
     )
     return Enrolled(host=host, site=site)

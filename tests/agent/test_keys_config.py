@@ -108,3 +108,19 @@ def test_plain_http_is_refused_except_to_loopback() -> None:
         check_server_url("http://verifier.example", False)
     assert err.value.code == "insecure_http"
     check_server_url("http://verifier.example", True)
+
+
+def test_init_without_a_tpm_writes_a_key_file_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent import tpm
+    from agent.cli import main
+
+    monkeypatch.delenv("VEU_TPM_TCTI", raising=False)
+    monkeypatch.setattr(tpm, "DEVICE", tmp_path / "no-tpmrm0")
+    assert main(["init", "--state-dir", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err
+    assert "no TPM found" in err and "self-reported" in err
+    assert main(["init", "--tpm", "--state-dir", str(tmp_path / "t")]) != 0
+    err = capsys.readouterr().err
+    assert "no_tpm" in err and "Traceback" not in err

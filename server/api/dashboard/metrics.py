@@ -1,8 +1,9 @@
 """Compliance metrics for ``/metrics``, read from the database at scrape time.
 
 Nothing is counted in process memory, so every worker answers the same figures: open findings by
-severity, stale hosts, and installed vs authorized TPP (and status) per site. A scrape costs four
-queries whatever the fleet size (grouped; sites in one pass).
+severity, stale hosts, installed vs authorized TPP (and status) per site, and hosts per assurance
+level with each site's level (its weakest host's). A scrape costs five queries whatever the fleet
+size (grouped; sites in one pass).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from contract.assurance import LADDER, is_level
+from server.compliance.assurance import UNKNOWN, weakest_known
 from server.store.compliance_models import FindingRow, HostState, SiteState
 from server.store.db import Database
 from server.store.models import Host, Site
@@ -69,6 +72,16 @@ class ComplianceCollector(Collector):
                     .group_by(HostState.site_id)
                 ).all()
             }
+            levels: dict[str, dict[str, int]] = {}
+            for site, level, n in s.execute(
+                select(HostState.site_id, HostState.assurance, func.count())
+                .join(Host, Host.key_id == HostState.key_id)
+                .where(Host.status == "active")
+                .group_by(HostState.site_id, HostState.assurance)
+            ).all():
+                label = str(level) if is_level(level) else UNKNOWN
+                per_site = levels.setdefault(site, {})
+                per_site[label] = per_site.get(label, 0) + int(n)
             sites = s.execute(
                 select(
                     Site.id,
@@ -111,7 +124,25 @@ class ComplianceCollector(Collector):
             current = st or "none"
             for candidate in STATUSES:
                 status.add_metric([site_id, candidate], 1.0 if candidate == current else 0.0)
-        yield from (stale, total, installed, authorized, status)
+        by_level = GaugeMetricFamily(
+            "veu_hosts_by_assurance",
+            "Active reporting hosts per assurance level of their latest snapshot",
+            labels=["site", "level"],
+        )
+        site_level = GaugeMetricFamily(
+            "veu_site_assurance",
+            "1 for the site's assurance level (its weakest host's; unknown if any host's is)",
+            labels=["site", "level"],
+        )
+        for site_id, *_ in sites:
+            counts = levels.get(site_id, {})
+            for label in (*LADDER, UNKNOWN):
+                by_level.add_metric([site_id, label], float(counts.get(label, 0)))
+            if counts:
+                current = UNKNOWN if UNKNOWN in counts else (weakest_known(counts) or UNKNOWN)
+                for label in (*LADDER, UNKNOWN):
+                    site_level.add_metric([site_id, label], 1.0 if label == current else 0.0)
+        yield from (stale, total, installed, authorized, status, by_level, site_level)
 
 
 def register_compliance_metrics(

@@ -31,6 +31,7 @@ from server.api.dashboard import queries, session
 from server.api.dashboard.session import SessionUser
 from server.api.deps import Services, services
 from server.api.routes_log import bundle_of
+from server.compliance.assurance import host_levels, level_of
 from server.findings import PACK_STATUSES
 from server.policy import PolicySet
 from server.policy.distribution import Distribution, distribution
@@ -431,6 +432,8 @@ def site_page(
         site_findings = queries.open_findings_for(s, site_id=site.id)
         auth = queries.authorization(s, site.id)
         auth_ref = s.scalar(select(Site.authorization_ref).where(Site.id == site.id))
+        by_level = host_levels(s, site.id)
+        level = level_of(by_level)
     policy = policy_of(request)
     models = []
     for chip_id, (count, tpp, cls) in sorted(agg.get("models", {}).items()):
@@ -459,6 +462,8 @@ def site_page(
         proposed=proposed,
         authorization=auth,
         authorization_ref=auth_ref,
+        assurance=level,
+        hosts_by_assurance=by_level,
         cutoff=now - age,
         max_age=age,
         after=after,

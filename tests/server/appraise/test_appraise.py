@@ -228,6 +228,7 @@ STATUS = {
     "replay": 409,
     "rollback": 409,
     "fork": 409,
+    "tpm_evidence_invalid": 422,
 }
 
 

@@ -152,6 +152,21 @@ def test_site_authorize_and_org_status(data_dir: Path, capsys: pytest.CaptureFix
     assert "denominator" in out and "Acme" in out
 
 
+def test_site_authorize_demands_an_assurance_level_and_refuses_an_unknown_one(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ("site", "authorize", "fra-1", "--data-dir", str(data_dir))
+    code, out, _ = run(capsys, *base, "--minimum-assurance", "tpm-quoted")
+    assert code == 0 and json.loads(out)["minimum_assurance"] == "tpm-quoted"
+    code, _, err = run(capsys, *base, "--minimum-assurance", "tpm-bound")
+    assert code != 0 and "bad_assurance" in err and "the ladder is declared" in err
+    assert "Traceback" not in err
+    code, out, _ = run(capsys, "site", "status", "fra-1", "--json", "--data-dir", str(data_dir))
+    assert code == 1 and json.loads(out)["assurance"] is None  # no host has reported: unknown
+    code, out, _ = run(capsys, "site", "status", "fra-1", "--data-dir", str(data_dir))
+    assert "assurance unknown" in out
+
+
 def test_policy_test_runs_the_shipped_pack_fixtures(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "policy", "test")
     assert code == 0 and "PASS" in out

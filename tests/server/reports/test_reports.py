@@ -125,6 +125,7 @@ def test_each_format_is_signed_and_verifies_and_tampering_fails(
             "# distribution",
             "# findings_by_condition",
             "# findings",
+            "# assurance",
         ]
         assert any(r[:1] == ["denominator"] for r in rows)
     else:

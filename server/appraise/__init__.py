@@ -108,7 +108,7 @@ from server.appraise.assurance import Assessment, assess
 from server.appraise.eventlog import (
     EventLogError,
     QuoteFacts,
-    parse_event_log,
+    replay_event_log,
     replay_mismatches,
     verify_quote,
 )
@@ -775,7 +775,7 @@ def _check_tpm_evidence(
         facts = verify_quote(ak, quoted, signature, tpm.quote.bank, pcrs, expected)
         replay = None
         if tpm.event_log is not None:
-            replay = parse_event_log(b64decode_strict(tpm.event_log, "evidence.tpm.event_log"))
+            replay = replay_event_log(b64decode_strict(tpm.event_log, "evidence.tpm.event_log"))
             wrong = replay_mismatches(replay, tpm.quote.bank, pcrs)
             if wrong:
                 raise fail(

@@ -141,7 +141,7 @@ def test_without_vendor_cas_a_tpm_host_enrolls_self_reported(
     assert api.client.post("/v1/enroll", json=unexpected).json()["code"] == "activation_unexpected"
 
 
-def test_the_agent_cli_enrolls_its_tpm_with_a_live_verifier(
+def test_the_agent_cli_enrolls_its_tpm_with_a_live_verifier_and_survives_a_power_cut(
     swtpm: Swtpm, swtpm_ca: LocalCA, tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     require_pytss()
@@ -176,5 +176,19 @@ def test_the_agent_cli_enrolls_its_tpm_with_a_live_verifier(
         ).json()
         assert host["assurance"] == "tpm-bound-key"
         assert json.loads(attested.stdout)["digest"]
+        # A power cut (swtpm_ioctl -i, no orderly shutdown): the next quote-bound snapshot is
+        # accepted, with the TPM's reboot and its unsafe clock in the findings.
+        swtpm.reboot(orderly=False)
+        again = agent("attest", "--json")
+        assert again.returncode in (0, 1, 3), again.stderr
+        digest = json.loads(again.stdout)["digest"]
+        result = httpx.get(
+            f"{server.url}/v1/results/{digest}", headers={"Authorization": f"Bearer {admin}"}
+        ).json()
+        verifier_key = httpx.get(f"{server.url}/v1/verifier-key").json()
+        claims = verify_result(result["result"], verifier_key["public_key"])
+        conditions = {f["condition_id"] for f in claims["submods"]["veu-snapshot"]["findings"]}
+        assert {"tpm.rebooted", "tpm.clock-not-safe"} <= conditions
+        assert claims["submods"]["veu-tpm"]["veu.assurance"] == "tpm-bound-key"
     finally:
         stop_server(server)

@@ -60,6 +60,7 @@ def downgrade() -> None:
         batch.drop_column("assurance")
         for name in ("quote_reset", "quote_restart", "quote_clock"):
             batch.drop_column(name)
-    with op.batch_alter_table("hosts") as batch:
-        batch.drop_column("tpm")
-        batch.drop_column("key_level")
+    # Not a batch: SQLite would recreate hosts, which other tables' foreign keys name; its
+    # ALTER TABLE DROP COLUMN (3.35+) and PostgreSQL's drop the columns in place.
+    op.drop_column("hosts", "tpm")
+    op.drop_column("hosts", "key_level")

@@ -13,6 +13,7 @@ from contract import SnapshotV2, statement_bytes
 from contract.dsse import sign_envelope
 from contract.results import verify_result
 from tests.server.builders import HostKit, digest_of, failed_collector, h100_accelerators
+from tests.server.api.dashboard.conftest import sign_in
 from tests.server.compliance.test_compliance import add_site, enrolled, site_status, submit
 
 
@@ -157,9 +158,7 @@ def test_dashboard_host_and_site_pages_show_the_level(api: Any) -> None:
     kit = HostKit(api.site_id, index=8)
     api.client.post("/v1/enroll", json=kit.enroll_body(api.token(site_id=api.site_id)))
     submit(api, kit)
-    login = api.client.post(
-        "/dashboard/login", data={"api_key": api.admin_key}, follow_redirects=False
-    )
+    login = sign_in(api.client, api.admin_key)
     assert login.status_code == 303, login.text
     host = api.client.get(f"/dashboard/hosts/{kit.key_id}").text
     assert "<code>self-reported</code>" in host

@@ -12,8 +12,8 @@ from typing import Any
 from contract import SnapshotV2, statement_bytes
 from contract.dsse import sign_envelope
 from contract.results import verify_result
-from tests.server.builders import HostKit, digest_of, failed_collector, h100_accelerators
 from tests.server.api.dashboard.conftest import sign_in
+from tests.server.builders import HostKit, digest_of, failed_collector, h100_accelerators
 from tests.server.compliance.test_compliance import add_site, enrolled, site_status, submit
 
 

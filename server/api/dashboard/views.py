@@ -149,6 +149,17 @@ def _render(
     return resp
 
 
+def _unauthenticated() -> JSONResponse:
+    """The answer of a download route to a request without a session."""
+    return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+
+
+def _settled(svc: Services) -> tuple[datetime, timedelta]:
+    """Judge the sites with evidence not yet settled, then: now and the staleness bound."""
+    svc.settle()
+    return svc.now(), max_host_age(svc)
+
+
 def _login_redirect(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/dashboard/login?next={quote(target, safe='')}", status_code=303)
@@ -291,8 +302,7 @@ def overview(
     if user is None:
         return _login_redirect(request)
     svc = services(request)
-    svc.settle()  # judge sites with evidence not yet settled
-    now, age = svc.now(), max_host_age(svc)
+    now, age = _settled(svc)
     with svc.db.read() as s:
         totals = queries.fleet_totals(s, now, age, include_proposed=proposed)
         orgs = queries.org_rows(s)
@@ -323,8 +333,7 @@ def org_page(
     if user is None:
         return _login_redirect(request)
     svc = services(request)
-    svc.settle()  # judge sites with evidence not yet settled
-    now, age = svc.now(), max_host_age(svc)
+    now, age = _settled(svc)
     with svc.db.read() as s:
         found = queries.org_rows(s, org_id=org_id[:40])
         if not found:
@@ -417,8 +426,7 @@ def site_page(
     if user is None:
         return _login_redirect(request)
     svc = services(request)
-    svc.settle()  # judge sites with evidence not yet settled
-    now, age = svc.now(), max_host_age(svc)
+    now, age = _settled(svc)
     with svc.db.read() as s:
         rows = queries.site_rows(s, now, age, site_ids=[site_id[:40]], include_proposed=proposed)
         if not rows.items:
@@ -488,8 +496,7 @@ def host_page(
     if not _HEX64.match(key_id):
         return _not_found(request, user, "No host with that id.")
     svc = services(request)
-    svc.settle()  # judge sites with evidence not yet settled
-    now, age = svc.now(), max_host_age(svc)
+    now, age = _settled(svc)
     with svc.db.read() as s:
         host = s.get(Host, key_id)
         if host is None:
@@ -531,7 +538,7 @@ def host_key_pem(request: Request, key_id: str) -> Response:
     """The host's public key (PEM), to re-verify its envelopes with ``veu-agent verify``."""
     user = _page_user(request)
     if user is None:
-        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+        return _unauthenticated()
     svc = services(request)
     with svc.db.read() as s:
         host = s.get(Host, key_id) if _HEX64.match(key_id) else None
@@ -549,7 +556,7 @@ def host_key_pem(request: Request, key_id: str) -> Response:
 def envelope(request: Request, digest: str) -> Response:
     user = _page_user(request)
     if user is None:
-        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+        return _unauthenticated()
     svc = services(request)
     with svc.db.read() as s:
         row = repo.snapshot_by_digest(s, digest)
@@ -581,7 +588,7 @@ def log_proof(request: Request, digest: str) -> Response:
     as a file: what an auditor checks with ``contract.tlog.verify_bundle`` and the log key."""
     user = _page_user(request)
     if user is None:
-        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+        return _unauthenticated()
     svc = services(request)
     found = bundle_of(svc, digest) if _HEX64.match(digest) else None
     if found is None:
@@ -668,7 +675,7 @@ def _by_pack(rows: list[Any]) -> list[dict[str, Any]]:
 def _api_user(request: Request, *, admin: bool) -> SessionUser | JSONResponse:
     user = _page_user(request)
     if user is None:
-        return JSONResponse({"code": "unauthenticated", "detail": "sign in"}, status_code=401)
+        return _unauthenticated()
     if admin and not user.is_admin:
         return JSONResponse(
             {"code": "forbidden", "detail": "this needs the role admin"}, status_code=403
